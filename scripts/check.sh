@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: lint (ruff), types (mypy on the backend packages), tests (pytest).
+# Uses the project venv made by install.py when there is one, else the python3 on PATH.
+# Extra arguments go to pytest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if ! "$PY" -c "import pytest, ruff, mypy, torch, zmq" 2>/dev/null; then
+  echo "check.sh: installing the test extras into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
+  "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0" || exit 1
+  "$PY" -m pip install -q -e ".[test]" || exit 1
+fi
+status=0
+echo "== ruff"; "$PY" -m ruff check . || status=1
+echo "== mypy"; "$PY" -m mypy || status=1
+echo "== pytest"
+"$PY" -m pytest "$@"
+rc=$?
+# pytest exits 5 when it collected nothing: that is a failure of the suite, not a pass.
+if [ $rc -eq 5 ]; then echo "check.sh: pytest collected no tests" >&2; rc=1; fi
+[ $rc -eq 0 ] || status=1
+exit $status
