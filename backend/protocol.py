@@ -1,0 +1,1031 @@
+"""The DragGAN wire protocol: the one definition shared by the GIMP plug-in and the backend server.
+
+Standard library ONLY: GIMP's Python loads this file (staged as ``draggan_wire/protocol.py``), and it
+has neither numpy nor torch nor (necessarily) zmq. Nothing here touches a socket.
+
+Transport
+---------
+ZeroMQ, server ROUTER, client DEALER. Every message is a multipart message::
+
+    frame 0      header: UTF-8 JSON object {"v": PROTOCOL_VERSION, "type": str, "id": str, "fields": {...}}
+    frame 1..n   binary payloads (images, masks, previews), referenced from ``fields`` by index
+
+A binary payload is described in the header by an *image spec*::
+
+    {"frame": k, "format": "raw", "shape": [H, W, C]}   raw uint8, row-major H x W x C, C in (1, 3, 4)
+    {"frame": k, "format": "png"}                        8-bit PNG (gray, RGB, RGBA; non-interlaced)
+
+Every binary frame must be referenced exactly once. No pickle anywhere. Replies (``progress``,
+``result``, ``error``, ...) carry the ``id`` of the request they answer.
+
+Message table (client -> server)
+--------------------------------
+=========  =====================================================================================
+hello      client (str), protocol (int)                       -> ``welcome`` or ``error``
+edit       model (name), image (spec) | image_id (str), handles, targets ([[x, y], ...] float
+           pixels), mask (spec, uint8 H x W, 255 = may move; optional), params (EditParams)
+                                                              -> ``progress``* then ``result``/``error``
+continue   session_id, handles, targets, mask (optional), params (optional)
+                                                              -> ``progress``* then ``result``/``error``
+cancel     job (request id of an edit/continue; null = all of this client's jobs) -> ``cancel_ok``
+ping       (no fields)                                        -> ``pong``  (the heartbeat)
+purge      (no fields): forget this client's cached images and sessions -> ``purged``
+=========  =====================================================================================
+
+Message table (server -> client)
+--------------------------------
+=========  =====================================================================================
+welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unknown), models
+           [{name, width, height, loaded}], heartbeat_s, auth ("curve"|"none"), cache (bool),
+           queue_limit, limits {max_message_bytes, max_image_side, max_points}
+progress   phase (queued|loading|inversion|drag), step, total, points, loss, position (in queue),
+           inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text
+result     image (spec), points, session_id, image_id, inversion (optional), steps, seconds
+error      code (ErrorCode), message (for a person), field (offending field or ""), trace_id
+pong / cancel_ok {cancelled: int} / purged {images: int, sessions: int}
+=========  =====================================================================================
+
+Heartbeats: while it waits for a job, the client sends ``ping`` every ``heartbeat_s`` (from
+``welcome``); the server aborts the jobs of a client it has not heard from for two intervals. The
+server answers every ping, so the client's timeouts are about inactivity, never total duration.
+
+Every validation failure raises :class:`ProtocolError` with an :class:`ErrorCode` and a message naming
+the field, e.g. ``fields.handles[2]: expected [x, y] with two finite numbers, got [1, 'a']``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# Limits, checked before any work is done. The server also sets zmq.MAXMSGSIZE to
+# MAX_MESSAGE_BYTES so that a larger *frame* is dropped by libzmq before it is even buffered.
+MAX_IMAGE_SIDE = 2048  # pixels, per side (models are at most 1024; the plug-in scales crops to them)
+MAX_MESSAGE_BYTES = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 5 + (1 << 20)  # RGBA image + mask + header
+MAX_HEADER_BYTES = 64 * 1024
+MAX_FRAMES = 3  # header + image + mask
+MAX_POINTS = 64  # handle/target pairs per edit
+MAX_ID_LENGTH = 64
+MAX_STEPS = 5000
+MAX_TEXT = 1000  # characters in free text fields (client name, messages)
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")  # 64 = MAX_ID_LENGTH
+
+PHASES = ("queued", "loading", "inversion", "drag")
+LATENT_SPACES = ("w", "w+")
+INVERSION_PRESETS = ("fast", "quality")
+IMAGE_FORMATS = ("raw", "png")
+
+
+class ErrorCode:
+    """Error codes on the wire (``error.code``). Strings, stable across versions."""
+
+    BAD_REQUEST = "bad_request"  # a field is missing, of the wrong type or out of range
+    TOO_LARGE = "too_large"  # message, frame, image or point count over a limit
+    UNKNOWN_TYPE = "unknown_type"  # message type not in this protocol
+    VERSION_MISMATCH = "version_mismatch"  # client and server speak different PROTOCOL_VERSIONs
+    UNKNOWN_MODEL = "unknown_model"  # model name not installed / not served
+    UNKNOWN_IMAGE = "unknown_image"  # image_id not cached for this client (expired, purged, other client)
+    UNKNOWN_SESSION = "unknown_session"  # session_id not held for this client
+    BUSY = "busy"  # queue full; retry later
+    CANCELLED = "cancelled"  # the job was cancelled (by the client, a lost heartbeat or shutdown)
+    OUT_OF_MEMORY = "out_of_memory"  # GPU/host memory exhausted; memory was freed
+    SHUTTING_DOWN = "shutting_down"  # server is stopping
+    INTERNAL = "internal"  # a bug; the server log has the trace id
+    # client-side only (never sent by the server)
+    TIMEOUT = "timeout"  # no message from the server for too long
+    UNAVAILABLE = "unavailable"  # no server answers at the endpoint
+    AUTH = "auth"  # CURVE keys missing or wrong
+
+
+ERROR_CODES = frozenset(v for k, v in vars(ErrorCode).items() if k.isupper())
+
+
+class ProtocolError(Exception):
+    """A message (or a reply) violates the protocol, or the server reported an error.
+
+    ``code`` is one of :class:`ErrorCode`; ``field`` names the offending field ("" when none);
+    ``trace_id`` is set for server errors that were logged.
+    """
+
+    def __init__(self, code: str, message: str, field: str = "", trace_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.trace_id = trace_id
+
+    def __str__(self) -> str:
+        suffix = f" (trace id {self.trace_id})" if self.trace_id else ""
+        return f"[{self.code}] {self.message}{suffix}"
+
+
+def _bad(field_name: str, what: str, code: str = ErrorCode.BAD_REQUEST) -> ProtocolError:
+    return ProtocolError(code, f"{field_name}: {what}", field=field_name)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass
+class Image:
+    """Raw 8-bit pixels, row-major ``height x width x channels`` (channels 1, 3 or 4)."""
+
+    width: int
+    height: int
+    channels: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3, 4):
+            raise ValueError(f"channels must be 1, 3 or 4, got {self.channels}")
+        if len(self.data) != self.width * self.height * self.channels:
+            raise ValueError(
+                f"image data has {len(self.data)} bytes, expected {self.height}x{self.width}x{self.channels}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    def to_png(self, level: int = 6) -> bytes:
+        return encode_png(self, level)
+
+    @classmethod
+    def from_png(cls, data: bytes) -> Image:
+        return decode_png(data)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOR_TYPES = {0: 1, 2: 3, 6: 4}  # PNG colour type -> channels
+_PNG_CHANNEL_TYPES = {v: k for k, v in _PNG_COLOR_TYPES.items()}
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def encode_png(image: Image, level: int = 6) -> bytes:
+    """PNG bytes for ``image`` (8-bit, filter type 0 on every row; zlib only)."""
+    row = image.width * image.channels
+    raw = b"".join(b"\x00" + image.data[y * row : (y + 1) * row] for y in range(image.height))
+    header = struct.pack(
+        ">IIBBBBB", image.width, image.height, 8, _PNG_CHANNEL_TYPES[image.channels], 0, 0, 0
+    )
+    return (
+        _PNG_SIGNATURE
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw, level))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    if pa <= pb and pa <= pc:
+        return a
+    return b if pb <= pc else c
+
+
+def decode_png(data: bytes, field_name: str = "png", max_side: int = MAX_IMAGE_SIDE) -> Image:
+    """Decode an 8-bit, non-interlaced gray/RGB/RGBA PNG. Raises ProtocolError naming ``field_name``.
+
+    Pure Python (filters Sub/Up/Average/Paeth are reconstructed per byte), so it is meant for
+    model-sized images; the server decodes with Pillow when it has it.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        raise _bad(field_name, "not a PNG (bad signature)")
+    pos = len(_PNG_SIGNATURE)
+    width = height = channels = 0
+    idat: list[bytes] = []
+    seen_header = False
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        payload = data[pos + 8 : pos + 8 + length]
+        if len(payload) != length:
+            raise _bad(field_name, "truncated PNG chunk")
+        pos += 12 + length
+        if kind == b"IHDR":
+            if length != 13:
+                raise _bad(field_name, "bad PNG header")
+            width, height, depth, color, _comp, _filt, interlace = struct.unpack(">IIBBBBB", payload)
+            if depth != 8 or color not in _PNG_COLOR_TYPES or interlace != 0:
+                raise _bad(field_name, "only 8-bit non-interlaced gray, RGB or RGBA PNGs are accepted")
+            channels = _PNG_COLOR_TYPES[color]
+            seen_header = True
+        elif kind == b"IDAT":
+            idat.append(payload)
+        elif kind == b"IEND":
+            break
+    if not seen_header:
+        raise _bad(field_name, "PNG has no header chunk")
+    _check_side(field_name, width, height, max_side)
+    row = width * channels
+    expected = (row + 1) * height
+    try:
+        decompressor = zlib.decompressobj()
+        raw = decompressor.decompress(b"".join(idat), expected + 1)  # bounded: no zip bombs
+    except zlib.error as exc:
+        raise _bad(field_name, f"corrupt PNG data ({exc})") from None
+    if len(raw) != expected:
+        raise _bad(field_name, f"PNG data has {len(raw)} bytes after inflating, expected {expected}")
+    out = bytearray(row * height)
+    prev = bytearray(row)
+    bpp = channels
+    for y in range(height):
+        filter_type = raw[y * (row + 1)]
+        line = bytearray(raw[y * (row + 1) + 1 : (y + 1) * (row + 1)])
+        if filter_type == 1:
+            for i in range(bpp, row):
+                line[i] = (line[i] + line[i - bpp]) & 0xFF
+        elif filter_type == 2:
+            for i in range(row):
+                line[i] = (line[i] + prev[i]) & 0xFF
+        elif filter_type == 3:
+            for i in range(row):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 0xFF
+        elif filter_type == 4:
+            for i in range(row):
+                left = line[i - bpp] if i >= bpp else 0
+                up_left = prev[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + _paeth(left, prev[i], up_left)) & 0xFF
+        elif filter_type != 0:
+            raise _bad(field_name, f"bad PNG filter type {filter_type} on row {y}")
+        out[y * row : (y + 1) * row] = line
+        prev = line
+    return Image(width, height, channels, bytes(out))
+
+
+def _check_side(field_name: str, width: int, height: int, max_side: int = MAX_IMAGE_SIDE) -> None:
+    if not (1 <= width <= max_side and 1 <= height <= max_side):
+        raise _bad(
+            field_name,
+            f"image is {width}x{height}; each side must be 1..{max_side} pixels",
+            ErrorCode.TOO_LARGE if max(width, height) > max_side else ErrorCode.BAD_REQUEST,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Field validators: each returns the clean value or raises ProtocolError naming the field.
+
+
+def _int(fields: dict[str, Any], name: str, path: str, lo: int, hi: int, default: int | None = None) -> int:
+    value = fields.get(name, default)
+    if value is None:
+        raise _bad(f"{path}.{name}", "missing (an integer is required)")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"{path}.{name}", f"expected an integer, got {_show(value)}")
+    if not lo <= value <= hi:
+        raise _bad(f"{path}.{name}", f"must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def _float(
+    fields: dict[str, Any],
+    name: str,
+    path: str,
+    lo: float,
+    hi: float,
+    default: float | None = None,
+    lo_open: bool = False,
+) -> float:
+    value = fields.get(name, default)
+    if value is None:
+        raise _bad(f"{path}.{name}", "missing (a number is required)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(f"{path}.{name}", f"expected a finite number, got {_show(value)}")
+    if value < lo or value > hi or (lo_open and value == lo):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
+        raise _bad(f"{path}.{name}", f"must be in {interval}, got {value}")
+    return float(value)
+
+
+def _bool(fields: dict[str, Any], name: str, path: str, default: bool | None = None) -> bool:
+    value = fields.get(name, default)
+    if not isinstance(value, bool):
+        raise _bad(f"{path}.{name}", f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _str(
+    fields: dict[str, Any],
+    name: str,
+    path: str,
+    default: str | None = None,
+    choices: Sequence[str] | None = None,
+    pattern: re.Pattern[str] | None = None,
+    max_len: int = MAX_TEXT,
+) -> str:
+    value = fields.get(name, default)
+    if not isinstance(value, str):
+        raise _bad(f"{path}.{name}", f"expected a string, got {_show(value)}")
+    if len(value) > max_len:
+        raise _bad(f"{path}.{name}", f"longer than {max_len} characters")
+    if choices is not None and value not in choices:
+        raise _bad(f"{path}.{name}", f"must be one of {', '.join(choices)}; got {_show(value)}")
+    if pattern is not None and not pattern.match(value):
+        raise _bad(
+            f"{path}.{name}",
+            f"must be 1..{MAX_ID_LENGTH} characters of A-Z a-z 0-9 _ . : -; got {_show(value)}",
+        )
+    return value
+
+
+def _opt_id(fields: dict[str, Any], name: str, path: str) -> str | None:
+    if fields.get(name) is None:
+        return None
+    return _str(fields, name, path, pattern=ID_PATTERN)
+
+
+Point = tuple[float, float]
+
+
+def validate_points(value: Any, field_name: str, max_points: int = MAX_POINTS) -> list[Point]:
+    """``[[x, y], ...]`` of finite numbers (pixels, x then y) -> list of float tuples."""
+    if not isinstance(value, list):
+        raise _bad(field_name, f"expected a list of [x, y] points, got {_show(value)}")
+    if not value:
+        raise _bad(field_name, "needs at least one point")
+    if len(value) > max_points:
+        raise _bad(field_name, f"{len(value)} points; at most {max_points} are allowed", ErrorCode.TOO_LARGE)
+    points: list[Point] = []
+    for i, p in enumerate(value):
+        if (
+            not isinstance(p, (list, tuple))
+            or len(p) != 2
+            or not all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in p
+            )
+        ):
+            raise _bad(f"{field_name}[{i}]", f"expected [x, y] with two finite numbers, got {_show(p)}")
+        points.append((float(p[0]), float(p[1])))
+    return points
+
+
+def _points(fields: dict[str, Any], name: str, path: str) -> list[Point]:
+    if name not in fields:
+        raise _bad(f"{path}.{name}", "missing (a list of [x, y] points is required)")
+    return validate_points(fields[name], f"{path}.{name}")
+
+
+def _handles_targets(fields: dict[str, Any], path: str) -> tuple[list[Point], list[Point]]:
+    handles = _points(fields, "handles", path)
+    targets = _points(fields, "targets", path)
+    if len(handles) != len(targets):
+        raise _bad(
+            f"{path}.targets",
+            f"{len(targets)} targets for {len(handles)} handles; every handle needs exactly one target",
+        )
+    return handles, targets
+
+
+def _points_out(points: Sequence[Sequence[float]]) -> list[list[float]]:
+    return [[float(p[0]), float(p[1])] for p in points]
+
+
+# ---------------------------------------------------------------------------------------------
+# Message types. Each has TYPE, to_fields(add_frame) -> JSON fields, from_fields(fields, frames).
+
+FrameAdder = Any  # Callable[[Image, str], dict]: stores an image in a frame and returns its spec
+
+
+class _Frames:
+    """The binary frames of one message being decoded: resolves image specs, checks each is used once."""
+
+    def __init__(self, frames: Sequence[bytes]) -> None:
+        self.frames = frames
+        self.used: set[int] = set()
+
+    def image(self, spec: Any, field_name: str, channels: Sequence[int] = (1, 3, 4)) -> Image:
+        if not isinstance(spec, dict):
+            raise _bad(field_name, f"expected an image spec {{frame, format, shape}}, got {_show(spec)}")
+        index = spec.get("frame")
+        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index < len(self.frames) + 1:
+            raise _bad(
+                f"{field_name}.frame",
+                f"must name one of the {len(self.frames)} binary frames "
+                f"(1..{len(self.frames)}), got {_show(index)}",
+            )
+        if index in self.used:
+            raise _bad(f"{field_name}.frame", f"frame {index} is referenced twice")
+        self.used.add(index)
+        data = self.frames[index - 1]
+        fmt = spec.get("format", "raw")
+        if fmt == "png":
+            image = decode_png(data, field_name)
+        elif fmt == "raw":
+            shape = spec.get("shape")
+            if (
+                not isinstance(shape, list)
+                or len(shape) not in (2, 3)
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+            ):
+                raise _bad(
+                    f"{field_name}.shape", f"expected [H, W] or [H, W, C] integers, got {_show(shape)}"
+                )
+            height, width = shape[0], shape[1]
+            depth = shape[2] if len(shape) == 3 else 1
+            _check_side(f"{field_name}.shape", width, height)
+            if depth not in (1, 3, 4):
+                raise _bad(f"{field_name}.shape", f"channels must be 1, 3 or 4, got {depth}")
+            if spec.get("dtype", "uint8") != "uint8":
+                raise _bad(f"{field_name}.dtype", f"only uint8 is accepted, got {_show(spec.get('dtype'))}")
+            if len(data) != width * height * depth:
+                raise _bad(
+                    field_name,
+                    f"frame {index} has {len(data)} bytes; shape {shape} of uint8 "
+                    f"needs {width * height * depth}",
+                )
+            image = Image(width, height, depth, bytes(data))
+        else:
+            raise _bad(f"{field_name}.format", f"must be one of {', '.join(IMAGE_FORMATS)}, got {_show(fmt)}")
+        if image.channels not in channels:
+            raise _bad(field_name, f"has {image.channels} channels; allowed: {', '.join(map(str, channels))}")
+        return image
+
+    def check_all_used(self) -> None:
+        unused = sorted(set(range(1, len(self.frames) + 1)) - self.used)
+        if unused:
+            raise _bad("frames", f"binary frame(s) {unused} are not referenced by any field")
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def image(self, image: Image, fmt: str = "raw") -> dict[str, Any]:
+        if fmt == "png":
+            self.frames.append(encode_png(image))
+            return {"frame": len(self.frames), "format": "png"}
+        self.frames.append(image.data)
+        return {"frame": len(self.frames), "format": "raw", "shape": list(image.shape), "dtype": "uint8"}
+
+
+@dataclass
+class EditParams:
+    """Drag and inversion settings. Units: lr per step, radii r1/r2 in feature pixels of the
+    model's output resolution (as DragGAN), ``preview_every`` in steps (0 = no previews)."""
+
+    max_steps: int = 200
+    lr: float = 0.002
+    latent: str = "w+"
+    lambda_mask: float = 10.0
+    r1: float = 3.0
+    r2: float = 12.0
+    inversion: str = "fast"
+    pti: bool = False
+    preview_every: int = 10
+
+    def to_fields(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_fields(cls, value: Any, path: str = "fields.params") -> EditParams:
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise _bad(path, f"expected an object, got {_show(value)}")
+        known = set(vars(cls()))
+        extra = sorted(set(value) - known)
+        if extra:
+            raise _bad(f"{path}.{extra[0]}", f"unknown parameter; known: {', '.join(sorted(known))}")
+        d = cls()
+        return cls(
+            max_steps=_int(value, "max_steps", path, 1, MAX_STEPS, d.max_steps),
+            lr=_float(value, "lr", path, 0.0, 1.0, d.lr, lo_open=True),
+            latent=_str(value, "latent", path, d.latent, choices=LATENT_SPACES),
+            lambda_mask=_float(value, "lambda_mask", path, 0.0, 1e4, d.lambda_mask),
+            r1=_float(value, "r1", path, 0.0, 64.0, d.r1, lo_open=True),
+            r2=_float(value, "r2", path, 0.0, 128.0, d.r2, lo_open=True),
+            inversion=_str(value, "inversion", path, d.inversion, choices=INVERSION_PRESETS),
+            pti=_bool(value, "pti", path, d.pti),
+            preview_every=_int(value, "preview_every", path, 0, MAX_STEPS, d.preview_every),
+        )
+
+
+@dataclass
+class Hello:
+    TYPE: ClassVar[str] = "hello"
+    client: str = ""
+    protocol: int = PROTOCOL_VERSION
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {"client": self.client, "protocol": self.protocol}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Hello:
+        return cls(client=_str(f, "client", "fields", ""), protocol=_int(f, "protocol", "fields", 0, 1 << 30))
+
+
+@dataclass
+class Edit:
+    """Drag ``handles`` to ``targets`` on ``image`` (or the cached ``image_id``) with model ``model``.
+
+    ``image`` is RGB (3), RGBA (4, alpha ignored) or gray (1) at the model's size; ``mask`` is one
+    channel at the same size, 255 = may move, 0 = keep (values in between are soft)."""
+
+    TYPE: ClassVar[str] = "edit"
+    model: str
+    handles: list[Point]
+    targets: list[Point]
+    image: Image | None = None
+    image_id: str | None = None
+    mask: Image | None = None
+    params: EditParams = field(default_factory=EditParams)
+    image_format: str = "raw"  # how to send ``image`` (raw or png); not itself on the wire
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "handles": _points_out(self.handles),
+            "targets": _points_out(self.targets),
+            "params": self.params.to_fields(),
+        }
+        if self.image is not None:
+            out["image"] = enc.image(self.image, self.image_format)
+        if self.image_id is not None:
+            out["image_id"] = self.image_id
+        if self.mask is not None:
+            out["mask"] = enc.image(self.mask, self.image_format)
+        return out
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Edit:
+        model = _str(f, "model", "fields", pattern=ID_PATTERN)
+        handles, targets = _handles_targets(f, "fields")
+        image_id = _opt_id(f, "image_id", "fields")
+        image = frames.image(f["image"], "fields.image") if f.get("image") is not None else None
+        if (image is None) == (image_id is None):
+            raise _bad("fields.image", "give exactly one of image (a frame) or image_id (a cached image)")
+        mask = frames.image(f["mask"], "fields.mask", channels=(1,)) if f.get("mask") is not None else None
+        if (
+            mask is not None
+            and image is not None
+            and (mask.width, mask.height) != (image.width, image.height)
+        ):
+            raise _bad(
+                "fields.mask", f"mask is {mask.width}x{mask.height}, image is {image.width}x{image.height}"
+            )
+        return cls(
+            model=model,
+            handles=handles,
+            targets=targets,
+            image=image,
+            image_id=image_id,
+            mask=mask,
+            params=EditParams.from_fields(f.get("params")),
+        )
+
+
+@dataclass
+class Continue:
+    """Drag again from a session's current latent (no new inversion). ``params`` None = keep."""
+
+    TYPE: ClassVar[str] = "continue"
+    session_id: str
+    handles: list[Point]
+    targets: list[Point]
+    mask: Image | None = None
+    params: EditParams | None = None
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "session_id": self.session_id,
+            "handles": _points_out(self.handles),
+            "targets": _points_out(self.targets),
+        }
+        if self.mask is not None:
+            out["mask"] = enc.image(self.mask)
+        if self.params is not None:
+            out["params"] = self.params.to_fields()
+        return out
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Continue:
+        session_id = _str(f, "session_id", "fields", pattern=ID_PATTERN)
+        handles, targets = _handles_targets(f, "fields")
+        mask = frames.image(f["mask"], "fields.mask", channels=(1,)) if f.get("mask") is not None else None
+        params = EditParams.from_fields(f["params"]) if f.get("params") is not None else None
+        return cls(session_id=session_id, handles=handles, targets=targets, mask=mask, params=params)
+
+
+@dataclass
+class Cancel:
+    TYPE: ClassVar[str] = "cancel"
+    job: str | None = None  # request id of the edit/continue; None = every job of this client
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {"job": self.job}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Cancel:
+        return cls(job=_opt_id(f, "job", "fields"))
+
+
+@dataclass
+class Ping:
+    TYPE: ClassVar[str] = "ping"
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Ping:
+        return cls()
+
+
+@dataclass
+class Purge:
+    TYPE: ClassVar[str] = "purge"
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Purge:
+        return cls()
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    width: int
+    height: int
+    loaded: bool
+
+
+@dataclass
+class Welcome:
+    """Reply to ``hello``. Memory in bytes (0 = unknown)."""
+
+    TYPE: ClassVar[str] = "welcome"
+    server: str
+    protocol: int
+    device: str
+    models: list[ModelEntry]
+    memory_total: int = 0
+    memory_used: int = 0
+    heartbeat_s: float = 2.0
+    auth: str = "none"
+    cache: bool = True
+    queue_limit: int = 4
+    limits: dict[str, int] = field(
+        default_factory=lambda: {
+            "max_message_bytes": MAX_MESSAGE_BYTES,
+            "max_image_side": MAX_IMAGE_SIDE,
+            "max_points": MAX_POINTS,
+        }
+    )
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        out = {k: v for k, v in vars(self).items() if k != "models"}
+        out["models"] = [vars(m) for m in self.models]
+        return out
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Welcome:
+        raw_models = f.get("models")
+        if not isinstance(raw_models, list):
+            raise _bad("fields.models", f"expected a list, got {_show(raw_models)}")
+        models = []
+        for i, m in enumerate(raw_models):
+            if not isinstance(m, dict):
+                raise _bad(f"fields.models[{i}]", f"expected an object, got {_show(m)}")
+            path = f"fields.models[{i}]"
+            models.append(
+                ModelEntry(
+                    name=_str(m, "name", path),
+                    width=_int(m, "width", path, 1, 1 << 16),
+                    height=_int(m, "height", path, 1, 1 << 16),
+                    loaded=_bool(m, "loaded", path, False),
+                )
+            )
+        limits = f.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise _bad("fields.limits", f"expected an object, got {_show(limits)}")
+        return cls(
+            server=_str(f, "server", "fields"),
+            protocol=_int(f, "protocol", "fields", 0, 1 << 30),
+            device=_str(f, "device", "fields"),
+            models=models,
+            memory_total=_int(f, "memory_total", "fields", 0, 1 << 62, 0),
+            memory_used=_int(f, "memory_used", "fields", 0, 1 << 62, 0),
+            heartbeat_s=_float(f, "heartbeat_s", "fields", 0.0, 3600.0, 2.0, lo_open=True),
+            auth=_str(f, "auth", "fields", "none"),
+            cache=_bool(f, "cache", "fields", True),
+            queue_limit=_int(f, "queue_limit", "fields", 0, 1 << 20, 0),
+            limits={str(k): int(v) for k, v in limits.items() if isinstance(v, int)},
+        )
+
+
+@dataclass
+class InversionQuality:
+    """How well the photo was reproduced: PSNR in dB, ST-LPIPS distance (lower is better)."""
+
+    psnr: float
+    stlpips: float
+    from_cache: bool = False
+
+    @classmethod
+    def from_value(cls, value: Any, path: str) -> InversionQuality | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise _bad(path, f"expected an object, got {_show(value)}")
+        return cls(
+            psnr=_float(value, "psnr", path, -1e9, 1e9),
+            stlpips=_float(value, "stlpips", path, -1e9, 1e9),
+            from_cache=_bool(value, "from_cache", path, False),
+        )
+
+
+@dataclass
+class Progress:
+    TYPE: ClassVar[str] = "progress"
+    phase: str
+    step: int = 0
+    total: int = 0
+    points: list[Point] = field(default_factory=list)  # tracked handles so far (drag phase)
+    loss: float | None = None
+    position: int = 0  # place in the queue (queued phase), 1 = next
+    inversion: InversionQuality | None = None
+    preview: Image | None = None
+    text: str = ""
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "phase": self.phase,
+            "step": self.step,
+            "total": self.total,
+            "points": _points_out(self.points),
+            "loss": self.loss,
+            "position": self.position,
+            "text": self.text,
+            "inversion": vars(self.inversion) if self.inversion else None,
+        }
+        if self.preview is not None:
+            out["preview"] = enc.image(self.preview)
+        return out
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Progress:
+        points = f.get("points") or []
+        loss = f.get("loss")
+        return cls(
+            phase=_str(f, "phase", "fields", choices=PHASES),
+            step=_int(f, "step", "fields", 0, 1 << 30, 0),
+            total=_int(f, "total", "fields", 0, 1 << 30, 0),
+            points=validate_points(points, "fields.points") if points else [],
+            loss=None if loss is None else _float(f, "loss", "fields", -1e30, 1e30),
+            position=_int(f, "position", "fields", 0, 1 << 20, 0),
+            inversion=InversionQuality.from_value(f.get("inversion"), "fields.inversion"),
+            preview=frames.image(f["preview"], "fields.preview") if f.get("preview") is not None else None,
+            text=_str(f, "text", "fields", ""),
+        )
+
+
+@dataclass
+class Result:
+    TYPE: ClassVar[str] = "result"
+    image: Image
+    points: list[Point]
+    session_id: str
+    image_id: str = ""  # "" when the server runs with --no-cache
+    inversion: InversionQuality | None = None
+    steps: int = 0
+    seconds: float = 0.0
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {
+            "image": enc.image(self.image),
+            "points": _points_out(self.points),
+            "session_id": self.session_id,
+            "image_id": self.image_id,
+            "inversion": vars(self.inversion) if self.inversion else None,
+            "steps": self.steps,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Result:
+        if f.get("image") is None:
+            raise _bad("fields.image", "missing")
+        return cls(
+            image=frames.image(f["image"], "fields.image"),
+            points=validate_points(f.get("points"), "fields.points"),
+            session_id=_str(f, "session_id", "fields"),
+            image_id=_str(f, "image_id", "fields", ""),
+            inversion=InversionQuality.from_value(f.get("inversion"), "fields.inversion"),
+            steps=_int(f, "steps", "fields", 0, 1 << 30, 0),
+            seconds=_float(f, "seconds", "fields", 0.0, 1e9, 0.0),
+        )
+
+
+@dataclass
+class Error:
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    field: str = ""
+    trace_id: str = ""
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "field": self.field, "trace_id": self.trace_id}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Error:
+        return cls(
+            code=_str(f, "code", "fields"),
+            message=_str(f, "message", "fields", "", max_len=1 << 16),
+            field=_str(f, "field", "fields", ""),
+            trace_id=_str(f, "trace_id", "fields", ""),
+        )
+
+    def exception(self) -> ProtocolError:
+        return ProtocolError(self.code, self.message, self.field, self.trace_id)
+
+    @classmethod
+    def from_exception(cls, exc: ProtocolError) -> Error:
+        return cls(code=exc.code, message=exc.message, field=exc.field, trace_id=exc.trace_id)
+
+
+@dataclass
+class Pong:
+    TYPE: ClassVar[str] = "pong"
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Pong:
+        return cls()
+
+
+@dataclass
+class CancelOk:
+    TYPE: ClassVar[str] = "cancel_ok"
+    cancelled: int = 0  # number of jobs that were running or queued and are now being stopped
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {"cancelled": self.cancelled}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> CancelOk:
+        return cls(cancelled=_int(f, "cancelled", "fields", 0, 1 << 30, 0))
+
+
+@dataclass
+class Purged:
+    TYPE: ClassVar[str] = "purged"
+    images: int = 0
+    sessions: int = 0
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {"images": self.images, "sessions": self.sessions}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Purged:
+        return cls(
+            images=_int(f, "images", "fields", 0, 1 << 30, 0),
+            sessions=_int(f, "sessions", "fields", 0, 1 << 30, 0),
+        )
+
+
+REQUEST_TYPES: dict[str, Any] = {c.TYPE: c for c in (Hello, Edit, Continue, Cancel, Ping, Purge)}
+REPLY_TYPES: dict[str, Any] = {c.TYPE: c for c in (Welcome, Progress, Result, Error, Pong, CancelOk, Purged)}
+# the number of binary frames each type may carry
+_MAX_BINARY: dict[str, int] = {"edit": 2, "continue": 1, "progress": 1, "result": 1}
+
+Message = Any  # one of the dataclasses above
+
+
+@dataclass
+class Envelope:
+    """A decoded message: its ``type``, the request ``id`` and the typed ``message``."""
+
+    type: str
+    id: str
+    message: Message
+
+
+def encode(message: Message, request_id: str) -> list[bytes]:
+    """Frames for ``message`` (one of the message dataclasses) answering/being request ``request_id``."""
+    enc = _Encoder()
+    fields = message.to_fields(enc)
+    header = {"v": PROTOCOL_VERSION, "type": message.TYPE, "id": request_id, "fields": fields}
+    return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8"), *enc.frames]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def check_sizes(
+    frames: Sequence[bytes], max_frames: int = MAX_FRAMES, max_bytes: int = MAX_MESSAGE_BYTES
+) -> None:
+    """Frame count, header size and total size limits; cheap, before any parsing."""
+    if not frames:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message (no header frame)", "header")
+    if len(frames) > max_frames:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"{len(frames)} frames; at most {max_frames} are allowed", "frames"
+        )
+    if len(frames[0]) > MAX_HEADER_BYTES:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"header is {len(frames[0])} bytes; at most {MAX_HEADER_BYTES}", "header"
+        )
+    total = sum(len(f) for f in frames)
+    if total > max_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"message is {total} bytes; at most {max_bytes}", "frames")
+
+
+def peek_header(frame: bytes) -> tuple[str, str]:
+    """(type, id) from a header frame, "" where unreadable — so an error reply can name the request."""
+    try:
+        header = json.loads(bytes(frame).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "", ""
+    if not isinstance(header, dict):
+        return "", ""
+    mtype, rid = header.get("type"), header.get("id")
+    return (
+        mtype if isinstance(mtype, str) and len(mtype) <= 32 else "",
+        rid if isinstance(rid, str) and ID_PATTERN.match(rid) else "",
+    )
+
+
+def decode(
+    frames: Sequence[bytes],
+    allowed: dict[str, Any] | None = None,
+    max_frames: int = MAX_FRAMES,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> Envelope:
+    """Parse and validate a multipart message. ``allowed`` maps type -> class (REQUEST_TYPES on the
+    server, REPLY_TYPES on the client; default: both). Raises ProtocolError naming the field."""
+    check_sizes(frames, max_frames, max_bytes)
+    allowed = allowed if allowed is not None else {**REQUEST_TYPES, **REPLY_TYPES}
+    try:
+        header = json.loads(bytes(frames[0]).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"header: not a UTF-8 JSON object ({_show(str(exc))})", "header"
+        ) from None
+    if not isinstance(header, dict):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"header: expected a JSON object, got {_show(header)}", "header"
+        )
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.VERSION_MISMATCH,
+            f"the peer speaks protocol version {_show(version)}, this side speaks "
+            f"{PROTOCOL_VERSION}; install the same DragGAN release on both sides "
+            "(`python install.py` updates the plug-in and the backend together)",
+            "v",
+        )
+    mtype = _str(header, "type", "header", max_len=32)
+    rid = _str(header, "id", "header", pattern=ID_PATTERN)
+    cls = allowed.get(mtype)
+    if cls is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"header.type: unknown message type {_show(mtype)}; known: {', '.join(sorted(allowed))}",
+            "header.type",
+        )
+    binary = frames[1:]
+    if len(binary) > _MAX_BINARY.get(mtype, 0):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"'{mtype}' carries at most {_MAX_BINARY.get(mtype, 0)} binary frames, got {len(binary)}",
+            "frames",
+        )
+    fields = header.get("fields", {})
+    if not isinstance(fields, dict):
+        raise _bad("fields", f"expected a JSON object, got {_show(fields)}")
+    resolver = _Frames(binary)
+    message = cls.from_fields(fields, resolver)
+    resolver.check_all_used()
+    return Envelope(type=mtype, id=rid, message=message)
+
+
+def new_request_id(counter: int, prefix: str = "r") -> str:
+    """A request id that matches ID_PATTERN (``prefix`` + decimal counter)."""
+    return f"{prefix}{counter}"
