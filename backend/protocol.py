@@ -36,18 +36,22 @@ Message table (server -> client)
 --------------------------------
 =========  =====================================================================================
 welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unknown), models
-           [{name, width, height, loaded}], heartbeat_s, auth ("curve"|"none"), cache (bool),
-           queue_limit, limits {max_message_bytes, max_image_side, max_points}
+           [{name, width, height, loaded}], heartbeat_s, instance (random per server start),
+           auth ("curve"|"none"), cache (bool), queue_limit,
+           limits {max_message_bytes, max_image_side, max_points}
 progress   phase (queued|loading|inversion|drag), step, total, points, loss, position (in queue),
            inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text
 result     image (spec), points, session_id, image_id, inversion (optional), steps, seconds
 error      code (ErrorCode), message (for a person), field (offending field or ""), trace_id
-pong / cancel_ok {cancelled: int} / purged {images: int, sessions: int}
+pong       instance, jobs (request ids of this connection's queued/running jobs)
+cancel_ok  cancelled (int) / purged: images, sessions (ints)
 =========  =====================================================================================
 
 Heartbeats: while it waits for a job, the client sends ``ping`` every ``heartbeat_s`` (from
 ``welcome``); the server aborts the jobs of a client it has not heard from for two intervals. The
-server answers every ping, so the client's timeouts are about inactivity, never total duration.
+server answers every ping with ``pong`` (its instance id and the connection's jobs), so the client's
+timeouts are about inactivity, never total duration, and a restarted server (new instance) or a
+lost job is noticed at the next heartbeat.
 
 Every validation failure raises :class:`ProtocolError` with an :class:`ErrorCode` and a message naming
 the field, e.g. ``fields.handles[2]: expected [x, y] with two finite numbers, got [1, 'a']``.
@@ -427,7 +431,7 @@ class _Frames:
         if index in self.used:
             raise _bad(f"{field_name}.frame", f"frame {index} is referenced twice")
         self.used.add(index)
-        data = self.frames[index - 1]
+        data = bytes(self.frames[index - 1])  # frames may be memoryviews of zmq frames
         fmt = spec.get("format", "raw")
         if fmt == "png":
             image = decode_png(data, field_name)
@@ -684,6 +688,7 @@ class Welcome:
     memory_total: int = 0
     memory_used: int = 0
     heartbeat_s: float = 2.0
+    instance: str = ""  # random per server start: a changed instance means the server restarted
     auth: str = "none"
     cache: bool = True
     queue_limit: int = 4
@@ -729,6 +734,7 @@ class Welcome:
             memory_total=_int(f, "memory_total", "fields", 0, 1 << 62, 0),
             memory_used=_int(f, "memory_used", "fields", 0, 1 << 62, 0),
             heartbeat_s=_float(f, "heartbeat_s", "fields", 0.0, 3600.0, 2.0, lo_open=True),
+            instance=_str(f, "instance", "fields", ""),
             auth=_str(f, "auth", "fields", "none"),
             cache=_bool(f, "cache", "fields", True),
             queue_limit=_int(f, "queue_limit", "fields", 0, 1 << 20, 0),
@@ -869,14 +875,22 @@ class Error:
 
 @dataclass
 class Pong:
+    """Heartbeat reply. ``jobs``: request ids of this connection's jobs the server holds (queued or
+    running) — a client waiting for a job that is not listed knows the job was lost."""
+
     TYPE: ClassVar[str] = "pong"
+    instance: str = ""
+    jobs: list[str] = field(default_factory=list)
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
-        return {}
+        return {"instance": self.instance, "jobs": list(self.jobs)}
 
     @classmethod
     def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Pong:
-        return cls()
+        jobs = f.get("jobs", [])
+        if not isinstance(jobs, list) or not all(isinstance(j, str) for j in jobs):
+            raise _bad("fields.jobs", f"expected a list of request ids, got {_show(jobs)}")
+        return cls(instance=_str(f, "instance", "fields", ""), jobs=jobs)
 
 
 @dataclass

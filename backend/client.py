@@ -1,0 +1,377 @@
+"""Client library for the DragGAN backend: connect, handshake, edit with progress, cancel, continue.
+
+Standard library plus pyzmq, which is imported lazily (GIMP's Python may lack it; the error then
+says how to install it). Imports the protocol RELATIVELY because install.py stages this file and
+``protocol.py`` into the plug-in as the package ``draggan_wire``; it must import nothing else from
+the backend.
+
+Typical use (all errors are :class:`protocol.ProtocolError` with a code and an actionable message)::
+
+    with Client("tcp://127.0.0.1:5555") as client:
+        welcome = client.hello()                        # retries, version check
+        result = client.edit(Edit(model="faces-128", image=img, handles=[(10, 20)], targets=[(30, 20)]),
+                             on_progress=lambda p: print(p.phase, p.step, p.total))
+        again = client.continue_(Continue(result.session_id, handles=result.points, targets=[(40, 20)]))
+
+While it waits for a job the client sends a ``ping`` every ``heartbeat_s`` (from ``welcome``) and
+gives up only when the server has said nothing for ``timeout_s`` (inactivity, not total time).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import protocol
+from .protocol import Error, ErrorCode, ProtocolError
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+_ZMQ_MISSING = (
+    "pyzmq is not available to this Python ({exe}). Install the DragGAN plug-in with "
+    "`python install.py` (it vendors pyzmq for GIMP), or run `{exe} -m pip install pyzmq`."
+)
+
+
+def import_zmq() -> Any:
+    """Import pyzmq or raise ProtocolError(UNAVAILABLE) saying how to install it."""
+    try:
+        import zmq
+    except ImportError:
+        import sys
+
+        raise ProtocolError(ErrorCode.UNAVAILABLE, _ZMQ_MISSING.format(exe=sys.executable)) from None
+    return zmq
+
+
+def config_dir() -> str:
+    """Per-user DragGAN config folder ($DRAGGAN_CONFIG_DIR, else $XDG_CONFIG_HOME/draggan or ~/.config/draggan;
+    %APPDATA%\\draggan on Windows). Keys live in its ``keys/`` subfolder."""
+    if os.environ.get("DRAGGAN_CONFIG_DIR"):
+        return os.environ["DRAGGAN_CONFIG_DIR"]
+    if os.name == "nt" and os.environ.get("APPDATA"):
+        return os.path.join(os.environ["APPDATA"], "draggan")
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "draggan")
+
+
+def read_public_key(path: str) -> bytes:
+    """The Z85 public key from a ZeroMQ certificate file (``*.key`` or ``*.key_secret``)."""
+    return _read_key(path, "public-key")
+
+
+def read_secret_key(path: str) -> bytes:
+    """The Z85 secret key from a ZeroMQ secret certificate file (``*.key_secret``)."""
+    return _read_key(path, "secret-key")
+
+
+def _read_key(path: str, name: str) -> bytes:
+    # The ZeroMQ certificate format (ZPL): lines like `    public-key = "Z85..."`. Parsed here so
+    # that GIMP's side needs only the standard library to read its keys.
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                key, sep, value = line.strip().partition("=")
+                if sep and key.strip() == name:
+                    value = value.strip().strip('"')
+                    if len(value) == 40:
+                        return value.encode("ascii")
+    except OSError as exc:
+        raise ProtocolError(ErrorCode.AUTH, f"cannot read key file {path}: {exc.strerror}") from None
+    raise ProtocolError(ErrorCode.AUTH, f"{path} holds no {name} (expected a ZeroMQ certificate file)")
+
+
+class ClientKeys:
+    """CURVE keys of a client: its own key pair and the server's pinned public key (all Z85 bytes)."""
+
+    def __init__(self, server_public: bytes, client_public: bytes, client_secret: bytes) -> None:
+        for name, key in (("server public", server_public), ("client public", client_public),
+                          ("client secret", client_secret)):
+            if len(key) != 40:
+                raise ProtocolError(ErrorCode.AUTH, f"{name} key must be 40 Z85 characters, got {len(key)}")
+        self.server_public = server_public
+        self.client_public = client_public
+        self.client_secret = client_secret
+
+    @classmethod
+    def from_dir(cls, keys_dir: str | None = None, client_name: str = "client") -> ClientKeys:
+        """Keys from a folder laid out by ``draggan-backend keys``: ``server.key`` (the server's public
+        key, copied from the workstation) and ``<client_name>.key_secret`` (this machine's pair)."""
+        keys_dir = keys_dir or os.path.join(config_dir(), "keys")
+        server = os.path.join(keys_dir, "server.key")
+        secret = os.path.join(keys_dir, f"{client_name}.key_secret")
+        for path in (server, secret):
+            if not os.path.exists(path):
+                raise ProtocolError(ErrorCode.AUTH, f"key file {path} is missing; see docs/remote.md "
+                                                    "(`draggan-backend keys` creates and lists keys)")
+        return cls(read_public_key(server), read_public_key(secret), read_secret_key(secret))
+
+
+class Client:
+    """One connection to a backend (a ZeroMQ DEALER socket).
+
+    ``timeout_s``: how long the server may stay silent before an operation fails (inactivity);
+    ``connect_timeout_s`` and ``retries``: the handshake's Lazy-Pirate retry schedule.
+    Not thread-safe: use one Client per thread.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, keys: ClientKeys | None = None,
+                 timeout_s: float = 30.0, connect_timeout_s: float = 2.0, retries: int = 3,
+                 client_name: str = "draggan-client") -> None:
+        self.endpoint = endpoint
+        self.keys = keys
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.retries = max(1, retries)
+        self.client_name = client_name
+        self.welcome: protocol.Welcome | None = None
+        self.heartbeat_s = 2.0
+        self._zmq = import_zmq()
+        self._ctx = self._zmq.Context.instance()
+        self._socket: Any = None
+        self._monitor: Any = None
+        self._auth_failure = ""
+        self._counter = 0
+        self._prefix = "c" + uuid.uuid4().hex[:8] + "-"
+        self._open()
+
+    # -- socket management ------------------------------------------------------------------
+
+    def _open(self) -> None:
+        zmq = self._zmq
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        if self.keys is not None:
+            sock.curve_serverkey = self.keys.server_public
+            sock.curve_publickey = self.keys.client_public
+            sock.curve_secretkey = self.keys.client_secret
+        # A monitor tells handshake failures apart from silence (wrong server key, key not allowed).
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                                | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"cannot connect to {self.endpoint!r}: {exc}") from None
+        self._socket = sock
+        self._auth_failure = ""
+
+    def _reopen(self) -> None:
+        self._close_socket()
+        self._open()
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            try:
+                self._socket.disable_monitor()
+            except self._zmq.ZMQError:
+                pass
+            if self._monitor is not None:
+                self._monitor.close(0)
+                self._monitor = None
+            self._socket.close(0)
+            self._socket = None
+
+    def close(self) -> None:
+        self._close_socket()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _next_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}{self._counter}"
+
+    def _send(self, message: protocol.Message, request_id: str) -> None:
+        self._socket.send_multipart(protocol.encode(message, request_id), copy=False)
+
+    def _drain_monitor(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        zmq = self._zmq
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._auth_failure = ""
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._auth_failure = ("the server refused this client's key (it is not on the server's "
+                                      "allow-list); add it with `draggan-backend keys allow` on the server")
+            elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self._auth_failure = ("the secure handshake with the server failed: the pinned server public "
+                                      "key is wrong, or the server does (not) use CURVE keys while this "
+                                      "client does (not); compare `draggan-backend keys list` on the server")
+
+    def _recv(self, timeout_s: float) -> protocol.Envelope | None:
+        """The next message within ``timeout_s`` (None when none came). Invalid replies raise."""
+        if self._socket.poll(int(max(0.0, timeout_s) * 1000)):
+            frames = self._socket.recv_multipart(copy=True)
+            return protocol.decode(frames, allowed=protocol.REPLY_TYPES)
+        self._drain_monitor()
+        return None
+
+    def _silence_error(self, seconds: float, doing: str) -> ProtocolError:
+        self._drain_monitor()
+        if self._auth_failure:
+            return ProtocolError(ErrorCode.AUTH, f"{self._auth_failure} (endpoint {self.endpoint})")
+        return ProtocolError(ErrorCode.TIMEOUT if self.welcome else ErrorCode.UNAVAILABLE,
+                             f"no answer from the DragGAN backend at {self.endpoint} for {seconds:.0f} s "
+                             f"while {doing}; is `draggan-backend serve` running there (and reachable)?")
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def hello(self) -> protocol.Welcome:
+        """Handshake with Lazy-Pirate retries (a fresh socket per try). Checks the protocol version."""
+        for attempt in range(self.retries):
+            request_id = self._next_id()
+            self._send(protocol.Hello(client=self.client_name), request_id)
+            deadline = time.monotonic() + self.connect_timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    env = self._recv(left)
+                except ProtocolError as exc:
+                    if exc.code == ErrorCode.VERSION_MISMATCH:
+                        raise ProtocolError(exc.code, f"the backend at {self.endpoint} sent a message this "
+                                                      f"plug-in cannot read: {exc.message}") from None
+                    raise
+                if env is None:
+                    break
+                if env.id != request_id:
+                    continue  # a late reply to an earlier try
+                if isinstance(env.message, Error):
+                    raise env.message.exception()
+                if not isinstance(env.message, protocol.Welcome):
+                    raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected 'welcome', got {env.type!r}")
+                welcome = env.message
+                if welcome.protocol != protocol.PROTOCOL_VERSION:
+                    raise ProtocolError(ErrorCode.VERSION_MISMATCH,
+                                        f"the backend speaks protocol {welcome.protocol}, this plug-in "
+                                        f"{protocol.PROTOCOL_VERSION}; install the same release on both sides")
+                self.welcome = welcome
+                self.heartbeat_s = welcome.heartbeat_s
+                return welcome
+            self._drain_monitor()
+            if self._auth_failure:
+                raise ProtocolError(ErrorCode.AUTH, f"{self._auth_failure} (endpoint {self.endpoint})")
+            if attempt + 1 < self.retries:
+                self._reopen()
+        raise self._silence_error(self.connect_timeout_s * self.retries, "connecting")
+
+    def _ensure_hello(self) -> protocol.Welcome:
+        return self.welcome if self.welcome is not None else self.hello()
+
+    def _call(self, message: protocol.Message, expect: type) -> Any:
+        self._ensure_hello()
+        request_id = self._next_id()
+        self._send(message, request_id)
+        deadline = time.monotonic() + self.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            env = self._recv(left)
+            if env is None:
+                break
+            if env.id != request_id:
+                continue
+            if isinstance(env.message, Error):
+                raise env.message.exception()
+            if isinstance(env.message, expect):
+                return env.message
+        raise self._silence_error(self.timeout_s, f"waiting for '{message.TYPE}'")
+
+    def ping(self) -> protocol.Pong:
+        return self._call(protocol.Ping(), protocol.Pong)  # type: ignore[no-any-return]
+
+    def purge(self) -> protocol.Purged:
+        """Ask the server to forget this client's cached images and sessions."""
+        return self._call(protocol.Purge(), protocol.Purged)  # type: ignore[no-any-return]
+
+    def cancel(self, job: str | None = None) -> None:
+        """Ask the server to stop ``job`` (a request id from :meth:`submit`; None = all of ours).
+        Fire and forget: the job's stream ends with a ``cancelled`` error."""
+        self._send(protocol.Cancel(job=job), self._next_id())
+
+    def submit(self, request: protocol.Edit | protocol.Continue) -> str:
+        """Send an edit/continue and return its request id; read its replies with :meth:`stream`."""
+        self._ensure_hello()
+        request_id = self._next_id()
+        self._send(request, request_id)
+        return request_id
+
+    def stream(self, request_id: str) -> Iterator[protocol.Progress | protocol.Result]:
+        """Yield the job's ``progress`` messages, then its ``result``; an ``error`` raises ProtocolError.
+
+        Sends heartbeats while waiting; fails with TIMEOUT after ``timeout_s`` of silence, and with
+        UNAVAILABLE when the server restarted or no longer knows the job."""
+        welcome = self._ensure_hello()
+        heartbeat = self.heartbeat_s
+        last_heard = last_ping = time.monotonic()
+        ping_ids: set[str] = set()  # only pongs to this stream's pings say anything about the job
+        while True:
+            now = time.monotonic()
+            if now - last_ping >= heartbeat:
+                ping_id = self._next_id()
+                ping_ids.add(ping_id)
+                self._send(protocol.Ping(), ping_id)
+                last_ping = now
+            if now - last_heard > self.timeout_s:
+                raise self._silence_error(self.timeout_s, "waiting for the edit")
+            env = self._recv(min(heartbeat, max(0.01, last_ping + heartbeat - now)))
+            if env is None:
+                continue
+            last_heard = time.monotonic()
+            message = env.message
+            if isinstance(message, protocol.Pong):
+                if env.id not in ping_ids:
+                    continue
+                if message.instance and welcome.instance and message.instance != welcome.instance:
+                    self.welcome = None
+                    raise ProtocolError(ErrorCode.UNAVAILABLE, "the DragGAN backend restarted during the edit "
+                                                               "and lost it; run the edit again")
+                if request_id not in message.jobs:
+                    # One connection's messages arrive in order and the server forwards a job's last
+                    # message before it forgets the job, so a pong without the job means it was lost.
+                    raise ProtocolError(ErrorCode.UNAVAILABLE, "the DragGAN backend no longer knows this "
+                                                               "edit (restarted or dropped it); run it again")
+                continue
+            if env.id != request_id:
+                continue
+            if isinstance(message, Error):
+                raise message.exception()
+            if isinstance(message, protocol.Progress):
+                yield message
+            elif isinstance(message, protocol.Result):
+                yield message
+                return
+
+    def run(self, request: protocol.Edit | protocol.Continue,
+            on_progress: Callable[[protocol.Progress], None] | None = None,
+            should_cancel: Callable[[], bool] | None = None) -> protocol.Result:
+        """Submit ``request`` and wait for its result, calling ``on_progress`` for each progress
+        message. When ``should_cancel()`` turns true the job is cancelled (raises CANCELLED)."""
+        request_id = self.submit(request)
+        cancel_sent = False
+        for message in self.stream(request_id):
+            if isinstance(message, protocol.Result):
+                return message
+            if on_progress is not None:
+                on_progress(message)
+            if should_cancel is not None and not cancel_sent and should_cancel():
+                self.cancel(request_id)
+                cancel_sent = True
+        raise ProtocolError(ErrorCode.INTERNAL, "the stream ended without a result")  # not reached
+
+    def edit(self, request: protocol.Edit, on_progress: Callable[[protocol.Progress], None] | None = None,
+             should_cancel: Callable[[], bool] | None = None) -> protocol.Result:
+        return self.run(request, on_progress, should_cancel)
+
+    def continue_(self, request: protocol.Continue,
+                  on_progress: Callable[[protocol.Progress], None] | None = None,
+                  should_cancel: Callable[[], bool] | None = None) -> protocol.Result:
+        return self.run(request, on_progress, should_cancel)
