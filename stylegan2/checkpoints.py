@@ -292,7 +292,7 @@ def _tf_kwargs(tf_G: _TFNetworkStub) -> dict[str, Any]:
              "mapping_fmaps", "mapping_nonlinearity", "mapping_lrmul", "w_avg_beta", "truncation_psi",
              "truncation_cutoff", "style_mixing_prob", "structure", "conditioning", "fused_modconv",
              "num_fp16_res", "conv_clamp", "dlatent_avg_beta", "randomize_noise", "is_template_graph",
-             "components", "func_name", "fmap_decay", "fmap_min", "dtype", "fused_modconv"}
+             "components", "func_name", "fmap_decay", "fmap_min", "dtype"}
     unknown = set(kw) - known
     if unknown:
         raise CheckpointError(f"unknown TensorFlow generator option(s) {sorted(unknown)}")
@@ -399,7 +399,7 @@ def _generator_from_tf(tf_G: _TFNetworkStub) -> Generator:
         value = tf_vars[theirs]
         if not isinstance(value, np.ndarray) or value.dtype.hasobject:
             raise CheckpointError(f"TensorFlow variable {theirs!r} is not a numeric array")
-        state[ours] = torch.from_numpy(np.ascontiguousarray(_apply_tf_transform(value, transform)))
+        state[ours] = torch.from_numpy(np.array(_apply_tf_transform(value, transform)))  # copy, 0-d stays 0-d
     for key, value in own.items():
         if key.endswith("resample_filter"):
             state[key] = value

@@ -41,9 +41,9 @@ class FullyConnectedLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
+        b: torch.Tensor | None = None
+        if self.bias is not None:
+            b = self.bias.to(x.dtype)
             if self.bias_gain != 1:
                 b = b * self.bias_gain
         if self.activation == "linear" and b is not None:
@@ -56,6 +56,9 @@ class FullyConnectedLayer(nn.Module):
 
 class MappingNetwork(nn.Module):
     """z (and optional label c) -> w, broadcast to ``num_ws`` copies; keeps ``w_avg``."""
+
+    w_avg: torch.Tensor
+    embed: FullyConnectedLayer
 
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int | None, num_layers: int = 8,
                  embed_features: int | None = None, layer_features: int | None = None,
@@ -99,7 +102,8 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, y], dim=1) if x is not None else y
         assert x is not None
         for idx in range(self.num_layers):
-            x = getattr(self, f"fc{idx}")(x)
+            layer: FullyConnectedLayer = getattr(self, f"fc{idx}")
+            x = layer(x)
         if update_emas and self.w_avg_beta is not None:
             self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         if self.num_ws is not None:
@@ -115,6 +119,9 @@ class MappingNetwork(nn.Module):
 
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution (optionally 2x upsampling) + noise + bias + activation."""
+
+    resample_filter: torch.Tensor
+    noise_const: torch.Tensor
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
                  kernel_size: int = 3, up: int = 1, use_noise: bool = True, activation: str = "lrelu",
@@ -184,6 +191,8 @@ class ToRGBLayer(nn.Module):
 class Conv2dLayer(nn.Module):
     """Plain equalised-lr convolution; used as the resnet skip connection (``architecture='resnet'``)."""
 
+    resample_filter: torch.Tensor
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", up: int = 1, resample_filter: list[int] | None = None,
                  conv_clamp: float | None = None, channels_last: bool = False) -> None:
@@ -211,6 +220,8 @@ class Conv2dLayer(nn.Module):
 
 class SynthesisBlock(nn.Module):
     """One resolution of the synthesis network: (upsampling conv0), conv1, ToRGB (skip architecture)."""
+
+    resample_filter: torch.Tensor
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, architecture: str = "skip", resample_filter: list[int] | None = None,
