@@ -188,9 +188,7 @@ def encode_png(image: Image, level: int = 6) -> bytes:
     """PNG bytes for ``image`` (8-bit, filter type 0 on every row; zlib only)."""
     row = image.width * image.channels
     raw = b"".join(b"\x00" + image.data[y * row : (y + 1) * row] for y in range(image.height))
-    header = struct.pack(
-        ">IIBBBBB", image.width, image.height, 8, _PNG_CHANNEL_TYPES[image.channels], 0, 0, 0
-    )
+    header = struct.pack(">IIBBBBB", image.width, image.height, 8, _PNG_CHANNEL_TYPES[image.channels], 0, 0, 0)
     return (
         _PNG_SIGNATURE
         + _png_chunk(b"IHDR", header)
@@ -375,9 +373,7 @@ def validate_points(value: Any, field_name: str, max_points: int = MAX_POINTS) -
         if (
             not isinstance(p, (list, tuple))
             or len(p) != 2
-            or not all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in p
-            )
+            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in p)
         ):
             raise _bad(f"{field_name}[{i}]", f"expected [x, y] with two finite numbers, got {_show(p)}")
         points.append((float(p[0]), float(p[1])))
@@ -425,8 +421,7 @@ class _Frames:
         if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index < len(self.frames) + 1:
             raise _bad(
                 f"{field_name}.frame",
-                f"must name one of the {len(self.frames)} binary frames "
-                f"(1..{len(self.frames)}), got {_show(index)}",
+                f"must name one of the {len(self.frames)} binary frames (1..{len(self.frames)}), got {_show(index)}",
             )
         if index in self.used:
             raise _bad(f"{field_name}.frame", f"frame {index} is referenced twice")
@@ -442,9 +437,7 @@ class _Frames:
                 or len(shape) not in (2, 3)
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
             ):
-                raise _bad(
-                    f"{field_name}.shape", f"expected [H, W] or [H, W, C] integers, got {_show(shape)}"
-                )
+                raise _bad(f"{field_name}.shape", f"expected [H, W] or [H, W, C] integers, got {_show(shape)}")
             height, width = shape[0], shape[1]
             depth = shape[2] if len(shape) == 3 else 1
             _check_side(f"{field_name}.shape", width, height)
@@ -455,8 +448,7 @@ class _Frames:
             if len(data) != width * height * depth:
                 raise _bad(
                     field_name,
-                    f"frame {index} has {len(data)} bytes; shape {shape} of uint8 "
-                    f"needs {width * height * depth}",
+                    f"frame {index} has {len(data)} bytes; shape {shape} of uint8 needs {width * height * depth}",
                 )
             image = Image(width, height, depth, bytes(data))
         else:
@@ -485,13 +477,18 @@ class _Encoder:
 
 @dataclass
 class EditParams:
-    """Drag and inversion settings. Units: lr per step, radii r1/r2 in feature pixels of the
-    model's output resolution (as DragGAN), ``preview_every`` in steps (0 = no previews)."""
+    """Drag and inversion settings (defaults = the engine's, as the DragGAN paper). ``lr``: Adam step
+    size on the latent; ``latent``: optimise ``w`` (one vector) or ``w+`` (per layer);
+    ``lambda_mask``: weight of the keep-the-unmasked-region loss; radii ``r1`` (motion supervision)
+    and ``r2`` (tracking search) in pixels *at 512 px*, scaled to the model's height as the official
+    code does (so a 128 px model needs r1 >= 2.5); ``inversion``: projection preset;
+    ``pti``: pivotal tuning (better likeness, slower); ``preview_every``: steps between preview
+    images (0 = none)."""
 
-    max_steps: int = 200
+    max_steps: int = 300
     lr: float = 0.002
     latent: str = "w+"
-    lambda_mask: float = 10.0
+    lambda_mask: float = 20.0
     r1: float = 3.0
     r2: float = 12.0
     inversion: str = "fast"
@@ -517,8 +514,8 @@ class EditParams:
             lr=_float(value, "lr", path, 0.0, 1.0, d.lr, lo_open=True),
             latent=_str(value, "latent", path, d.latent, choices=LATENT_SPACES),
             lambda_mask=_float(value, "lambda_mask", path, 0.0, 1e4, d.lambda_mask),
-            r1=_float(value, "r1", path, 0.0, 64.0, d.r1, lo_open=True),
-            r2=_float(value, "r2", path, 0.0, 128.0, d.r2, lo_open=True),
+            r1=_float(value, "r1", path, 0.0, 512.0, d.r1, lo_open=True),
+            r2=_float(value, "r2", path, 0.0, 1024.0, d.r2),
             inversion=_str(value, "inversion", path, d.inversion, choices=INVERSION_PRESETS),
             pti=_bool(value, "pti", path, d.pti),
             preview_every=_int(value, "preview_every", path, 0, MAX_STEPS, d.preview_every),
@@ -580,14 +577,8 @@ class Edit:
         if (image is None) == (image_id is None):
             raise _bad("fields.image", "give exactly one of image (a frame) or image_id (a cached image)")
         mask = frames.image(f["mask"], "fields.mask", channels=(1,)) if f.get("mask") is not None else None
-        if (
-            mask is not None
-            and image is not None
-            and (mask.width, mask.height) != (image.width, image.height)
-        ):
-            raise _bad(
-                "fields.mask", f"mask is {mask.width}x{mask.height}, image is {image.width}x{image.height}"
-            )
+        if mask is not None and image is not None and (mask.width, mask.height) != (image.width, image.height):
+            raise _bad("fields.mask", f"mask is {mask.width}x{mask.height}, image is {image.width}x{image.height}")
         return cls(
             model=model,
             handles=handles,
@@ -670,6 +661,9 @@ class Purge:
 
 @dataclass
 class ModelEntry:
+    """A model the server can use: output ``width`` x ``height`` pixels (0 x 0 = not known until it
+    is first loaded), ``loaded`` = in memory now (no ``loading`` phase)."""
+
     name: str
     width: int
     height: int
@@ -718,8 +712,8 @@ class Welcome:
             models.append(
                 ModelEntry(
                     name=_str(m, "name", path),
-                    width=_int(m, "width", path, 1, 1 << 16),
-                    height=_int(m, "height", path, 1, 1 << 16),
+                    width=_int(m, "width", path, 0, 1 << 16),
+                    height=_int(m, "height", path, 0, 1 << 16),
                     loaded=_bool(m, "loaded", path, False),
                 )
             )
@@ -952,16 +946,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def check_sizes(
-    frames: Sequence[bytes], max_frames: int = MAX_FRAMES, max_bytes: int = MAX_MESSAGE_BYTES
-) -> None:
+def check_sizes(frames: Sequence[bytes], max_frames: int = MAX_FRAMES, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
     """Frame count, header size and total size limits; cheap, before any parsing."""
     if not frames:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message (no header frame)", "header")
     if len(frames) > max_frames:
-        raise ProtocolError(
-            ErrorCode.TOO_LARGE, f"{len(frames)} frames; at most {max_frames} are allowed", "frames"
-        )
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{len(frames)} frames; at most {max_frames} are allowed", "frames")
     if len(frames[0]) > MAX_HEADER_BYTES:
         raise ProtocolError(
             ErrorCode.TOO_LARGE, f"header is {len(frames[0])} bytes; at most {MAX_HEADER_BYTES}", "header"
@@ -1003,9 +993,7 @@ def decode(
             ErrorCode.BAD_REQUEST, f"header: not a UTF-8 JSON object ({_show(str(exc))})", "header"
         ) from None
     if not isinstance(header, dict):
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"header: expected a JSON object, got {_show(header)}", "header"
-        )
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header: expected a JSON object, got {_show(header)}", "header")
     version = header.get("v")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(

@@ -1,0 +1,317 @@
+"""``draggan-backend``: run the DragGAN server, manage its CURVE keys, purge its caches, list models.
+
+Heavy imports (torch, the engine) happen only in ``serve``, so ``keys`` works with just pyzmq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """\
+DragGAN backend for the GIMP plug-in. GIMP talks to it over ZeroMQ; it runs the inversion and the
+drag edits on the GPU (or CPU).
+
+  draggan-backend serve                      serve on tcp://127.0.0.1:5555 (this machine only)
+  draggan-backend serve --model tiny=G.pt    also serve a generator file under the name 'tiny'
+  draggan-backend keys init                  make CURVE keys (needed to serve other machines)
+  draggan-backend serve --bind tcp://0.0.0.0:5555   serve the network (CURVE keys required)
+  draggan-backend purge                      delete cached latents on disk
+  draggan-backend models                     list known models and whether they are installed
+
+Remote set-up (GIMP on a laptop, backend on a workstation) and the SSH-tunnel alternative:
+see docs/remote.md.
+"""
+
+SERVE_EPILOG = """\
+Models: every installed model in the models folder is served (see `draggan-backend models`);
+--model adds files (NAME=PATH, or PATH, named after the file) or checks an installed NAME, and the
+first --model is loaded at start. Others load on first use (clients see a 'loading' phase) and the
+least recently used are dropped when --max-memory would be exceeded.
+
+Security: binding to anything but loopback (127.0.0.1, ::1, localhost, ipc://) requires CURVE keys
+(`draggan-backend keys init`); only clients whose public key is in the allow-list folder get in.
+--insecure serves a network without keys: anyone who can reach the port can use the GPU and send
+photos. Never use it outside a network you fully control.
+
+Privacy: photos sent by a client, their latents and drag sessions are kept (per client, for
+--retention seconds) so that follow-up edits are quick; other clients can never reference them.
+--no-cache keeps nothing beyond the edit itself (then 'continue' is not available).
+"""
+
+
+def _parse_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 8G, 512M, 1.5GB, 1000000)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for endpoints only this machine can reach (loopback TCP, ipc://, inproc://)."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    match = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:]+):(\d+|\*)", endpoint)
+    if not match:
+        return False
+    host = match.group(1).strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*', an interface name or a host name: not provably loopback
+        return False
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "draggan" / "latents"
+
+
+def _model_args(values: list[str]) -> tuple[dict[str, Path], list[str]]:
+    """--model values -> (extra name -> file, names in command-line order)."""
+    extra: dict[str, Path] = {}
+    order: list[str] = []
+    for value in values:
+        if "=" in value:
+            name, path = value.split("=", 1)
+            extra[name] = Path(path).expanduser()
+        elif os.sep in value or value.endswith((".pt", ".pkl")) or Path(value).is_file():
+            name = Path(value).stem
+            extra[name] = Path(value).expanduser()
+        else:
+            name = value
+        order.append(name)
+    return extra, order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="draggan-backend", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server (Ctrl+C stops it cleanly)", epilog=SERVE_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--model", action="append", default=[], metavar="NAME|PATH|NAME=PATH",
+                       help="a model to serve; repeat for several (the first is loaded at start)")
+    serve.add_argument("--device", default="auto", help="auto (GPU when usable), cuda, cuda:1 or cpu")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                       help="ZeroMQ endpoint to listen on (default: %(default)s, this machine only)")
+    serve.add_argument("--max-memory", type=_parse_bytes, default=None, metavar="SIZE",
+                       help="budget for loaded model weights, e.g. 8G; least recently used models are dropped")
+    serve.add_argument("--queue", type=int, default=4, metavar="N",
+                       help="edits that may wait behind the running one; more get 'busy' (default %(default)s)")
+    serve.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
+                       help="heartbeat interval; a client silent for two intervals loses its job (default "
+                            "%(default)s)")
+    serve.add_argument("--no-cache", action="store_true",
+                       help="keep no photos, latents or sessions beyond the edit that made them")
+    serve.add_argument("--cache-dir", type=Path, default=None,
+                       help=f"latent cache folder (default {default_cache_dir()})")
+    serve.add_argument("--cache-size", type=_parse_bytes, default=1 << 30, metavar="SIZE",
+                       help="latent cache size limit (default 1G)")
+    serve.add_argument("--retention", type=float, default=3600.0, metavar="SECONDS",
+                       help="how long a client's photos and sessions are kept in memory (default %(default)s)")
+    serve.add_argument("--max-sessions", type=int, default=8, metavar="N",
+                       help="drag sessions kept for 'continue', all clients together (default %(default)s)")
+    serve.add_argument("--keys-dir", type=Path, default=None,
+                       help="CURVE keys folder (default: the per-user config folder's keys/)")
+    serve.add_argument("--curve", action="store_true", help="require CURVE keys even on loopback")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback bind WITHOUT keys (dangerous; see below)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    keys = sub.add_parser("keys", help="create, list and allow CURVE keys (see docs/remote.md)")
+    keys.add_argument("--keys-dir", type=Path, default=None, help="keys folder (default: per-user config)")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    kinit = ksub.add_parser("init", help="create the server and this machine's client key pairs if missing")
+    kinit.add_argument("--client-only", action="store_true", help="only the client pair (a laptop)")
+    kinit.add_argument("--server-only", action="store_true", help="only the server pair")
+    kinit.add_argument("--force", action="store_true", help="replace existing pairs")
+    ksub.add_parser("list", help="show the public keys and the allow-list")
+    kallow = ksub.add_parser("allow", help="allow a client's public key file (its client.key) in")
+    kallow.add_argument("public_key_file", type=Path)
+    kallow.add_argument("--name", default=None, help="a name for the client (default: from the file name)")
+    knew = ksub.add_parser("new-client", help="make a key pair for another machine and allow it in")
+    knew.add_argument("name")
+
+    purge = sub.add_parser("purge", help="delete the cached latents on disk")
+    purge.add_argument("--cache-dir", type=Path, default=None, help="latent cache folder")
+
+    sub.add_parser("models", help="list the known models")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "keys":
+        return cmd_keys(args, parser)
+    if args.command == "purge":
+        return cmd_purge(args)
+    if args.command == "models":
+        return cmd_models()
+    parser.print_help()
+    return 2
+
+
+def _fail(message: str) -> int:
+    print(f"draggan-backend: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_keys(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import keys
+    from .protocol import ProtocolError
+
+    keys_dir = args.keys_dir or keys.default_keys_dir()
+    try:
+        if args.keys_command == "init":
+            for line in keys.init(keys_dir, server=not args.client_only, client=not args.server_only,
+                                  force=args.force):
+                print(line)
+        elif args.keys_command == "allow":
+            print(f"allowed: {keys.allow(keys_dir, args.public_key_file, args.name)}")
+        elif args.keys_command == "new-client":
+            public, secret = keys.create_pair(keys_dir, args.name)
+            dest = keys.allow(keys_dir, public, args.name)
+            print(f"created {public} and {secret}; allowed in as {dest}")
+            print(f"copy {secret} to the client machine as <keys folder>/client.key_secret, together with "
+                  f"{keys_dir / 'server.key'} as server.key; then delete {secret} here")
+        elif args.keys_command in (None, "list"):
+            for line in keys.describe(keys_dir):
+                print(line)
+        return 0
+    except (keys.KeysError, ProtocolError, OSError) as exc:
+        return _fail(str(exc))
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    import shutil
+
+    folder = args.cache_dir or default_cache_dir()
+    if not folder.exists():
+        print(f"nothing to purge: {folder} does not exist")
+        return 0
+    count = sum(1 for p in folder.iterdir() if p.is_file())
+    shutil.rmtree(folder)
+    print(f"deleted {count} cached latent file(s) in {folder}. A running server keeps photos and sessions in "
+          "memory until --retention passes or it restarts; clients purge their own with a 'purge' request.")
+    return 0
+
+
+def cmd_models() -> int:
+    from . import models
+
+    for m in models.available_models():
+        size = f"{m.width}x{m.height}" if m.width else "size unknown"
+        print(f"{m.name:<24} {'installed' if m.installed else 'not installed':<14} {size:<12} {m.path or ''}")
+    return 0
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _human(nbytes: int) -> str:
+    return f"{nbytes / (1 << 30):.1f} GB" if nbytes else "unknown"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    log = logging.getLogger("draggan.backend")
+    from . import keys as keys_mod
+
+    loopback = is_loopback(args.bind)
+    auth = "curve" if (args.curve or not loopback) else "none"
+    server_keys = None
+    keys_dir = args.keys_dir or keys_mod.default_keys_dir()
+    if auth == "curve":
+        if not loopback and args.insecure and not args.curve:
+            auth = "none"
+            bar = "!" * 100
+            log.warning("\n%s\n!! --insecure: serving %s WITHOUT authentication or encryption. Anyone who can "
+                        "reach this port can use\n!! the GPU and send photos, and photos travel in clear text. "
+                        "Use CURVE keys (docs/remote.md) instead.\n%s", bar, args.bind, bar)
+        else:
+            try:
+                server_keys = keys_mod.load_server_keys(keys_dir)
+            except (keys_mod.KeysError, OSError) as exc:
+                why = "binding to a non-loopback address requires CURVE keys" if not loopback else "--curve"
+                return _fail(f"{why}: {exc}. Make keys with `draggan-backend keys init` (see docs/remote.md), "
+                             "or bind to tcp://127.0.0.1 and use an SSH tunnel")
+    from .jobs import EditRunner
+    from .protocol import PROTOCOL_VERSION
+    from .server import SERVER_VERSION, Server, ServerConfig
+
+    extra, order = _model_args(args.model)
+    try:
+        runner = EditRunner(models=extra, device=args.device, max_memory=args.max_memory,
+                            cache=not args.no_cache, cache_dir=None if args.no_cache else
+                            (args.cache_dir or default_cache_dir()), cache_bytes=args.cache_size,
+                            max_sessions=args.max_sessions, retention_s=args.retention)
+        for name in order:
+            runner.pool.check(name)
+        runner.pool.probe_sizes()
+        if order:
+            runner.pool.get(order[0])
+    except Exception as exc:  # a bad model file, device or folder: say so and stop
+        return _fail(str(exc))
+    if not runner.pool.installed_names():
+        return _fail("no model to serve: install one (`python install.py --model NAME`) or pass "
+                     "--model NAME=PATH")
+    config = ServerConfig(bind=args.bind, heartbeat_s=args.heartbeat, queue_limit=args.queue, auth=auth,
+                          server_public_key=server_keys.public if server_keys else None,
+                          server_secret_key=server_keys.secret if server_keys else None,
+                          allowed_clients_dir=str(server_keys.allowed_dir) if server_keys else None,
+                          cache=not args.no_cache)
+    server = Server(config, runner)
+    try:
+        server.bind()
+    except Exception as exc:
+        return _fail(f"cannot listen on {args.bind}: {exc}")
+    total, _used = runner.memory()
+    models_text = ", ".join(f"{m.name} ({m.width}x{m.height}{', loaded' if m.loaded else ''})"
+                            for m in runner.models())
+    if auth == "curve":
+        assert server_keys is not None
+        allowed = len(list(Path(server_keys.allowed_dir).glob("*.key")))
+        auth_text = (f"CURVE, server key {server_keys.public.decode()}, {allowed} allowed client key(s) in "
+                     f"{server_keys.allowed_dir}")
+    else:
+        auth_text = "none (loopback only)" if loopback else "NONE (--insecure)"
+    banner = [f"DragGAN backend {SERVER_VERSION} (protocol {PROTOCOL_VERSION})",
+              f"  endpoint : {server.endpoint}",
+              f"  device   : {runner.device} (memory {_human(total)})",
+              f"  models   : {models_text}",
+              f"  auth     : {auth_text}",
+              "  cache    : " + ("off (--no-cache)" if args.no_cache else
+                                 f"latents in {args.cache_dir or default_cache_dir()}, photos/sessions kept "
+                                 f"{args.retention:g} s"),
+              f"  queue    : {args.queue} waiting at most; heartbeat {args.heartbeat:g} s",
+              "ready (Ctrl+C to stop)"]
+    print("\n".join(banner), file=sys.stderr, flush=True)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        server.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.serve_forever(already_bound=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

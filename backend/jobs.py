@@ -1,0 +1,512 @@
+"""The edit pipeline the server's worker thread runs, and the state it keeps between edits.
+
+    decode image -> model (LRU pool, ``loading`` progress) -> inversion.project (latent cache, preset,
+    PTI; ``inversion`` progress) -> engine DragSession.run (``drag`` progress + previews) -> result
+
+State, all keyed by *owner* (the CURVE client key, or the connection on loopback) so one client can
+never reach another's data:
+
+* ``ImageStore``: photos sent with an edit, re-usable by ``image_id`` (bounded count, retention time);
+* ``SessionStore``: drag sessions (latent + generator) for ``continue`` (bounded count, retention);
+* ``ModelPool``: loaded generators, least recently used evicted under a memory budget.
+
+``--no-cache`` keeps none of the photos, latents or sessions beyond the edit that made them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import protocol
+from .protocol import ErrorCode, ProtocolError
+
+log = logging.getLogger("draggan.backend")
+
+Emit = Callable[[protocol.Progress], None]
+ShouldCancel = Callable[[], bool]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; anything else is checked."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is usable by this torch build; use --device cpu")
+    torch.device(device)  # raises for nonsense
+    return device
+
+
+def device_memory(device: str) -> tuple[int, int]:
+    """(total, used) bytes of the device's memory (host RAM for the CPU); (0, 0) when unknown."""
+    try:
+        if device.startswith("cuda"):
+            free, total = torch.cuda.mem_get_info(torch.device(device))
+            return int(total), int(total - free)
+        page = os.sysconf("SC_PAGE_SIZE")
+        total = page * os.sysconf("SC_PHYS_PAGES")
+        avail = page * os.sysconf("SC_AVPHYS_PAGES")
+        return int(total), int(total - avail)
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return 0, 0
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+# -- model registry (backend.models, install engineer) ---------------------------------------------
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+def registry_models(extra: Mapping[str, Path]) -> list[tuple[str, Path | None, bool, int, int]]:
+    """(name, path, installed, width, height) for every model the registry and ``extra`` know."""
+    try:
+        from . import models
+    except ImportError:  # registry not available: only the models named on the command line
+        return [(n, Path(p), Path(p).is_file(), 0, 0) for n, p in extra.items()]
+    return [(m.name, m.path, m.installed, m.width, m.height) for m in models.available_models(extra)]
+
+
+def registry_resolve(name: str, extra: Mapping[str, Path]) -> Path:
+    try:
+        from . import models
+    except ImportError:
+        if name in extra:
+            return Path(extra[name])
+        raise UnknownModel(f"model '{name}' is not served here; known: {', '.join(sorted(extra))}") from None
+    try:
+        return models.resolve_model(name, extra=extra)
+    except models.ModelError as exc:
+        raise UnknownModel(str(exc)) from None
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    G: Any  # stylegan2.Generator
+    nbytes: int
+    last_used: float
+
+
+class ModelPool:
+    """Generators by name, loaded on demand; least recently used ones are dropped when the sum of
+    their weights would exceed ``max_bytes`` (None = no limit; the model in use is never dropped).
+
+    ``loader(path, device) -> G`` defaults to ``stylegan2.load_generator``. Thread-safe.
+    """
+
+    def __init__(self, extra: Mapping[str, Path], device: str, max_bytes: int | None = None,
+                 loader: Callable[[Path, str], Any] | None = None,
+                 on_evict: Callable[[str], None] | None = None) -> None:
+        self.extra = {k: Path(v) for k, v in extra.items()}
+        self.device = device
+        self.max_bytes = max_bytes
+        self._loader = loader
+        self._on_evict = on_evict
+        self._loaded: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
+        self._sizes: dict[str, tuple[int, int]] = {}  # name -> (width, height) learnt from loading
+        self._lock = threading.RLock()
+        self.evictions = 0
+
+    def _load_file(self, path: Path) -> Any:
+        if self._loader is not None:
+            return self._loader(path, self.device)
+        import stylegan2
+
+        return stylegan2.load_generator(path, device=self.device)
+
+    def entries(self) -> list[protocol.ModelEntry]:
+        """Installed models for ``welcome`` (size 0 x 0 until known)."""
+        out = []
+        with self._lock:
+            for name, _path, installed, width, height in registry_models(self.extra):
+                if not installed:
+                    continue
+                width, height = self._sizes.get(name, (width, height))
+                out.append(protocol.ModelEntry(name=name, width=width, height=height,
+                                               loaded=name in self._loaded))
+        return out
+
+    def installed_names(self) -> list[str]:
+        return [name for name, _p, installed, _w, _h in registry_models(self.extra) if installed]
+
+    def check(self, name: str) -> None:
+        """Raises UnknownModel when ``name`` cannot be served (cheap: no loading)."""
+        with self._lock:
+            if name in self._loaded:
+                return
+        registry_resolve(name, self.extra)
+
+    def probe_sizes(self) -> None:
+        """Learn width x height of models whose registry entry does not say (loads each once)."""
+        for name, path, installed, width, height in registry_models(self.extra):
+            if installed and path is not None and not (width and height) and name not in self._sizes:
+                G = self._load_file(path)
+                self._sizes[name] = (int(G.img_width), int(G.img_height))
+                del G
+
+    def get(self, name: str, emit: Emit | None = None) -> Any:
+        with self._lock:
+            entry = self._loaded.get(name)
+            if entry is not None:
+                self._loaded.move_to_end(name)
+                entry.last_used = time.monotonic()
+                return entry.G
+        path = registry_resolve(name, self.extra)
+        if emit is not None:
+            emit(protocol.Progress(phase="loading", text=f"loading model '{name}'"))
+        started = time.monotonic()
+        G = self._load_file(path)
+        nbytes = module_bytes(G)
+        with self._lock:
+            self._make_room(nbytes)
+            self._loaded[name] = LoadedModel(name, G, nbytes, time.monotonic())
+            self._sizes[name] = (int(G.img_width), int(G.img_height))
+        log.info("model '%s' loaded from %s in %.1f s (%.1f MB of weights)", name, path,
+                 time.monotonic() - started, nbytes / 1e6)
+        return G
+
+    def _make_room(self, nbytes: int) -> None:
+        if self.max_bytes is None:
+            return
+        while self._loaded and sum(m.nbytes for m in self._loaded.values()) + nbytes > self.max_bytes:
+            name, _ = self._loaded.popitem(last=False)
+            self.evictions += 1
+            log.info("model '%s' evicted (least recently used; --max-memory %d bytes)", name, self.max_bytes)
+            if self._on_evict is not None:
+                self._on_evict(name)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def loaded_names(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)
+
+
+# -- per-owner stores ---------------------------------------------------------------------------
+
+
+class OwnedStore:
+    """``id -> (owner, value)`` with a count limit and a retention time; thread-safe.
+
+    A lookup with the wrong owner behaves exactly like a missing id (no oracle for other clients).
+    """
+
+    def __init__(self, max_items: int, retention_s: float) -> None:
+        self.max_items = max_items
+        self.retention_s = retention_s
+        self._items: collections.OrderedDict[str, tuple[str, Any, float]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        for key, (_owner, _value, last) in list(self._items.items()):
+            if now - last > self.retention_s:
+                del self._items[key]
+
+    def put(self, owner: str, value: Any, key: str | None = None) -> str:
+        key = key or uuid.uuid4().hex
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            self._items[key] = (owner, value, now)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, owner: str, key: str) -> Any | None:
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            item = self._items.get(key)
+            if item is None or item[0] != owner:
+                return None
+            self._items[key] = (owner, item[1], now)
+            self._items.move_to_end(key)
+            return item[1]
+
+    def contains(self, owner: str, key: str) -> bool:
+        with self._lock:
+            self._expire(time.monotonic())
+            item = self._items.get(key)
+            return item is not None and item[0] == owner
+
+    def purge(self, owner: str) -> int:
+        with self._lock:
+            keys = [k for k, (o, _v, _t) in self._items.items() if o == owner]
+            for k in keys:
+                del self._items[k]
+            return len(keys)
+
+    def drop_where(self, predicate: Callable[[Any], bool]) -> int:
+        with self._lock:
+            keys = [k for k, (_o, v, _t) in self._items.items() if predicate(v)]
+            for k in keys:
+                del self._items[k]
+            return len(keys)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+@dataclass
+class HeldSession:
+    model: str
+    session: Any  # backend.engine.DragSession
+    inversion: protocol.InversionQuality | None
+    image_id: str
+    params: protocol.EditParams
+
+
+# -- the runner --------------------------------------------------------------------------------
+
+
+def image_to_rgb(image: protocol.Image, field_name: str) -> np.ndarray:
+    """Wire image -> uint8 [H, W, 3] (gray repeated, alpha dropped)."""
+    array = np.frombuffer(image.data, dtype=np.uint8).reshape(image.height, image.width, image.channels)
+    if image.channels == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif image.channels == 4:
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array)
+
+
+def mask_to_float(mask: protocol.Image) -> np.ndarray:
+    """Wire mask (uint8, 255 = may move) -> float32 [H, W] in [0, 1]."""
+    return np.frombuffer(mask.data, dtype=np.uint8).reshape(mask.height, mask.width).astype(np.float32) / 255.0
+
+
+def rgb_to_image(array: np.ndarray) -> protocol.Image:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return protocol.Image(width=array.shape[1], height=array.shape[0], channels=array.shape[2], data=array.tobytes())
+
+
+class EditRunner:
+    """The production :class:`backend.server.Runner`: real models, inversion and drag engine.
+
+    ``project`` and ``session_factory`` default to ``inversion.project`` and
+    ``backend.engine.DragSession``; they are parameters only so that they are imported lazily.
+    """
+
+    def __init__(self, models: Mapping[str, Path] | None = None, device: str = "auto",
+                 max_memory: int | None = None, cache: bool = True, cache_dir: Path | None = None,
+                 cache_bytes: int = 1 << 30, max_sessions: int = 8, max_images: int = 32,
+                 retention_s: float = 3600.0, loader: Callable[[Path, str], Any] | None = None,
+                 inversion_steps: int | None = None) -> None:
+        self.device = resolve_device(device)
+        self.inversion_steps = inversion_steps  # None = the presets' own step counts
+        self.cache = cache
+        self.sessions = OwnedStore(max_sessions, retention_s)
+        self.images = OwnedStore(max_images, retention_s)
+        self.pool = ModelPool(models or {}, self.device, max_memory, loader=loader, on_evict=self._model_evicted)
+        self.pool.probe_sizes()  # welcome must tell the plug-in each model's size before it crops
+        self.latent_cache: Any = None
+        if cache and cache_dir is not None:
+            from inversion import LatentCache
+
+            self.latent_cache = LatentCache(cache_dir, cache_bytes)
+
+    def _model_evicted(self, name: str) -> None:
+        dropped = self.sessions.drop_where(lambda held: held.model == name)
+        if dropped:
+            log.info("dropped %d session(s) of evicted model '%s'", dropped, name)
+
+    # Runner interface ------------------------------------------------------------------------
+
+    def models(self) -> list[protocol.ModelEntry]:
+        return self.pool.entries()
+
+    def memory(self) -> tuple[int, int]:
+        return device_memory(self.device)
+
+    def purge(self, owner: str) -> tuple[int, int]:
+        return self.images.purge(owner), self.sessions.purge(owner)
+
+    def precheck(self, owner: str, request: Any) -> None:
+        if isinstance(request, protocol.Edit):
+            try:
+                self.pool.check(request.model)
+            except UnknownModel as exc:
+                raise ProtocolError(ErrorCode.UNKNOWN_MODEL, str(exc), "fields.model") from None
+            if request.image_id is not None and not self.images.contains(owner, request.image_id):
+                raise self._unknown_image(request.image_id)
+        elif isinstance(request, protocol.Continue):
+            if not self.sessions.contains(owner, request.session_id):
+                raise self._unknown_session(request.session_id)
+
+    def _unknown_image(self, image_id: str) -> ProtocolError:
+        why = "the server runs with --no-cache" if not self.cache else \
+            "it expired, was purged, or was sent by another client"
+        return ProtocolError(ErrorCode.UNKNOWN_IMAGE, f"fields.image_id: image {image_id!r} is not cached for "
+                                                      f"this client ({why}); send the image again", "fields.image_id")
+
+    def _unknown_session(self, session_id: str) -> ProtocolError:
+        why = "the server runs with --no-cache" if not self.cache else \
+            "it expired, was purged, its model was unloaded, or it belongs to another client"
+        return ProtocolError(ErrorCode.UNKNOWN_SESSION, f"fields.session_id: session {session_id!r} is not held "
+                                                        f"for this client ({why}); start a new edit",
+                             "fields.session_id")
+
+    def run(self, owner: str, request: Any, emit: Emit, should_cancel: ShouldCancel) -> protocol.Result:
+        if isinstance(request, protocol.Edit):
+            return self._edit(owner, request, emit, should_cancel)
+        return self._continue(owner, request, emit, should_cancel)
+
+    # pipeline --------------------------------------------------------------------------------
+
+    def _edit(self, owner: str, req: protocol.Edit, emit: Emit, should_cancel: ShouldCancel) -> protocol.Result:
+        from backend.engine import DragSession
+
+        started = time.monotonic()
+        try:
+            G = self.pool.get(req.model, emit)
+        except UnknownModel as exc:
+            raise ProtocolError(ErrorCode.UNKNOWN_MODEL, str(exc), "fields.model") from None
+        width, height = int(G.img_width), int(G.img_height)
+        pixels: np.ndarray | None
+        if req.image is not None:
+            pixels = image_to_rgb(req.image, "fields.image")
+        else:
+            assert req.image_id is not None
+            pixels = self.images.get(owner, req.image_id)
+            if pixels is None:
+                raise self._unknown_image(req.image_id)
+        if pixels.shape[:2] != (height, width):
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"fields.image: the image is {pixels.shape[1]}x{pixels.shape[0]} but model "
+                                f"'{req.model}' works on {width}x{height}; scale the crop to the model size",
+                                "fields.image")
+        mask = self._mask(req.mask, width, height)
+        _check_points(req.handles, width, height, "fields.handles")
+        _check_points(req.targets, width, height, "fields.targets")
+        if should_cancel():
+            raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
+
+        projection = self._project(G, req.model, pixels, req.params, emit, should_cancel)
+        quality = protocol.InversionQuality(psnr=float(projection.psnr), stlpips=float(projection.stlpips),
+                                            from_cache=bool(projection.from_cache))
+        emit(protocol.Progress(phase="inversion", step=int(projection.steps), total=int(projection.steps),
+                               inversion=quality, text="inversion done"))
+        session = DragSession(projection.generator, projection.ws, handle_points=req.handles,
+                              target_points=req.targets, mask=mask,
+                              params=_drag_params(req.params, projection.generator))
+        steps = self._drag(session, emit, should_cancel, quality)
+        image_id = self.images.put(owner, pixels) if self.cache else ""
+        session_id = ""
+        if self.cache:
+            session_id = self.sessions.put(owner, HeldSession(req.model, session, quality, image_id, req.params))
+        else:
+            session_id = "none"
+        return protocol.Result(image=rgb_to_image(session.image()), points=session.points, session_id=session_id,
+                               image_id=image_id, inversion=quality, steps=steps,
+                               seconds=time.monotonic() - started)
+
+    def _continue(self, owner: str, req: protocol.Continue, emit: Emit,
+                  should_cancel: ShouldCancel) -> protocol.Result:
+        started = time.monotonic()
+        held: HeldSession | None = self.sessions.get(owner, req.session_id)
+        if held is None:
+            raise self._unknown_session(req.session_id)
+        session = held.session
+        mask = self._mask(req.mask, session.width, session.height)
+        params = req.params or held.params
+        _check_points(req.handles, session.width, session.height, "fields.handles")
+        _check_points(req.targets, session.width, session.height, "fields.targets")
+        session.set_points(req.handles, req.targets, mask, params=_drag_params(params, session.G))
+        held.params = params
+        steps = self._drag(session, emit, should_cancel, held.inversion)
+        return protocol.Result(image=rgb_to_image(session.image()), points=session.points,
+                               session_id=req.session_id, image_id=held.image_id, inversion=held.inversion,
+                               steps=steps, seconds=time.monotonic() - started)
+
+    def _mask(self, mask: protocol.Image | None, width: int, height: int) -> np.ndarray | None:
+        if mask is None:
+            return None
+        if (mask.width, mask.height) != (width, height):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"fields.mask: the mask is {mask.width}x{mask.height}, "
+                                                       f"the image {width}x{height}", "fields.mask")
+        return mask_to_float(mask)
+
+    def _project(self, G: Any, model: str, pixels: np.ndarray, params: protocol.EditParams, emit: Emit,
+                 should_cancel: ShouldCancel) -> Any:
+        from inversion import PRESETS, InversionCancelled, project
+
+        def progress(step: int, total: int, metrics: Any) -> None:
+            quality = None
+            if isinstance(metrics, dict) and "psnr" in metrics and "stlpips" in metrics:
+                quality = protocol.InversionQuality(psnr=float(metrics["psnr"]), stlpips=float(metrics["stlpips"]))
+            emit(protocol.Progress(phase="inversion", step=int(step), total=int(total), inversion=quality,
+                                   loss=_maybe_float(metrics.get("loss")) if isinstance(metrics, dict) else None))
+
+        emit(protocol.Progress(phase="inversion", step=0, total=0, text="projecting the photo into the model"))
+        try:
+            settings = None
+            if self.inversion_steps is not None:  # a server-wide cap (quick CPU servers, tests)
+                base = PRESETS[params.inversion]
+                settings = dataclasses.replace(base, steps=self.inversion_steps,
+                                               search_samples=min(base.search_samples, self.inversion_steps),
+                                               pti_steps=min(base.pti_steps, self.inversion_steps))
+            return project(G, pixels, preset=params.inversion, pti=params.pti, progress=progress,
+                           should_cancel=should_cancel, cache=self.latent_cache if self.cache else None,
+                           settings=settings)
+        except InversionCancelled:
+            raise ProtocolError(ErrorCode.CANCELLED, "cancelled") from None
+
+    def _drag(self, session: Any, emit: Emit, should_cancel: ShouldCancel,
+              quality: protocol.InversionQuality | None) -> int:
+        from backend.engine import EditCancelled
+
+        steps = 0
+        try:
+            for step in session.run(should_cancel=should_cancel):
+                steps = step.index + 1
+                preview = rgb_to_image(step.preview) if step.preview is not None else None
+                emit(protocol.Progress(phase="drag", step=steps, total=step.total, points=step.points,
+                                       loss=_maybe_float(step.loss), preview=preview,
+                                       text="done: handles reached their targets" if step.done else ""))
+        except EditCancelled:
+            raise ProtocolError(ErrorCode.CANCELLED, "cancelled") from None
+        return steps
+
+
+def _maybe_float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _check_points(points: list[tuple[float, float]], width: int, height: int, field_name: str) -> None:
+    for i, (x, y) in enumerate(points):
+        if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{field_name}[{i}]: ({x:g}, {y:g}) is outside the "
+                                                       f"{width}x{height} image (x in 0..{width - 1}, "
+                                                       f"y in 0..{height - 1})", f"{field_name}[{i}]")
+
+
+def _drag_params(params: protocol.EditParams, G: Any) -> Any:
+    from backend.engine import DragParams
+
+    # DragGAN reads features after block 5 (128 px at 512); small generators have fewer blocks.
+    feature_block = min(DragParams.feature_block, int(G.synthesis.num_blocks) - 1)
+    return DragParams(max_steps=params.max_steps, lr=params.lr, latent=params.latent,
+                      lambda_mask=params.lambda_mask, r1=params.r1, r2=params.r2,
+                      preview_every=params.preview_every, feature_block=feature_block)
