@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""DragGAN for GIMP 3: drag points of a photo with a StyleGAN backend.
+
+The thin GIMP entry: registers the procedure and hands each run to draggan_core (beside this
+file; pure-Python logic). GIMP loads it only as PLUG-IN-DIR/draggan/draggan.py, executable.
+Menu: Filters > Generic > DragGAN (Drag Points)...   Procedure: python-fu-draggan.
+"""
+
+import os
+import sys
+
+# draggan_core/ and draggan_wire/ sit next to this file
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+
+import gi  # noqa: E402
+
+gi.require_version("Gimp", "3.0")
+from draggan_core import errors, options  # noqa: E402
+from gi.repository import Gimp, GLib, GObject  # noqa: E402
+
+PLUGIN_DIR = os.path.dirname(os.path.realpath(__file__))
+
+
+def _fail(procedure, error):
+    status = Gimp.PDBStatusType.CALLING_ERROR if error.calling else Gimp.PDBStatusType.EXECUTION_ERROR
+    return procedure.new_return_values(status, GLib.Error(error.message))
+
+
+def run(procedure, run_mode, image, drawables, config, _data):
+    from draggan_core import edit  # imported per run: a broken install shows as an error, not a crash
+
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        from draggan_core import dialog
+
+        if not dialog.show(procedure, config):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    progress = edit.Progress()
+    try:
+        outcome = edit.run_edit(image, list(drawables), options.read_options(config), progress)
+    except errors.PluginError as exc:
+        return _fail(procedure, exc)
+    except Exception as exc:  # a bug: still a message, never a traceback dialog
+        import traceback
+
+        traceback.print_exc()
+        return _fail(procedure, errors.PluginError(
+            f"DragGAN: unexpected error ({type(exc).__name__}: {exc}). The image was not changed; "
+            "please report this with the text GIMP printed on its console."))
+    finally:
+        progress.end()
+    Gimp.displays_flush()
+    values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    values.remove(1)
+    values.insert(1, GObject.Value(Gimp.Layer, outcome.layer))
+    return values
+
+
+class DragGAN(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [options.PROCEDURE_NAME]
+
+    def do_set_i18n(self, _name):
+        return False
+
+    def do_create_procedure(self, name):
+        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        proc.set_image_types("RGB*, GRAY*")
+        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        proc.set_menu_label(options.MENU_LABEL)
+        proc.add_menu_path(options.MENU_PATH)
+        proc.set_documentation(
+            "Drag points of a photo with DragGAN",
+            "Handles and targets come from the active path: in each stroke, anchors 1, 3, 5... are "
+            "handles and 2, 4, 6... their targets. The selection (if any) is the region that may "
+            "move. The result is a new layer above the original with a feathered layer mask.",
+            name)
+        proc.set_attribution("DragGAN for GIMP contributors", "MIT licence", "2026")
+        config = options.read_plugin_config(PLUGIN_DIR)
+        defaults = {"backend-address": config["address"]} if isinstance(config.get("address"), str) else {}
+        options.register_arguments(proc, Gimp, GObject, defaults)
+        proc.add_layer_return_value("result-layer", "Result layer", "The new layer with the edit",
+                                    False, GObject.ParamFlags.READWRITE)
+        return proc
+
+
+Gimp.main(DragGAN.__gtype__, sys.argv)

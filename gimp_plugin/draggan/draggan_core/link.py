@@ -1,0 +1,165 @@
+"""The plug-in's view of the backend: draggan_wire.client behind a small interface, errors turned
+into PluginErrors that say what to do.
+
+draggan_wire/ (protocol.py + client.py) is staged beside the plug-in by install.py; pyzmq is
+imported only when a connection is made, so the plug-in registers and shows its dialog without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import errors
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str
+    width: int
+    height: int
+    loaded: bool
+
+
+def wire() -> tuple[Any, Any]:
+    """(protocol, client) modules of the staged draggan_wire package, or a PluginError."""
+    try:
+        from draggan_wire import client, protocol
+    except ImportError as exc:
+        if getattr(exc, "name", "") == "zmq":
+            raise errors.pyzmq_missing(str(exc)) from None
+        raise errors.wire_missing(str(exc)) from None
+    return protocol, client
+
+
+def import_pyzmq() -> Any:
+    """pyzmq, or a PluginError saying how to get it into GIMP's Python."""
+    wire()  # draggan_wire adds the vendored pyzmq folder (install.py) to sys.path
+    try:
+        import zmq
+    except ImportError as exc:
+        raise errors.pyzmq_missing(str(exc)) from None
+    return zmq
+
+
+def explain(exc: Exception, address: str, timeout_s: float, models: list[str] | None = None,
+            model: str = "") -> errors.PluginError:
+    """A protocol.ProtocolError (or anything else from the client) as a PluginError for the user."""
+    code = getattr(exc, "code", "")
+    message = getattr(exc, "message", None) or str(exc)
+    if code in ("unavailable", "timeout"):
+        return errors.backend_unreachable(address, timeout_s, message)
+    if code == "unknown_model":
+        return errors.model_not_available(model, models or [], message)
+    if code == "busy":
+        return errors.backend_busy(address, message)
+    if code == "cancelled":
+        return errors.cancelled()
+    if code == "out_of_memory":
+        return errors.PluginError(
+            f"DragGAN: the backend at {address} ran out of memory ({message}). Use a smaller model, "
+            "turn PTI off, or close other GPU programs on the server, then try again."
+        )
+    if code == "version_mismatch":
+        return errors.PluginError(f"DragGAN: plug-in and backend do not match: {message}")
+    if code == "auth":
+        return errors.PluginError(f"DragGAN: the backend at {address} refused the connection: {message}")
+    if code == "bad_request":
+        return errors.PluginError(f"DragGAN: the backend rejected the request: {message}", calling=True)
+    if code:
+        return errors.backend_failed(address, f"[{code}] {message}")
+    return errors.backend_failed(address, message)
+
+
+class Backend:
+    """A connection to one backend. Use as a context manager; every method raises PluginError."""
+
+    def __init__(self, address: str, timeout_s: float, connect_timeout_s: float = 2.0, retries: int = 2) -> None:
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self.protocol, client_module = wire()
+        import_pyzmq()
+        self._models: list[ModelChoice] = []
+        try:
+            self._client = client_module.Client(address, timeout_s=self.timeout_s,
+                                                connect_timeout_s=connect_timeout_s, retries=retries,
+                                                client_name="gimp-draggan")
+        except Exception as exc:  # the client raises ProtocolError; anything else is a bug shown plainly
+            raise explain(exc, address, connect_timeout_s * retries) from None
+        self._connect_wait = connect_timeout_s * retries
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def models(self) -> list[ModelChoice]:
+        """Handshake (once) and the models the backend serves, with their sizes."""
+        if not self._models:
+            try:
+                welcome = self._client.hello()
+            except Exception as exc:
+                raise explain(exc, self.address, self._connect_wait) from None
+            self._models = [ModelChoice(m.name, m.width, m.height, m.loaded) for m in welcome.models]
+            if not self._models:
+                raise errors.PluginError(
+                    f"DragGAN: the backend at {self.address} serves no models. Install one on the server "
+                    "(`python install.py --model NAME`) and restart `draggan-backend serve`."
+                )
+        return self._models
+
+    def pick_model(self, wanted: str) -> ModelChoice:
+        """The model named `wanted` ("" = the first loaded one, else the first listed)."""
+        models = self.models()
+        if not wanted:
+            loaded = [m for m in models if m.loaded]
+            return (loaded or models)[0]
+        for m in models:
+            if m.name == wanted:
+                return m
+        raise errors.model_not_available(wanted, [m.name for m in models])
+
+    def _run(self, request: Any, on_progress: Callable[[Any], None], should_cancel: Callable[[], bool],
+             model: str) -> Any:
+        try:
+            return self._client.run(request, on_progress=on_progress, should_cancel=should_cancel)
+        except errors.PluginError:
+            raise
+        except Exception as exc:
+            if getattr(exc, "code", "") == "unknown_session":
+                raise SessionGone(str(exc)) from None
+            raise explain(exc, self.address, self.timeout_s, [m.name for m in self._models], model) from None
+
+    def edit(self, model: str, rgb: bytes, size: tuple[int, int], handles: list[tuple[float, float]],
+             targets: list[tuple[float, float]], mask: bytes | None, params: dict[str, Any],
+             on_progress: Callable[[Any], None], should_cancel: Callable[[], bool]) -> Any:
+        """Invert `rgb` (model-sized, 3 bytes per pixel) and drag; -> protocol.Result."""
+        p = self.protocol
+        w, h = size
+        request = p.Edit(model=model, handles=handles, targets=targets,
+                         image=p.Image(w, h, 3, rgb),
+                         mask=None if mask is None else p.Image(w, h, 1, mask),
+                         params=p.EditParams(**params))
+        return self._run(request, on_progress, should_cancel, model)
+
+    def continue_session(self, session_id: str, size: tuple[int, int], handles: list[tuple[float, float]],
+                         targets: list[tuple[float, float]], mask: bytes | None, params: dict[str, Any],
+                         on_progress: Callable[[Any], None], should_cancel: Callable[[], bool],
+                         model: str = "") -> Any:
+        """Drag again from the session's latent (no inversion); raises SessionGone when the
+        backend no longer holds it."""
+        p = self.protocol
+        w, h = size
+        request = p.Continue(session_id=session_id, handles=handles, targets=targets,
+                             mask=None if mask is None else p.Image(w, h, 1, mask),
+                             params=p.EditParams(**params))
+        return self._run(request, on_progress, should_cancel, model)
+
+
+class SessionGone(Exception):
+    """The backend no longer holds the session (restarted, expired, purged): invert anew."""

@@ -1,0 +1,150 @@
+"""The procedure's arguments: one table used for PDB registration, the dialog and reading values.
+
+Non-interactive PDB calls take exactly these arguments (after run-mode, image, drawables), in this
+order; the dialog shows them in the same order and GIMP remembers the last values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import geometry
+
+PROCEDURE_NAME = "python-fu-draggan"
+MENU_PATH = "<Image>/Filters/Generic"
+MENU_LABEL = "_DragGAN (Drag Points)..."
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+CONFIG_FILE = "draggan.json"   # optional, beside draggan.py; written by install.py --remote
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One PDB argument. kind: path | string | int | double | boolean | choice."""
+
+    name: str
+    kind: str
+    label: str
+    help: str
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[tuple[str, str, str], ...] = ()   # (nick, label, help)
+
+
+LATENT_CHOICES = (
+    ("w+", "W+ (one latent per layer: more freedom)", "Optimise the first layers' latents separately"),
+    ("w", "W (one latent: stays closer to the model)", "Optimise a single latent shared by every layer"),
+)
+PRESET_CHOICES = (
+    ("fast", "Fast", "Fewer inversion steps (seconds on a GPU)"),
+    ("quality", "Quality", "More inversion steps: a closer reconstruction, slower"),
+)
+CROP_CHOICES = (
+    (geometry.CROP_AUTO, "Auto (around points and selection)",
+     "A model-shaped crop around the drag points and the selection, with a margin"),
+    (geometry.CROP_LAYER, "Whole layer (largest model-shaped crop)",
+     "As much of the layer as the model's shape allows, centred on the points"),
+    (geometry.CROP_SELECTION, "Selection bounds",
+     "The selection's bounding box, grown to the model's shape"),
+)
+
+ARGUMENTS: tuple[Arg, ...] = (
+    Arg("path", "path", "Path with drag points",
+        "Path whose strokes hold handle/target anchor pairs; none = the active path"),
+    Arg("backend-address", "string", "Backend address",
+        "ZeroMQ address of `draggan-backend serve`, e.g. tcp://127.0.0.1:5555", DEFAULT_ADDRESS),
+    Arg("model", "string", "Model",
+        "Model name on the backend (see the list below); empty = the backend's first model", ""),
+    Arg("max-steps", "int", "Max steps", "Most drag optimisation steps", 200, 1, 5000),
+    Arg("latent", "choice", "Latent space", "Which latent is optimised", "w+", choices=LATENT_CHOICES),
+    Arg("learning-rate", "double", "Learning rate", "Step size of the drag optimisation",
+        0.002, 0.00001, 1.0),
+    Arg("mask-strength", "double", "Mask strength",
+        "How strongly the unselected area is held fixed (0 = not at all)", 10.0, 0.0, 10000.0),
+    Arg("inversion-preset", "choice", "Inversion", "How hard the photo is fitted to the model",
+        "fast", choices=PRESET_CHOICES),
+    Arg("pti", "boolean", "Pivotal tuning (PTI)",
+        "Also fine-tune the model on this photo: much closer reconstruction, slower", False),
+    Arg("crop-mode", "choice", "Crop", "Which part of the layer the model sees",
+        geometry.CROP_AUTO, choices=CROP_CHOICES),
+    Arg("backend-timeout", "int", "Backend timeout (s)",
+        "Give up when the backend says nothing for this long", 30, 1, 3600),
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The values of ARGUMENTS for one run."""
+
+    path: Any = None
+    backend_address: str = DEFAULT_ADDRESS
+    model: str = ""
+    max_steps: int = 200
+    latent: str = "w+"
+    learning_rate: float = 0.002
+    mask_strength: float = 10.0
+    inversion_preset: str = "fast"
+    pti: bool = False
+    crop_mode: str = geometry.CROP_AUTO
+    backend_timeout: int = 30
+
+
+def read_plugin_config(plugin_dir: str) -> dict[str, Any]:
+    """draggan.json beside the plug-in ({"address": ...}), {} when absent or unreadable."""
+    try:
+        with open(os.path.join(plugin_dir, CONFIG_FILE), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def register_arguments(procedure: Any, Gimp: Any, GObject: Any, defaults: dict[str, Any] | None = None) -> None:
+    """Add every argument of ARGUMENTS to a Gimp.Procedure (defaults may override a default)."""
+    flags = GObject.ParamFlags.READWRITE
+    defaults = defaults or {}
+    for arg in ARGUMENTS:
+        default = defaults.get(arg.name, arg.default)
+        if arg.kind == "path":
+            procedure.add_path_argument(arg.name, arg.label, arg.help, True, flags)
+        elif arg.kind == "string":
+            procedure.add_string_argument(arg.name, arg.label, arg.help, default, flags)
+        elif arg.kind == "int":
+            procedure.add_int_argument(arg.name, arg.label, arg.help, int(arg.minimum), int(arg.maximum),
+                                       int(default), flags)
+        elif arg.kind == "double":
+            procedure.add_double_argument(arg.name, arg.label, arg.help, float(arg.minimum),
+                                          float(arg.maximum), float(default), flags)
+        elif arg.kind == "boolean":
+            procedure.add_boolean_argument(arg.name, arg.label, arg.help, bool(default), flags)
+        elif arg.kind == "choice":
+            choice = Gimp.Choice.new()
+            for number, (nick, label, help_text) in enumerate(arg.choices):
+                choice.add(nick, number, label, help_text)
+            procedure.add_choice_argument(arg.name, arg.label, arg.help, choice, default, flags)
+        else:  # pragma: no cover - the table above is fixed
+            raise ValueError(f"unknown argument kind {arg.kind!r}")
+
+
+def read_options(config: Any) -> Options:
+    """Options from a Gimp.ProcedureConfig (config.get_property(name) for each argument)."""
+    values = {arg.name.replace("-", "_"): config.get_property(arg.name) for arg in ARGUMENTS}
+    values["backend_address"] = (values["backend_address"] or DEFAULT_ADDRESS).strip()
+    values["model"] = (values["model"] or "").strip()
+    return Options(**values)
+
+
+def edit_params(options: Options) -> dict[str, Any]:
+    """The protocol's EditParams fields for these options (previews off: the plug-in shows none)."""
+    return {
+        "max_steps": int(options.max_steps),
+        "lr": float(options.learning_rate),
+        "latent": options.latent,
+        "lambda_mask": float(options.mask_strength),
+        "inversion": options.inversion_preset,
+        "pti": bool(options.pti),
+        "preview_every": 0,
+    }

@@ -1,0 +1,74 @@
+"""Progress texts, result-layer names, and the inversion-quality verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# A reconstruction is "poor" (the photo is far from the model's domain) when either holds.
+# ST-LPIPS (VGG scale) of a good GAN inversion is around 0.1-0.25; PSNR around 20-30 dB.
+POOR_STLPIPS = 0.35
+POOR_PSNR_DB = 16.0
+
+LAYER_SUFFIX = "DragGAN"
+POOR_SUFFIX = "poor inversion: try PTI or another model"
+
+
+def is_poor(psnr: float | None, stlpips: float | None) -> bool:
+    if stlpips is not None and stlpips > POOR_STLPIPS:
+        return True
+    return psnr is not None and psnr < POOR_PSNR_DB
+
+
+def quality_text(psnr: float, stlpips: float) -> str:
+    verdict = "poor — the photo is far from what the model can draw; try PTI or another model" \
+        if is_poor(psnr, stlpips) else "good"
+    return f"reconstruction {verdict} (PSNR {psnr:.1f} dB, ST-LPIPS {stlpips:.3f})"
+
+
+def result_layer_name(source_name: str, continued: bool, poor: bool) -> str:
+    """e.g. 'Photo (DragGAN)', 'Photo (DragGAN, continued)', 'Photo (DragGAN — poor inversion: ...)'."""
+    tag = LAYER_SUFFIX + (", continued" if continued else "")
+    base = source_name
+    # dragging a result layer again: keep one tag, not 'x (DragGAN) (DragGAN)'
+    cut = base.find(f" ({LAYER_SUFFIX}")
+    if cut > 0:
+        base = base[:cut]
+    if poor:
+        return f"{base} ({tag} — {POOR_SUFFIX})"
+    return f"{base} ({tag})"
+
+
+PHASE_WORDS = {
+    "queued": "waiting in the backend's queue",
+    "loading": "loading the model",
+    "inversion": "fitting the photo to the model (inversion)",
+    "drag": "dragging",
+}
+
+
+def progress_text(message: Any, mode_text: str) -> str:
+    """One status-bar line for a protocol Progress message (phase, step/total, position, quality)."""
+    phase = PHASE_WORDS.get(message.phase, message.phase)
+    parts = [f"DragGAN: {phase}"]
+    if message.phase == "queued" and message.position:
+        parts.append(f"position {message.position}")
+    elif message.total:
+        parts.append(f"step {message.step}/{message.total}")
+    if message.inversion is not None:
+        parts.append(quality_text(message.inversion.psnr, message.inversion.stlpips))
+    parts.append(mode_text)
+    return " — ".join(parts)
+
+
+# share of the progress bar for each phase: (start, end); inversion then drag
+PHASE_SPANS_NEW = {"queued": (0.0, 0.02), "loading": (0.02, 0.05), "inversion": (0.05, 0.5), "drag": (0.5, 0.95)}
+PHASE_SPANS_CONTINUE = {"queued": (0.0, 0.02), "loading": (0.02, 0.05), "inversion": (0.05, 0.05),
+                        "drag": (0.05, 0.95)}
+
+
+def progress_fraction(message: Any, continued: bool) -> float:
+    spans = PHASE_SPANS_CONTINUE if continued else PHASE_SPANS_NEW
+    start, end = spans.get(message.phase, (0.0, 0.95))
+    if message.total:
+        return start + (end - start) * min(1.0, message.step / message.total)
+    return start
