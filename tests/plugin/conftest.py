@@ -57,9 +57,9 @@ class FakeBackend:
         self.undo_depth_seen: list[int] = []
 
     # the factory edit.run_edit calls
-    def __call__(self, address: str, timeout: float) -> FakeBackend:
+    def __call__(self, address: str, timeout: float, routing_id: str) -> FakeBackend:
         self.address = address
-        self.calls.append(("connect", {"address": address, "timeout": timeout}))
+        self.calls.append(("connect", {"address": address, "timeout": timeout, "routing_id": routing_id}))
         if self.fail_with is not None:
             raise self.fail_with
         return self

@@ -146,6 +146,9 @@ def test_drag_again_continues_the_session_without_inverting(backend: FakeBackend
     second = edit.run_edit(image, [first.layer], _opts(), edit.Progress(), backend)
     assert backend.kinds() == ["edit", "continue"]
     assert second.continued and second.crop == first.crop
+    # the second run connects with the routing id that owns the session on the backend
+    connects = [c[1]["routing_id"] for c in backend.calls if c[0] == "connect"]
+    assert connects[0] == connects[1] == parasite.read_record(first.layer).routing_id != ""
     kind, req = backend.calls[-2]
     assert kind == "continue" and req["session_id"] == "s1"
     assert image.layers == [second.layer, first.layer, layer]

@@ -68,7 +68,7 @@ def single_layer(drawables: list[Any]) -> Any:
     return drawable
 
 
-BackendFactory = Callable[[str, float], "link.Backend"]
+BackendFactory = Callable[[str, float, str], "link.Backend"]
 
 
 def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: Progress,
@@ -86,8 +86,10 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
                              drag.all_points())
 
     progress.init(f"DragGAN: connecting to {opts.backend_address}")
-    connect = connect or (lambda address, timeout: link.Backend(address, timeout))
-    with connect(opts.backend_address, float(opts.backend_timeout)) as backend:
+    connect = connect or (lambda address, timeout, rid: link.Backend(address, timeout, routing_id=rid))
+    routing_id = choice.record.routing_id if choice.continue_session and choice.record else ""
+    routing_id = routing_id or link.new_routing_id()
+    with connect(opts.backend_address, float(opts.backend_timeout), routing_id) as backend:
         model = backend.pick_model(opts.model or (choice.record.model if choice.continue_session
                                                   and choice.record else ""))
         model_size = (model.width, model.height)
@@ -147,7 +149,7 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
     back_rgb, _ = ops.scale_pixels(image_out.data, None, model_size, (crop.w, crop.h), image_out.channels)
     name = texts.result_layer_name(layer.get_name(), continued, poor)
     new_record = parasite.SessionRecord(opts.backend_address, result.session_id, crop, model.name,
-                                        model_size, bool(opts.pti))
+                                        model_size, bool(opts.pti), routing_id)
     plan = geometry.plan_mask(crop, selection is not None)
     done_text = "continued the previous drag (no re-inversion)" if continued else "inverted and dragged"
     if state["psnr"] is not None and not continued:

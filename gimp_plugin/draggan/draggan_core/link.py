@@ -7,6 +7,7 @@ imported only when a connection is made, so the plug-in registers and shows its 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,19 +76,42 @@ def explain(exc: Exception, address: str, timeout_s: float, models: list[str] | 
 class Backend:
     """A connection to one backend. Use as a context manager; every method raises PluginError."""
 
-    def __init__(self, address: str, timeout_s: float, connect_timeout_s: float = 2.0, retries: int = 2) -> None:
+    def __init__(self, address: str, timeout_s: float, connect_timeout_s: float = 2.0, retries: int = 2,
+                 routing_id: str = "") -> None:
         self.address = address
         self.timeout_s = float(timeout_s)
         self.protocol, client_module = wire()
-        import_pyzmq()
+        zmq = import_pyzmq()
         self._models: list[ModelChoice] = []
+        kwargs = dict(timeout_s=self.timeout_s, connect_timeout_s=connect_timeout_s, retries=retries,
+                      client_name="gimp-draggan")
         try:
-            self._client = client_module.Client(address, timeout_s=self.timeout_s,
-                                                connect_timeout_s=connect_timeout_s, retries=retries,
-                                                client_name="gimp-draggan")
+            self._client = self._make_client(client_module, zmq, address, kwargs, routing_id)
         except Exception as exc:  # the client raises ProtocolError; anything else is a bug shown plainly
             raise explain(exc, address, connect_timeout_s * retries) from None
         self._connect_wait = connect_timeout_s * retries
+
+    @staticmethod
+    def _make_client(client_module: Any, zmq: Any, address: str, kwargs: dict[str, Any], routing_id: str) -> Any:
+        """A Client whose connection carries `routing_id` (when given).
+
+        Why: without CURVE keys the backend files sessions under the connection's ZeroMQ routing id,
+        and every plug-in run is a new process with a new connection; the same routing id on the
+        next run lets "drag again" reach the session. The client takes it as an argument when it
+        supports one; otherwise it is set as the context's default socket option (a public pyzmq
+        feature) just while the client creates its socket.
+        """
+        if not routing_id:
+            return client_module.Client(address, **kwargs)
+        rid = routing_id.encode("ascii")
+        if "routing_id" in inspect.signature(client_module.Client).parameters:
+            return client_module.Client(address, routing_id=rid, **kwargs)
+        ctx = zmq.Context.instance()
+        ctx.setsockopt(zmq.ROUTING_ID, rid)
+        try:
+            return client_module.Client(address, **kwargs)
+        finally:
+            ctx.sockopts.pop(zmq.ROUTING_ID, None)
 
     def __enter__(self) -> Backend:
         return self
@@ -159,6 +183,13 @@ class Backend:
                              mask=None if mask is None else p.Image(w, h, 1, mask),
                              params=p.EditParams(**params))
         return self._run(request, on_progress, should_cancel, model)
+
+
+def new_routing_id() -> str:
+    """A fresh routing id for a new session's connection (ZeroMQ: must not start with a zero byte)."""
+    import uuid
+
+    return "gimp-draggan-" + uuid.uuid4().hex
 
 
 class SessionGone(Exception):

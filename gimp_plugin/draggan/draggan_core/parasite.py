@@ -19,7 +19,8 @@ RECORD_VERSION = 1
 @dataclass(frozen=True)
 class SessionRecord:
     """address: backend address; session_id: the backend's session; crop: image coordinates;
-    model: model name; model_size: (width, height); pti: whether the session was made with PTI."""
+    model: model name; model_size: (width, height); pti: whether the session was made with PTI;
+    routing_id: the ZeroMQ routing id of the connection that owns the session on the backend."""
 
     address: str
     session_id: str
@@ -27,6 +28,7 @@ class SessionRecord:
     model: str
     model_size: tuple[int, int]
     pti: bool = False
+    routing_id: str = ""
 
 
 def encode_record(record: SessionRecord) -> bytes:
@@ -38,6 +40,7 @@ def encode_record(record: SessionRecord) -> bytes:
         "model": record.model,
         "model_size": list(record.model_size),
         "pti": record.pti,
+        "routing_id": record.routing_id,
     }
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
@@ -58,7 +61,11 @@ def decode_record(data: bytes | bytearray | list[int] | None) -> SessionRecord |
         address, session_id, model = raw["address"], raw["session_id"], raw["model"]
         if not all(isinstance(s, str) and s for s in (address, session_id, model)):
             return None
-        return SessionRecord(address, session_id, Rect(x, y, w, h), model, (mw, mh), bool(raw.get("pti")))
+        routing_id = raw.get("routing_id", "")
+        if not isinstance(routing_id, str):
+            return None
+        return SessionRecord(address, session_id, Rect(x, y, w, h), model, (mw, mh), bool(raw.get("pti")),
+                             routing_id)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 

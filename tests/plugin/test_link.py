@@ -1,0 +1,111 @@
+"""The plug-in's backend link over real ZeroMQ sockets on 127.0.0.1: unreachable backend, missing
+pyzmq, the session-owning routing id, and how protocol errors read to a user."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+import zmq
+from draggan_core import errors, link
+from draggan_wire import protocol
+
+
+def _free_port() -> int:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    sock.close(0)
+    return port
+
+
+def test_unreachable_backend_says_how_to_start_it() -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    backend = link.Backend(address, 1.0, connect_timeout_s=0.3, retries=1)
+    try:
+        with pytest.raises(errors.PluginError) as info:
+            backend.models()
+    finally:
+        backend.close()
+    msg = info.value.message
+    assert f"no answer from the backend at {address}" in msg and "draggan-backend serve" in msg
+    assert not info.value.calling
+
+
+def test_missing_pyzmq_gives_the_fix(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "zmq", None)      # `import zmq` now raises ImportError
+    with pytest.raises(errors.PluginError) as info:
+        link.Backend("tcp://127.0.0.1:5555", 1.0)
+    assert "pyzmq" in info.value.message and "install.py --plugin-only" in info.value.message
+    assert "restart GIMP" in info.value.message
+
+
+class OneShotServer:
+    """A ROUTER on 127.0.0.1 that answers one hello with a welcome and records the routing ids."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        self.identities: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(2):
+            if not self.sock.poll(5000):
+                return
+            ident, *frames = self.sock.recv_multipart()
+            self.identities.append(ident)
+            env = protocol.decode(frames, allowed=protocol.REQUEST_TYPES)
+            welcome = protocol.Welcome(server="test", protocol=protocol.PROTOCOL_VERSION, device="cpu",
+                                       models=[protocol.ModelEntry("small", 64, 32, False),
+                                               protocol.ModelEntry("tiny", 32, 32, True)])
+            self.sock.send_multipart([ident, *protocol.encode(welcome, env.id)])
+
+    def close(self) -> None:
+        self.thread.join(6)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_routing_id_reaches_the_server_and_models_come_from_hello() -> None:
+    server = OneShotServer()
+    try:
+        with link.Backend(server.address, 2.0, routing_id="gimp-draggan-test1") as backend:
+            models = backend.models()
+            assert [(m.name, m.width, m.height, m.loaded) for m in models] == [
+                ("small", 64, 32, False), ("tiny", 32, 32, True)]
+            assert backend.pick_model("").name == "tiny"          # the first loaded one
+            assert backend.pick_model("small").width == 64
+            with pytest.raises(errors.PluginError, match="no model 'ffhq'.*installed: small, tiny"):
+                backend.pick_model("ffhq")
+        with link.Backend(server.address, 2.0) as plain:          # the default did not stick
+            plain.models()
+    finally:
+        server.close()
+    assert server.identities[0] == b"gimp-draggan-test1"
+    assert server.identities[1] != b"gimp-draggan-test1"
+    assert link.new_routing_id() != link.new_routing_id()
+    assert link.new_routing_id().startswith("gimp-draggan-")
+
+
+@pytest.mark.parametrize("code, words", [
+    ("unavailable", "no answer from the backend"),
+    ("timeout", "draggan-backend serve"),
+    ("busy", "is busy"),
+    ("cancelled", "cancelled; the image was not changed"),
+    ("out_of_memory", "ran out of memory"),
+    ("version_mismatch", "do not match"),
+    ("auth", "refused the connection"),
+    ("bad_request", "rejected the request"),
+    ("internal", "[internal] boom"),
+])
+def test_protocol_errors_read_as_actions(code: str, words: str) -> None:
+    err = link.explain(protocol.ProtocolError(code, "boom"), "tcp://h:1", 5.0)
+    assert err.message.startswith("DragGAN") and words in err.message
+    unknown = link.explain(protocol.ProtocolError("unknown_model", "no such model"), "tcp://h:1", 5.0,
+                           ["tiny"], "ffhq-512")
+    assert "install.py --model ffhq-512" in unknown.message
