@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -408,7 +409,10 @@ class EditRunner:
                               target_points=req.targets, mask=mask,
                               params=_drag_params(req.params, projection.generator))
         steps = self._drag(session, emit, should_cancel, quality)
-        image_id = self.images.put(owner, pixels) if self.cache else ""
+        image_id = ""
+        if self.cache:  # the same photo from the same client keeps one id
+            image_id = req.image_id or hashlib.sha256(owner.encode() + pixels.tobytes()).hexdigest()[:32]
+            self.images.put(owner, pixels, key=image_id)
         session_id = ""
         if self.cache:
             session_id = self.sessions.put(owner, HeldSession(req.model, session, quality, image_id, req.params))

@@ -1,0 +1,200 @@
+"""The wire protocol alone: round trips, validation errors that name the field, PNG, stdlib-only import."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from backend import protocol as P
+from backend.protocol import ErrorCode, ProtocolError
+
+from .conftest import PYTHON, REPO, subprocess_env
+
+RGB = P.Image(5, 4, 3, bytes(range(60)))
+MASK = P.Image(5, 4, 1, bytes([0, 255] * 10))
+
+
+def roundtrip(message: P.Message, rid: str = "r1") -> P.Envelope:
+    env = P.decode(P.encode(message, rid))
+    assert env.id == rid and env.type == message.TYPE
+    return env
+
+
+@pytest.mark.parametrize("message", [
+    P.Hello(client="gimp 3.0"),
+    P.Edit(model="tiny", handles=[(1.5, 2.0)], targets=[(3.0, 4.25)], image=RGB, mask=MASK,
+           params=P.EditParams(max_steps=7, latent="w", pti=True, inversion="quality", preview_every=0)),
+    P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image_id="abc123"),
+    P.Continue(session_id="s1", handles=[(1, 2)], targets=[(3, 4)], mask=MASK),
+    P.Continue(session_id="s1", handles=[(1, 2)], targets=[(3, 4)], params=P.EditParams(lr=0.01)),
+    P.Cancel(job="c1-2"), P.Cancel(), P.Ping(), P.Purge(),
+    P.Welcome(server="0.1", protocol=1, device="cuda", models=[P.ModelEntry("m", 512, 384, True)],
+              memory_total=10, memory_used=3, heartbeat_s=0.5, instance="abc", auth="curve"),
+    P.Progress(phase="drag", step=3, total=10, points=[(1.0, 2.0)], loss=0.25, preview=RGB,
+               inversion=P.InversionQuality(psnr=25.0, stlpips=0.2, from_cache=True)),
+    P.Progress(phase="queued", position=2, text="waiting"),
+    P.Result(image=RGB, points=[(1.0, 2.0)], session_id="s", image_id="i", steps=4, seconds=1.5,
+             inversion=P.InversionQuality(30.0, 0.1)),
+    P.Error(code=ErrorCode.BUSY, message="busy", field="", trace_id="t"),
+    P.Pong(instance="x", jobs=["a", "b"]), P.CancelOk(cancelled=1), P.Purged(images=2, sessions=1),
+])
+def test_every_message_round_trips(message: P.Message) -> None:
+    assert roundtrip(message).message == message
+
+
+def test_png_frames_round_trip_and_decode_pillow_filters() -> None:
+    message = P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image=RGB, image_format="png")
+    frames = P.encode(message, "r1")
+    assert frames[1].startswith(b"\x89PNG") and json.loads(frames[0])["fields"]["image"]["format"] == "png"
+    assert P.decode(frames).message.image == RGB
+    rng = np.random.default_rng(0)
+    for mode, channels in (("RGB", 3), ("RGBA", 4), ("L", 1)):
+        # a smooth image with noise makes Pillow's optimiser use every filter type
+        base = np.add.outer(np.arange(37), np.arange(41)).astype(np.uint8)
+        pixels = np.stack([base + rng.integers(0, 3, base.shape, dtype=np.uint8) for _ in range(channels)], -1)
+        buf = io.BytesIO()
+        PILImage.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode).save(buf, "PNG", optimize=True)
+        assert P.decode_png(buf.getvalue()) == P.Image(41, 37, channels, pixels.tobytes())
+
+
+def header(type_: str = "edit", fields: object = None, v: object = 1, rid: object = "r1") -> bytes:
+    return json.dumps({"v": v, "type": type_, "id": rid, "fields": fields if fields is not None else {}}).encode()
+
+
+def edit_fields(**over: object) -> dict:
+    fields = {"model": "tiny", "handles": [[1, 2]], "targets": [[3, 4]],
+              "image": {"frame": 1, "format": "raw", "shape": [4, 5, 3]}}
+    fields.update(over)
+    return fields
+
+
+@pytest.mark.parametrize("frames, code, field_name, words", [
+    ([b"{not json"], ErrorCode.BAD_REQUEST, "header", "JSON"),
+    ([b"[1, 2]"], ErrorCode.BAD_REQUEST, "header", "object"),
+    ([header(v=99)], ErrorCode.VERSION_MISMATCH, "v", "protocol version 99"),
+    ([header(type_="explode")], ErrorCode.UNKNOWN_TYPE, "header.type", "unknown message type"),
+    ([header(rid="bad id with spaces")], ErrorCode.BAD_REQUEST, "header.id", "A-Z"),
+    ([header(fields=edit_fields(handles=[[1, "a"]])), RGB.data], ErrorCode.BAD_REQUEST, "fields.handles[0]",
+     "two finite numbers"),
+    ([header(fields=edit_fields(targets=[[1, 2], [3, 4]])), RGB.data], ErrorCode.BAD_REQUEST, "fields.targets",
+     "2 targets for 1 handles"),
+    ([header(fields=edit_fields(handles=[[1, 2]] * 65, targets=[[1, 2]] * 65)), RGB.data], ErrorCode.TOO_LARGE,
+     "fields.handles", "at most 64"),
+    ([header(fields=edit_fields()), RGB.data[:-1]], ErrorCode.BAD_REQUEST, "fields.image", "needs 60"),
+    ([header(fields=edit_fields())], ErrorCode.BAD_REQUEST, "fields.image.frame", "binary frames"),
+    ([header(fields=edit_fields()), RGB.data, RGB.data], ErrorCode.BAD_REQUEST, "frames", "not referenced"),
+    ([header(fields=edit_fields(image={"frame": 1, "shape": [4, 5, 2]})), bytes(40)], ErrorCode.BAD_REQUEST,
+     "fields.image.shape", "channels"),
+    ([header(fields=edit_fields(image={"frame": 1, "shape": [4000, 5, 3]})), bytes(60)], ErrorCode.TOO_LARGE,
+     "fields.image.shape", "2048"),
+    ([header(fields=edit_fields(image={"frame": 1, "format": "jpeg"})), RGB.data], ErrorCode.BAD_REQUEST,
+     "fields.image.format", "raw, png"),
+    ([header(fields=edit_fields(image={"frame": 1, "format": "png"})), b"GIF89a"], ErrorCode.BAD_REQUEST,
+     "fields.image", "not a PNG"),
+    ([header(fields=edit_fields(image={"frame": 1, "shape": [4, 5, 3], "dtype": "float32"})), RGB.data],
+     ErrorCode.BAD_REQUEST, "fields.image.dtype", "uint8"),
+    ([header(fields=edit_fields(params={"max_steps": 0})), RGB.data], ErrorCode.BAD_REQUEST,
+     "fields.params.max_steps", "1..5000"),
+    ([header(fields=edit_fields(params={"lr": "fast"})), RGB.data], ErrorCode.BAD_REQUEST, "fields.params.lr",
+     "finite number"),
+    ([header(fields=edit_fields(params={"latent": "z"})), RGB.data], ErrorCode.BAD_REQUEST,
+     "fields.params.latent", "w, w+"),
+    ([header(fields=edit_fields(params={"turbo": True})), RGB.data], ErrorCode.BAD_REQUEST,
+     "fields.params.turbo", "unknown parameter"),
+    ([header(fields=edit_fields(model="../../etc/passwd")), RGB.data], ErrorCode.BAD_REQUEST, "fields.model",
+     "A-Z"),
+    ([header(fields=edit_fields(image_id="abc")), RGB.data], ErrorCode.BAD_REQUEST, "fields.image",
+     "exactly one"),
+    ([header(fields=edit_fields(mask={"frame": 2, "shape": [4, 5, 3]})), RGB.data, RGB.data],
+     ErrorCode.BAD_REQUEST, "fields.mask", "channels"),
+    ([header(fields=edit_fields(mask={"frame": 2, "shape": [2, 2]})), RGB.data, bytes(4)], ErrorCode.BAD_REQUEST,
+     "fields.mask", "mask is 2x2"),
+    ([header(type_="ping"), b"x"], ErrorCode.BAD_REQUEST, "frames", "at most 0 binary"),
+    ([header(type_="continue", fields={"session_id": "s", "handles": [[1, 2]]})], ErrorCode.BAD_REQUEST,
+     "fields.targets", "missing"),
+    ([header(), b"", b"", b""], ErrorCode.TOO_LARGE, "frames", "at most 3"),
+    ([b" " * (P.MAX_HEADER_BYTES + 1)], ErrorCode.TOO_LARGE, "header", "bytes"),
+    ([b"[" * 50000 + b"]" * 50000][:1], ErrorCode.TOO_LARGE, "header", "bytes"),
+    ([b"[" * 20000 + b"]" * 20000], ErrorCode.BAD_REQUEST, "header", "JSON"),
+    ([json.dumps({"v": 1, "type": "edit", "id": "r", "fields": edit_fields(handles=[[float("nan"), 1]])})
+      .encode(), RGB.data], ErrorCode.BAD_REQUEST, "header", "NaN"),
+])
+def test_invalid_messages_raise_typed_errors_naming_the_field(frames: list[bytes], code: str, field_name: str,
+                                                              words: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        P.decode(frames, allowed=P.REQUEST_TYPES)
+    assert info.value.code == code, info.value
+    assert info.value.field == field_name, info.value
+    assert words in info.value.message, info.value
+
+
+def test_replies_are_not_accepted_as_requests() -> None:
+    frames = P.encode(P.Pong(), "r1")
+    with pytest.raises(ProtocolError) as info:
+        P.decode(frames, allowed=P.REQUEST_TYPES)
+    assert info.value.code == ErrorCode.UNKNOWN_TYPE and "hello" in info.value.message
+
+
+def test_png_decoder_refuses_bombs_and_truncation() -> None:
+    png = RGB.to_png()
+    with pytest.raises(ProtocolError, match="truncated|bytes after inflating|corrupt"):
+        P.decode_png(png[:-20])
+    # a header claiming 2049 px is refused before inflating anything
+    big = P.Image(1, 1, 1, b"\0").to_png().replace(b"\x00\x00\x00\x01\x00\x00\x00\x01", b"\x00\x00\x08\x01" * 2, 1)
+    with pytest.raises(ProtocolError) as info:
+        P.decode_png(big)
+    assert info.value.code in (ErrorCode.TOO_LARGE, ErrorCode.BAD_REQUEST)
+
+
+BLOCKER = textwrap.dedent("""
+    import sys
+    class Blocker:
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in ('zmq', 'numpy', 'torch', 'PIL'):
+                raise ImportError('blocked for this test: ' + name)
+    sys.meta_path.insert(0, Blocker())
+""")
+
+
+def test_protocol_and_client_import_with_only_the_standard_library(tmp_path: Path) -> None:
+    """Staged as GIMP sees it (package draggan_wire), with zmq, numpy, torch and PIL blocked: the
+    protocol works, the client module imports, and making a Client says how to get pyzmq."""
+    wire = tmp_path / "draggan_wire"
+    wire.mkdir()
+    (wire / "__init__.py").write_text("")
+    shutil.copy(REPO / "backend" / "protocol.py", wire / "protocol.py")
+    shutil.copy(REPO / "backend" / "client.py", wire / "client.py")
+    script = BLOCKER + textwrap.dedent("""
+        from draggan_wire import protocol, client
+        frames = protocol.encode(protocol.Hello(client='gimp'), 'r1')
+        assert protocol.decode(frames).message.client == 'gimp'
+        image = protocol.Image(2, 1, 3, bytes(6))
+        assert protocol.decode_png(image.to_png()) == image
+        try:
+            client.Client('tcp://127.0.0.1:1')
+        except protocol.ProtocolError as exc:
+            print('CLIENT-ERROR', exc.code, exc.message)
+        heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('zmq', 'numpy', 'torch', 'PIL', 'backend'))
+        print('HEAVY', heavy)
+    """)
+    out = subprocess.run([PYTHON, "-c", script], cwd=tmp_path, env={**subprocess_env(), "PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+    assert "CLIENT-ERROR unavailable pyzmq is not available" in out.stdout and "pip install pyzmq" in out.stdout
+
+
+def test_protocol_module_imports_nothing_but_stdlib() -> None:
+    script = BLOCKER + "import backend.protocol as p; print(p.PROTOCOL_VERSION)"
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == str(P.PROTOCOL_VERSION), out.stderr

@@ -1,0 +1,181 @@
+"""Edits end to end over real ZeroMQ sockets on 127.0.0.1 with the REAL inversion and drag engine
+(a tiny random generator on CPU): round trip, continue, cancel, isolation, purge, errors, models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend import protocol as P
+from backend.client import Client
+from backend.protocol import ErrorCode, ProtocolError
+from backend.server import Server
+
+from .conftest import FAST, SIDE, edit, make_tiny_generator, real_runner, start_server, wait_until
+
+
+def test_round_trip_with_progress_previews_and_result(real_server: Server, photo: P.Image) -> None:
+    seen: list[P.Progress] = []
+    with Client(real_server.endpoint, timeout_s=60) as client:
+        welcome = client.hello()
+        assert welcome.protocol == P.PROTOCOL_VERSION and welcome.device == "cpu"
+        assert [(m.name, m.width, m.height) for m in welcome.models] == [("tiny", SIDE, SIDE)]
+        result = client.edit(edit(image=photo, mask=P.Image(SIDE, SIDE, 1, bytes([255]) * SIDE * SIDE)),
+                             on_progress=seen.append)
+    phases = [p.phase for p in seen]
+    assert "inversion" in phases and "drag" in phases
+    assert phases.index("inversion") < phases.index("drag")
+    drag = [p for p in seen if p.phase == "drag"]
+    assert drag[-1].step == FAST.max_steps and drag[-1].total == FAST.max_steps
+    assert all(len(p.points) == 1 and p.loss is not None for p in drag)
+    previews = [p.preview for p in drag if p.preview is not None]
+    assert previews and all((im.width, im.height, im.channels) == (SIDE, SIDE, 3) for im in previews)
+    assert (result.image.width, result.image.height, result.image.channels) == (SIDE, SIDE, 3)
+    assert result.steps == FAST.max_steps and len(result.points) == 1
+    assert result.session_id and result.image_id
+    assert result.inversion is not None and np.isfinite(result.inversion.psnr)
+    # the drag changed the picture (the engine ran on the projected latent)
+    assert result.image.data != photo.data
+
+
+def test_continue_drags_again_without_inverting(real_server: Server, photo: P.Image) -> None:
+    with Client(real_server.endpoint, timeout_s=60) as client:
+        first = client.edit(edit(image=photo))
+        phases: list[str] = []
+        again = client.continue_(P.Continue(session_id=first.session_id, handles=first.points,
+                                            targets=[(20.0, 12.0)], params=FAST),
+                                 on_progress=lambda p: phases.append(p.phase))
+        assert again.session_id == first.session_id and again.steps == FAST.max_steps
+        assert "inversion" not in phases and "drag" in phases
+        assert again.image.data != first.image.data
+        # the cached photo is re-used by id (no image frame sent)
+        by_id = client.edit(edit(image_id=first.image_id))
+        assert by_id.image_id == first.image_id
+
+
+def test_cancel_mid_drag_stops_within_one_step(tiny_model: Path, photo: P.Image) -> None:
+    server = start_server(real_runner(tiny_model))
+    try:
+        with Client(server.endpoint, timeout_s=60) as client:
+            long = P.EditParams(max_steps=2000, r1=10.0, r2=20.0, preview_every=0)
+            request_id = client.submit(edit(image=photo, params=long))
+            with pytest.raises(ProtocolError) as info:
+                for message in client.stream(request_id):
+                    if isinstance(message, P.Progress) and message.phase == "drag" and message.step >= 3:
+                        client.cancel(request_id)
+            assert info.value.code == ErrorCode.CANCELLED
+        record = server.records[-1]
+        assert record.outcome == ErrorCode.CANCELLED and record.step_at_cancel is not None
+        assert record.steps - record.step_at_cancel <= 1, record
+        assert record.steps < 2000
+        wait_until(lambda: server.jobs == {}, what="the cancelled job to be forgotten")
+    finally:
+        server.stop()
+
+
+def test_second_client_cannot_use_first_clients_image_or_session(real_server: Server, photo: P.Image) -> None:
+    with Client(real_server.endpoint, timeout_s=60) as alice, Client(real_server.endpoint, timeout_s=60) as eve:
+        mine = alice.edit(edit(image=photo))
+        with pytest.raises(ProtocolError) as info:
+            eve.edit(edit(image_id=mine.image_id))
+        assert info.value.code == ErrorCode.UNKNOWN_IMAGE and info.value.field == "fields.image_id"
+        with pytest.raises(ProtocolError) as info:
+            eve.continue_(P.Continue(session_id=mine.session_id, handles=[(1.0, 1.0)], targets=[(2.0, 2.0)]))
+        assert info.value.code == ErrorCode.UNKNOWN_SESSION
+        assert eve.purge() == P.Purged(images=0, sessions=0)  # eve's purge cannot touch alice's data
+        # alice still can, until she purges
+        alice.continue_(P.Continue(session_id=mine.session_id, handles=mine.points, targets=[(5.0, 5.0)],
+                                   params=FAST))
+        purged = alice.purge()
+        assert purged.images >= 1 and purged.sessions >= 1
+        with pytest.raises(ProtocolError) as info:
+            alice.edit(edit(image_id=mine.image_id))
+        assert info.value.code == ErrorCode.UNKNOWN_IMAGE and "purged" in info.value.message
+
+
+def test_bad_requests_get_errors_a_person_can_act_on(real_server: Server, photo: P.Image) -> None:
+    with Client(real_server.endpoint, timeout_s=60) as client:
+        with pytest.raises(ProtocolError) as info:
+            client.edit(edit(image=photo, model="ffhq-512"))
+        assert info.value.code == ErrorCode.UNKNOWN_MODEL and "install.py --model ffhq-512" in info.value.message
+        small = P.Image(16, 16, 3, bytes(16 * 16 * 3))
+        with pytest.raises(ProtocolError) as info:
+            client.edit(edit(image=small))
+        assert info.value.code == ErrorCode.BAD_REQUEST and "16x16" in info.value.message
+        assert "32x32" in info.value.message
+        with pytest.raises(ProtocolError) as info:
+            client.edit(edit(image=photo, handles=[(40.0, 3.0)]))
+        assert info.value.code == ErrorCode.BAD_REQUEST and info.value.field == "fields.handles[0]"
+        with pytest.raises(ProtocolError) as info:
+            client.edit(edit(image=photo, params=P.EditParams(max_steps=2, r1=1.0)))
+        assert info.value.code == ErrorCode.BAD_REQUEST and "params.r1" in info.value.message
+        assert client.ping().instance == real_server.instance  # the server is fine
+
+
+def test_malformed_message_mid_job_does_not_disturb_it(real_server: Server, photo: P.Image) -> None:
+    with Client(real_server.endpoint, timeout_s=60) as client, Client(real_server.endpoint) as other:
+        other.hello()
+        sent = []
+
+        def on_progress(progress: P.Progress) -> None:
+            if progress.phase == "drag" and not sent:
+                # on the job's own connection and on another one
+                client._socket.send_multipart([b'{"v":1,"type":"edit","id":"zz","fields":{"model":5}}'])
+                client._socket.send_multipart([b"\xff\xfe garbage", b"x" * 100])
+                other._socket.send_multipart([b"{", b"", b""])
+                sent.append(True)
+
+        result = client.edit(edit(image=photo, params=P.EditParams(max_steps=6, r1=10.0, r2=20.0)),
+                             on_progress=on_progress)
+        assert sent and result.steps == 6
+        assert real_server.records[-1].outcome == "result"
+
+
+def test_models_load_on_demand_and_lru_evicts_under_memory_budget(tiny_model: Path, tmp_path: Path,
+                                                                  photo: P.Image) -> None:
+    other = make_tiny_generator(tmp_path / "other.pt", seed=1)
+    import stylegan2
+    from backend.jobs import module_bytes
+
+    one_model = module_bytes(stylegan2.load_generator(tiny_model))
+    runner = real_runner(tiny_model, max_memory=int(one_model * 1.5))
+    runner.pool.extra["other"] = other
+    server = start_server(runner)
+    try:
+        with Client(server.endpoint, timeout_s=60) as client:
+            assert {m.name: m.loaded for m in client.hello().models} == {"tiny": False, "other": False}
+            phases: list[str] = []
+            first = client.edit(edit(image=photo), on_progress=lambda p: phases.append(p.phase))
+            assert phases[0] == "loading"
+            phases.clear()
+            client.edit(edit(image=photo, model="other"), on_progress=lambda p: phases.append(p.phase))
+            assert phases[0] == "loading"
+            client.welcome = None
+            assert {m.name: m.loaded for m in client.hello().models} == {"tiny": False, "other": True}
+            assert runner.pool.evictions == 1
+            # the evicted model's sessions went with it
+            with pytest.raises(ProtocolError) as info:
+                client.continue_(P.Continue(session_id=first.session_id, handles=[(1.0, 1.0)],
+                                            targets=[(2.0, 2.0)]))
+            assert info.value.code == ErrorCode.UNKNOWN_SESSION
+    finally:
+        server.stop()
+
+
+def test_no_cache_keeps_nothing(tiny_model: Path, photo: P.Image) -> None:
+    server = start_server(real_runner(tiny_model, cache=False), cache=False)
+    try:
+        with Client(server.endpoint, timeout_s=60) as client:
+            assert client.hello().cache is False
+            result = client.edit(edit(image=photo))
+            assert result.image_id == ""
+            with pytest.raises(ProtocolError) as info:
+                client.continue_(P.Continue(session_id=result.session_id, handles=[(1.0, 1.0)],
+                                            targets=[(2.0, 2.0)]))
+            assert info.value.code == ErrorCode.UNKNOWN_SESSION and "--no-cache" in info.value.message
+        wait_until(lambda: server.jobs == {}, what="jobs to clear")
+        assert len(server.runner.images) == 0 and len(server.runner.sessions) == 0  # type: ignore[attr-defined]
+    finally:
+        server.stop()
