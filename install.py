@@ -1002,7 +1002,8 @@ def main(argv: Iterable[str] | None = None, out: Callable[[str], None] = say, ct
                 raise InstallError(f"registering {path} as {name} failed (see above)")
         for name in args.model:
             if ctx.run(models_command(py, "download", name), cwd=str(ctx.repo)).returncode != 0:
-                raise InstallError(f"downloading model {name} failed: see the message above (an interrupted download resumes when you run the same command again)")
+                raise InstallError(f"downloading model {name} failed: see the message above (an interrupted "
+                                   "download resumes when you run the same command again)")
         if args.list_models:
             ctx.run(models_command(py, "list"), cwd=str(ctx.repo))
 
