@@ -377,6 +377,15 @@ def find_gimp_python(kind: str, platform: str, home: Path, env: Mapping[str, str
     return None
 
 
+def gimp_python_command(text: str, platform: str) -> tuple[str, ...]:
+    """--gimp-python as an argv prefix: an existing file as it is (Windows paths keep their
+    backslashes and spaces), else a command line split like a shell would."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return (str(path),)
+    return tuple(shlex.split(text, posix=not platform.startswith("win")))
+
+
 def probe_python(command: Sequence[str], vendor_dir: Path | None = None,
                  run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> dict[str, Any]:
     """Run PROBE_CODE in GIMP's Python; returns its facts or {"error": why}."""
@@ -943,6 +952,8 @@ def main(argv: Iterable[str] | None = None, out: Callable[[str], None] = say, ct
             return do_uninstall(args, ctx, out)
         if args.remote and args.run:
             raise InstallError("--run starts a backend on this machine; with --remote the backend runs elsewhere")
+        if args.plugin_only and (args.run or args.remote):
+            raise InstallError("--plugin-only installs no backend venv, which --run and --remote need")
         only_listing = args.list_models and not (args.model or args.model_file or args.run or args.remote
                                                  or args.plugin_only or args.gimp_dir)
         if only_listing:
@@ -980,7 +991,8 @@ def main(argv: Iterable[str] | None = None, out: Callable[[str], None] = say, ct
             # 3. pyzmq for the Python this GIMP runs plug-ins with.
             if args.skip_pyzmq or (args.plugin_only and not args.gimp_python):
                 continue
-            gimp_python = (GimpPython(tuple(shlex.split(args.gimp_python)), "--gimp-python") if args.gimp_python
+            gimp_python = (GimpPython(gimp_python_command(args.gimp_python, ctx.platform), "--gimp-python")
+                           if args.gimp_python
                            else find_gimp_python(profile.kind, ctx.platform, ctx.home, ctx.env, ctx.root, ctx.which))
             action, message = ensure_pyzmq(report.target, gimp_python, _python_for_models(args, ctx), ctx.run)
             out(f"pyzmq: {message}")

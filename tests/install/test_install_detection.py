@@ -121,3 +121,21 @@ def test_gimp_python_macos(install, tmp_path: Path) -> None:
     py_sys = _exe(root / "Applications/GIMP-3.0.app/Contents/MacOS/python3")   # /Applications first
     found = install.find_gimp_python("macos", "darwin", home, {}, root)
     assert found is not None and found.command == (str(py_sys),)
+
+
+def test_gimp_python_option(install, tmp_path: Path) -> None:
+    py = _exe(tmp_path / "GIMP 3" / "bin" / "python.exe")
+    assert install.gimp_python_command(str(py), "win32") == (str(py),)          # spaces kept, not split
+    assert install.gimp_python_command("flatpak run --command=python3 org.gimp.GIMP", "linux") == (
+        "flatpak", "run", "--command=python3", "org.gimp.GIMP")
+    assert install.gimp_python_command("chroot '/opt/g 3' /usr/bin/python3", "linux") == (
+        "chroot", "/opt/g 3", "/usr/bin/python3")
+
+
+def test_conflicting_options(install, tmp_path: Path) -> None:
+    lines: list[str] = []
+    assert install.main(["--plugin-only", "--run", "--gimp-dir", str(tmp_path)], out=lines.append) == 1
+    assert "--plugin-only installs no backend venv" in lines[-1]
+    assert install.main(["--remote", "h", "--run"], out=lines.append) == 1
+    assert "backend runs elsewhere" in lines[-1]
+    assert not (tmp_path / "draggan").exists()
