@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long a client's photos and sessions are kept in memory (default %(default)s)")
     serve.add_argument("--max-sessions", type=int, default=8, metavar="N",
                        help="drag sessions kept for 'continue', all clients together (default %(default)s)")
+    serve.add_argument("--inversion-steps", type=int, default=None, metavar="N",
+                       help="cap the photo projection at N optimiser steps (quick CPU servers, tests); "
+                            "default: the presets' own")
     serve.add_argument("--keys-dir", type=Path, default=None,
                        help="CURVE keys folder (default: the per-user config folder's keys/)")
     serve.add_argument("--curve", action="store_true", help="require CURVE keys even on loopback")
@@ -260,7 +263,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner = EditRunner(models=extra, device=args.device, max_memory=args.max_memory,
                             cache=not args.no_cache, cache_dir=None if args.no_cache else
                             (args.cache_dir or default_cache_dir()), cache_bytes=args.cache_size,
-                            max_sessions=args.max_sessions, retention_s=args.retention)
+                            max_sessions=args.max_sessions, retention_s=args.retention,
+                            inversion_steps=args.inversion_steps)
         for name in order:
             runner.pool.check(name)
         runner.pool.probe_sizes()
