@@ -107,6 +107,9 @@ def test_model_coordinates_round_trip_and_pixel_centres() -> None:
     assert there[1] == (0.0, 0.0)            # centre of the first 2x2 block -> centre of model pixel 0
     back = geometry.from_model_points(there, crop, model)
     assert all(abs(a - b) < 1e-9 for p, q in zip(pts, back) for a, b in zip(p, q))
+    # the backend takes pixel indices 0..size-1: edge anchors are pulled onto the grid
+    assert geometry.clamp_to_model(there, model)[0] == (0.0, 0.0)
+    assert geometry.clamp_to_model(there, model)[2] == (127.0, 63.0)
 
 
 def test_mask_plan_grow_feather_inset() -> None:

@@ -56,6 +56,11 @@ def test_read_options_and_protocol_params_validate() -> None:
     parsed = protocol.EditParams.from_fields(params)
     assert parsed.max_steps == 17 and parsed.latent == "w" and parsed.pti is True
     assert parsed.preview_every == 0
+    assert (parsed.r1, parsed.r2) == (3.0, 12.0)          # the official radii for 512 px models
+    for height in (32, 64, 128, 256, 512, 1024):
+        r1, r2 = options.radii_for(height)
+        assert round(r1 / 512 * height) >= 1 and round(r2 / 512 * height) >= 4 and r1 >= 3.0
+        protocol.EditParams.from_fields(options.edit_params(opts, (height, height)))
     values["backend-address"] = ""
     assert options.read_options(FakeConfig(values)).backend_address == options.DEFAULT_ADDRESS
 

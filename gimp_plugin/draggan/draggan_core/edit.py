@@ -104,9 +104,9 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
         rgb = ops.read_rgb(layer, crop)
         sel_bytes = ops.read_selection(image, crop) if selection is not None else None
         model_rgb, model_mask = ops.scale_pixels(rgb, sel_bytes, (crop.w, crop.h), model_size)
-        handles = geometry.to_model_points(drag.handles, crop, model_size)
-        targets = geometry.to_model_points(drag.targets, crop, model_size)
-        params = options.edit_params(opts)
+        handles = geometry.clamp_to_model(geometry.to_model_points(drag.handles, crop, model_size), model_size)
+        targets = geometry.clamp_to_model(geometry.to_model_points(drag.targets, crop, model_size), model_size)
+        params = options.edit_params(opts, model_size)
 
         state = {"continued": choice.continue_session, "mode": choice.reason, "psnr": None, "stlpips": None}
 

@@ -168,6 +168,13 @@ def to_model_points(points: Sequence[Point], crop: Rect, model_size: tuple[int, 
     return [((x - crop.x) * sx - 0.5, (y - crop.y) * sy - 0.5) for x, y in points]
 
 
+def clamp_to_model(points: Sequence[Point], model_size: tuple[int, int]) -> list[Point]:
+    """Keep model coordinates on the model's pixel grid (0..width-1, 0..height-1): an anchor on the
+    crop's very edge maps to -0.5 or size-0.5, which the backend would refuse."""
+    mw, mh = model_size
+    return [(min(max(x, 0.0), mw - 1.0), min(max(y, 0.0), mh - 1.0)) for x, y in points]
+
+
 def from_model_points(points: Sequence[Point], crop: Rect, model_size: tuple[int, int]) -> list[Point]:
     """Inverse of to_model_points."""
     mw, mh = model_size

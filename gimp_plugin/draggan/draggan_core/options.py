@@ -137,13 +137,32 @@ def read_options(config: Any) -> Options:
     return Options(**values)
 
 
-def edit_params(options: Options) -> dict[str, Any]:
-    """The protocol's EditParams fields for these options (previews off: the plug-in shows none)."""
+# DragGAN's radii are given "in pixels at 512" and scaled to the model: r1 (motion supervision)
+# 3 and r2 (point tracking) 12, as the official code. Below ~86 px of model height r1 would round to
+# 0 pixels, which the engine refuses, so small models get radii of at least 1 and 4 model pixels.
+R1_AT_512 = 3.0
+R2_AT_512 = 12.0
+
+
+def radii_for(model_height: int) -> tuple[float, float]:
+    """(r1, r2) in "pixels at 512" that are at least 1 and 4 pixels at the model's height."""
+    per_pixel = 512.0 / max(1, model_height)
+    r1 = max(R1_AT_512, 1.0 * per_pixel)
+    r2 = max(R2_AT_512, 4.0 * per_pixel)
+    return r1, r2
+
+
+def edit_params(options: Options, model_size: tuple[int, int] = (512, 512)) -> dict[str, Any]:
+    """The protocol's EditParams fields for these options and model (previews off: the plug-in
+    shows none)."""
+    r1, r2 = radii_for(model_size[1])
     return {
         "max_steps": int(options.max_steps),
         "lr": float(options.learning_rate),
         "latent": options.latent,
         "lambda_mask": float(options.mask_strength),
+        "r1": r1,
+        "r2": r2,
         "inversion": options.inversion_preset,
         "pti": bool(options.pti),
         "preview_every": 0,

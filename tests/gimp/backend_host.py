@@ -1,0 +1,95 @@
+"""The REAL DragGAN backend for the real-GIMP tests, on 127.0.0.1, CPU, with a tiny random model.
+
+    python tests/gimp/backend_host.py --dir DIR [--inversion-steps N] [--max-seconds S]
+
+Writes DIR/tiny.pt (a tiny generator saved with stylegan2.save_generator), serves it as model
+'tiny' with backend.server.Server + backend.jobs.EditRunner (the same objects `draggan-backend
+serve` runs), writes its endpoint to DIR/endpoint once listening, and appends one JSON line per
+finished job to DIR/jobs.jsonl: the request type, the phases the server emitted (so a test can see
+whether it inverted), the outcome and the session id. Stops on SIGTERM or after S seconds at most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", type=Path, required=True)
+    ap.add_argument("--inversion-steps", type=int, default=8)
+    ap.add_argument("--max-seconds", type=float, default=600.0)
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    import stylegan2
+    from backend import protocol
+    from backend.jobs import EditRunner
+    from backend.server import Server, ServerConfig
+
+    model_path = args.dir / "tiny.pt"
+    G = stylegan2.Generator(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, channel_base=256,
+                            channel_max=32, mapping_kwargs={"num_layers": 2})
+    stylegan2.save_generator(G, model_path)
+
+    runner = EditRunner(models={"tiny": model_path}, device="cpu", cache=True, cache_dir=None,
+                        inversion_steps=args.inversion_steps)
+    jobs_log = args.dir / "jobs.jsonl"
+    lock = threading.Lock()
+    real_run = runner.run
+
+    def logged_run(owner, request, emit, should_cancel):  # observe, then do exactly what serve does
+        phases: list[str] = []
+
+        def observe(progress: protocol.Progress) -> None:
+            if progress.phase not in phases:
+                phases.append(progress.phase)
+            emit(progress)
+
+        entry = {"type": request.TYPE, "owner": owner, "handles": [list(p) for p in request.handles],
+                 "targets": [list(p) for p in request.targets], "mask": request.mask is not None}
+        started = time.monotonic()
+        try:
+            result = real_run(owner, request, observe, should_cancel)
+            entry.update(outcome="result", session_id=result.session_id)
+            return result
+        except Exception as exc:
+            entry.update(outcome=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            entry.update(phases=phases, seconds=round(time.monotonic() - started, 2))
+            with lock, open(jobs_log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+    runner.run = logged_run  # type: ignore[method-assign]
+    server = Server(ServerConfig(bind="tcp://127.0.0.1:0", heartbeat_s=1.0), runner)
+    server.bind()
+    tmp = args.dir / "endpoint.tmp"
+    tmp.write_text(server.endpoint)
+    os.replace(tmp, args.dir / "endpoint")
+    print(f"backend_host: serving 'tiny' at {server.endpoint}", flush=True)
+
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+    timer = threading.Timer(args.max_seconds, server.request_stop)
+    timer.daemon = True
+    timer.start()
+    server.serve_forever(already_bound=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
