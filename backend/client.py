@@ -206,9 +206,14 @@ class Client:
                 self._auth_failure = ("the server refused this client's key (it is not on the server's "
                                       "allow-list); add it with `draggan-backend keys allow` on the server")
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-                self._auth_failure = ("the secure handshake with the server failed: the pinned server public "
-                                      "key is wrong, or the server does (not) use CURVE keys while this "
-                                      "client does (not); compare `draggan-backend keys list` on the server")
+                if self.keys is None:
+                    self._auth_failure = ("the server requires CURVE keys and this client has none; set up "
+                                          "keys as docs/remote.md describes (`draggan-backend keys`)")
+                else:
+                    self._auth_failure = ("the secure handshake with the server failed: the pinned server "
+                                          "public key (server.key) does not match the server's, or the server "
+                                          "does not use CURVE; compare with `draggan-backend keys list` on the "
+                                          "server")
 
     def _recv(self, timeout_s: float) -> protocol.Envelope | None:
         """The next message within ``timeout_s`` (None when none came). Invalid replies raise."""

@@ -105,6 +105,7 @@ class FakeRunner:
         self.fail = fail
         self.started = threading.Event()
         self.runs = 0
+        self.owners: list[str] = []
 
     def models(self) -> list[protocol.ModelEntry]:
         return [protocol.ModelEntry("fake", SIDE, SIDE, True)]
@@ -122,6 +123,7 @@ class FakeRunner:
     def run(self, owner: str, request: Any, emit: Callable[[protocol.Progress], None],
             should_cancel: Callable[[], bool]) -> protocol.Result:
         self.runs += 1
+        self.owners.append(owner)
         self.started.set()
         if self.fail is not None:
             raise self.fail
@@ -134,7 +136,7 @@ class FakeRunner:
         return protocol.Result(image=image, points=[(1.0, 1.0)], session_id="s", image_id="i", steps=self.steps)
 
 
-def fake_edit(**params: Any) -> protocol.Edit:
+def fake_edit() -> protocol.Edit:
     return protocol.Edit(model="fake", handles=[(1.0, 1.0)], targets=[(2.0, 2.0)],
                          image=protocol.Image(SIDE, SIDE, 3, bytes(SIDE * SIDE * 3)))
 
