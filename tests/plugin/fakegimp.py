@@ -519,6 +519,67 @@ GObject = types.ModuleType("gi.repository.GObject")
 GObject.ParamFlags = types.SimpleNamespace(READWRITE="READWRITE")
 
 
+class _GError(Exception):
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _Value:
+    def __init__(self, gtype: Any, value: Any) -> None:
+        self.gtype, self.value = gtype, value
+
+
+GLib.Error = _GError
+GObject.Value = _Value
+
+
+class ReturnValues(list):
+    """What procedure.new_return_values gives: [status, error] then the values."""
+
+    def remove(self, index: int) -> None:  # type: ignore[override]
+        del self[index]
+
+
+class FakeProcedure:
+    """A Gimp.ImageProcedure that records what the plug-in declares."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def new_return_values(self, status: str, error: _GError) -> ReturnValues:
+        return ReturnValues([status, error])
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith(("add_", "set_")):
+            return lambda *a: self.calls.append((attr, a))
+        raise AttributeError(attr)
+
+
+class _ImageProcedureFactory:
+    @staticmethod
+    def new(plugin: Any, name: str, proc_type: Any, run: Any, data: Any) -> FakeProcedure:
+        proc = FakeProcedure(name)
+        proc.run_function = run  # type: ignore[attr-defined]
+        return proc
+
+
+class _PlugIn:
+    __gtype__ = "GimpPlugIn"
+
+
+main_calls: list[tuple[Any, Any]] = []
+Gimp.PlugIn = _PlugIn
+Gimp.ImageProcedure = _ImageProcedureFactory
+Gimp.PDBProcType = types.SimpleNamespace(PLUGIN="PLUGIN")
+Gimp.ProcedureSensitivityMask = types.SimpleNamespace(DRAWABLE="DRAWABLE")
+Gimp.RunMode = types.SimpleNamespace(INTERACTIVE="INTERACTIVE", NONINTERACTIVE="NONINTERACTIVE",
+                                     WITH_LAST_VALS="WITH_LAST_VALS")
+Gimp.main = lambda gtype, argv: main_calls.append((gtype, argv))
+Gimp.displays_flush = lambda: log.append(("displays_flush",))
+
+
 def reset() -> None:
     log.clear()
     all_images.clear()
