@@ -103,9 +103,6 @@ def test_unstage_removes_only_ours(install, fake_repo: Path, tmp_path: Path) -> 
     assert (plugins / "draggan").exists()
 
 
-@pytest.mark.skipif(not (REPO / "gimp_plugin" / "draggan" / "draggan.py").is_file()
-                    or not (REPO / "backend" / "client.py").is_file(),
-                    reason="the real plug-in or backend/client.py is not in the tree yet")
 def test_cli_plugin_only_on_real_repo(tmp_path: Path) -> None:
     """`python install.py --plugin-only --gimp-dir DIR` on the real tree, twice (idempotent)."""
     for _ in range(2):
