@@ -6,7 +6,6 @@ Heavy imports (torch, the engine) happen only in ``serve``, so ``keys`` works wi
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import re
@@ -14,6 +13,8 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+from .client import is_loopback
 
 DESCRIPTION = """\
 DragGAN backend for the GIMP plug-in. GIMP talks to it over ZeroMQ; it runs the inversion and the
@@ -53,22 +54,6 @@ def _parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 8G, 512M, 1.5GB, 1000000)")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
     return int(float(match.group(1)) * scale)
-
-
-def is_loopback(endpoint: str) -> bool:
-    """True for endpoints only this machine can reach (loopback TCP, ipc://, inproc://)."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    match = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:]+):(\d+|\*)", endpoint)
-    if not match:
-        return False
-    host = match.group(1).strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # '*', an interface name or a host name: not provably loopback
-        return False
 
 
 def default_cache_dir() -> Path:

@@ -58,6 +58,25 @@ def config_dir() -> str:
     return os.path.join(base, "draggan")
 
 
+def is_loopback(endpoint: str) -> bool:
+    """True for endpoints only this machine can reach (loopback TCP, ipc://, inproc://)."""
+    import ipaddress
+    import re
+
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    match = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:]+):(\d+|\*)", endpoint)
+    if not match:
+        return False
+    host = match.group(1).strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*', an interface name or a host name: not provably loopback
+        return False
+
+
 def read_public_key(path: str) -> bytes:
     """The Z85 public key from a ZeroMQ certificate file (``*.key`` or ``*.key_secret``)."""
     return _read_key(path, "public-key")
@@ -95,6 +114,19 @@ class ClientKeys:
         self.server_public = server_public
         self.client_public = client_public
         self.client_secret = client_secret
+
+    @classmethod
+    def for_endpoint(cls, endpoint: str, keys_dir: str | None = None) -> ClientKeys | None:
+        """The keys to use for ``endpoint``: None for loopback (a local server or an SSH tunnel needs
+        none), else the keys folder's pair when present (None when absent: a CURVE server then
+        answers with a clear 'this client has no keys' error)."""
+        if is_loopback(endpoint):
+            return None
+        keys_dir = keys_dir or os.path.join(config_dir(), "keys")
+        if not (os.path.exists(os.path.join(keys_dir, "server.key"))
+                and os.path.exists(os.path.join(keys_dir, "client.key_secret"))):
+            return None
+        return cls.from_dir(keys_dir)
 
     @classmethod
     def from_dir(cls, keys_dir: str | None = None, client_name: str = "client") -> ClientKeys:

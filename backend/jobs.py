@@ -318,6 +318,8 @@ class EditRunner:
         self.images = OwnedStore(max_images, retention_s)
         self.pool = ModelPool(models or {}, self.device, max_memory, loader=loader, on_evict=self._model_evicted)
         self.pool.probe_sizes()  # welcome must tell the plug-in each model's size before it crops
+        self._latent_files: dict[str, set[Path]] = collections.defaultdict(set)  # owner -> files written
+        self._latent_lock = threading.Lock()
         self.latent_cache: Any = None
         if cache and cache_dir is not None:
             from inversion import LatentCache
@@ -338,7 +340,24 @@ class EditRunner:
         return device_memory(self.device)
 
     def purge(self, owner: str) -> tuple[int, int]:
+        """Forget ``owner``'s photos and sessions and delete the latent-cache files its edits wrote."""
+        with self._latent_lock:
+            files = self._latent_files.pop(owner, set())
+        for path in files:
+            try:
+                path.unlink()
+            except OSError:  # already evicted by the cache's own size limit
+                pass
         return self.images.purge(owner), self.sessions.purge(owner)
+
+    def _cache_files(self) -> set[Path]:
+        directory = getattr(self.latent_cache, "directory", None)
+        if directory is None:
+            return set()
+        try:
+            return {p for p in Path(directory).iterdir() if p.suffix == ".pt"}
+        except OSError:
+            return set()
 
     def precheck(self, owner: str, request: Any) -> None:
         if isinstance(request, protocol.Edit):
@@ -400,7 +419,7 @@ class EditRunner:
         if should_cancel():
             raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
 
-        projection = self._project(G, req.model, pixels, req.params, emit, should_cancel)
+        projection = self._project(owner, G, pixels, req.params, emit, should_cancel)
         quality = protocol.InversionQuality(psnr=float(projection.psnr), stlpips=float(projection.stlpips),
                                             from_cache=bool(projection.from_cache))
         emit(protocol.Progress(phase="inversion", step=int(projection.steps), total=int(projection.steps),
@@ -448,7 +467,7 @@ class EditRunner:
                                                        f"the image {width}x{height}", "fields.mask")
         return mask_to_float(mask)
 
-    def _project(self, G: Any, model: str, pixels: np.ndarray, params: protocol.EditParams, emit: Emit,
+    def _project(self, owner: str, G: Any, pixels: np.ndarray, params: protocol.EditParams, emit: Emit,
                  should_cancel: ShouldCancel) -> Any:
         from inversion import PRESETS, InversionCancelled, project
 
@@ -467,11 +486,18 @@ class EditRunner:
                 settings = dataclasses.replace(base, steps=self.inversion_steps,
                                                search_samples=min(base.search_samples, self.inversion_steps),
                                                pti_steps=min(base.pti_steps, self.inversion_steps))
-            return project(G, pixels, preset=params.inversion, pti=params.pti, progress=progress,
-                           should_cancel=should_cancel, cache=self.latent_cache if self.cache else None,
-                           settings=settings)
+            before = self._cache_files() if self.latent_cache is not None else set()
+            result = project(G, pixels, preset=params.inversion, pti=params.pti, progress=progress,
+                             should_cancel=should_cancel, cache=self.latent_cache if self.cache else None,
+                             settings=settings)
         except InversionCancelled:
             raise ProtocolError(ErrorCode.CANCELLED, "cancelled") from None
+        if self.latent_cache is not None:
+            # one job at a time: the files that appeared are this owner's (purged with its data)
+            written = self._cache_files() - before
+            with self._latent_lock:
+                self._latent_files[owner].update(written)
+        return result
 
     def _drag(self, session: Any, emit: Emit, should_cancel: ShouldCancel,
               quality: protocol.InversionQuality | None) -> int:

@@ -179,3 +179,23 @@ def test_no_cache_keeps_nothing(tiny_model: Path, photo: P.Image) -> None:
         assert len(server.runner.images) == 0 and len(server.runner.sessions) == 0  # type: ignore[attr-defined]
     finally:
         server.stop()
+
+
+def test_latent_cache_is_reused_and_purge_deletes_the_clients_latents(tiny_model: Path, photo: P.Image,
+                                                                      tmp_path: Path) -> None:
+    cache_dir = tmp_path / "latents"
+    server = start_server(real_runner(tiny_model, cache_dir=cache_dir))
+    try:
+        with Client(server.endpoint, timeout_s=60) as client, Client(server.endpoint, timeout_s=60) as other:
+            first = client.edit(edit(image=photo))
+            assert first.inversion is not None and not first.inversion.from_cache
+            files = list(cache_dir.glob("*.pt"))
+            assert len(files) == 1
+            again = client.edit(edit(image=photo))
+            assert again.inversion is not None and again.inversion.from_cache
+            other.purge()  # another client's purge leaves them alone
+            assert list(cache_dir.glob("*.pt")) == files
+            client.purge()
+            assert list(cache_dir.glob("*.pt")) == []
+    finally:
+        server.stop()
