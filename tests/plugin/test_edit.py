@@ -105,7 +105,7 @@ def test_without_selection_the_whole_crop_with_a_soft_border(backend: FakeBacken
 
 
 @pytest.mark.parametrize("case", ["odd", "no path", "no strokes", "outside", "two layers", "model",
-                                  "backend down", "backend error"])
+                                  "backend down", "backend error", "selection elsewhere"])
 def test_failures_write_nothing_and_open_no_undo_group(backend: FakeBackend, case: str) -> None:
     image, layer = _scene()
     drawables = [layer]
@@ -125,6 +125,10 @@ def test_failures_write_nothing_and_open_no_undo_group(backend: FakeBackend, cas
         opts = _opts(model="ffhq-512")
     elif case == "backend down":
         backend.fail_with = errors.backend_unreachable("tcp://127.0.0.1:5555", 4)
+    elif case == "selection elsewhere":
+        opts = _opts(crop_mode="layer")
+        image.select_rectangle("REPLACE", 0, 0, 3, 3)     # on the layer, outside the 50x50 crop
+        image.paths[0].strokes[1] = [(55.0, 40.0), (57.0, 42.0)]
     elif case == "backend error":
         def broken(*a, **k):
             raise errors.backend_failed("tcp://127.0.0.1:5555", "[internal] boom")
@@ -133,6 +137,11 @@ def test_failures_write_nothing_and_open_no_undo_group(backend: FakeBackend, cas
     with pytest.raises(errors.PluginError) as info:
         edit.run_edit(image, drawables, opts, edit.Progress(), backend)
     assert info.value.message.startswith("DragGAN")
+    expected = {"odd": "odd number", "no path": "has no path", "no strokes": "has no strokes",
+                "outside": "target 1 at (70.0, 20.0) lies outside", "two layers": "exactly one selected layer",
+                "model": "no model 'ffhq-512'", "backend down": "no answer from the backend",
+                "backend error": "[internal] boom", "selection elsewhere": "selection lies outside"}
+    assert expected[case] in info.value.message
     assert image.layers == [layer] and bytes(layer.data) == before and layer.writes == 0
     assert image.undo_groups == 0
     assert all(img.deleted for img in fakegimp.all_images if img is not image)

@@ -99,6 +99,8 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
             crop = choice.record.crop
         else:
             crop = geometry.plan_crop(drag.all_points(), source_rect, model_size, opts.crop_mode, selection)
+        if selection is not None and selection.intersect(crop) is None:
+            raise errors.selection_outside_crop()
 
         progress.text(f"DragGAN: reading a {crop.w}x{crop.h} crop, scaling it to {model.width}x{model.height}")
         rgb = ops.read_rgb(layer, crop)

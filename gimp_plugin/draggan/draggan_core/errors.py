@@ -94,6 +94,15 @@ def selection_mode_without_selection() -> PluginError:
     )
 
 
+def selection_outside_crop() -> PluginError:
+    return PluginError(
+        "DragGAN: the selection lies outside the part of the layer the model sees (around the drag "
+        "points), so nothing could move. Select the region around the points, select nothing "
+        "(Select > None) to let the whole crop move, or use crop mode 'auto'.",
+        calling=True,
+    )
+
+
 def layer_too_small(w: int, h: int) -> PluginError:
     return PluginError(
         f"DragGAN: the layer is only {w}x{h} px; it needs at least 8x8 px.", calling=True
