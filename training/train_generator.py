@@ -1,0 +1,263 @@
+"""Train the embedded default generator on the procedural faces, supervised.
+
+Why supervised: an adversarial G+D iteration at 128² costs 3-16 s on two CPU cores, so a GAN run of
+the usual length does not fit in our sessions.  The renderer knows every image's parameters, so
+the generator can learn to *reproduce* the render of its own z instead:
+
+* z ~ N(0, I) of size ``faces.NUM_PARAMS``; the mapping network normalises z to the sphere
+  (``normalize_2nd_moment``), so the render must depend on z's direction only.  We therefore
+  render ``faces.z_to_params(normalize_2nd_moment(z))``: every coordinate of the normalised z is
+  (almost exactly) N(0, 1) for 40 dimensions, so sampling z ~ N(0, I) at inference yields the
+  training distribution, and z -> image is a deterministic, learnable function.
+* loss = L1(G(z), render) + ``lpips_weight`` * ST-LPIPS-AlexNet at 64² (both images 2x2-averaged, on
+  ``lpips_images`` of each batch); no discriminator.
+* an exponential moving average of the weights (``G_ema``) is what we ship, as StyleGAN does;
+  the mapping network's ``w_avg`` is tracked for truncation.
+
+Resumable: ``--run-dir`` holds ``checkpoint.pt`` (G, G_ema, Adam state, iteration, wall time, data
+RNG state), written atomically every ``--checkpoint-minutes``; rerunning the same command
+continues.  ``--resume-from FILE`` starts a new run dir from a committed checkpoint.
+``--export FILE`` writes ``G_ema`` in our generator format with a model card's facts in ``meta``.
+
+    python -m training.train_generator --run-dir runs/faces128 --minutes 90
+    python -m training.train_generator --run-dir runs/faces128 --export backend/data/faces-128.pt --iterations 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import stylegan2
+from stylegan2.ops import normalize_2nd_moment
+from training import faces
+
+DEFAULT_CONFIG: dict[str, Any] = dict(
+    z_dim=faces.NUM_PARAMS,
+    w_dim=128,
+    img_resolution=128,
+    img_channels=3,
+    # lr_multiplier 0.1 (NVIDIA: 0.01): the mapping must move within a few thousand steps here.
+    mapping_kwargs=dict(num_layers=4, lr_multiplier=0.1, w_avg_beta=0.995),
+    # Sized for two CPU cores: 16² blocks at 128 channels, the 128² block (DragGAN's feature block 5)
+    # at 24.  No conv clamp: it exists for fp16 and costs an elementwise pass in fp32.
+    synthesis_kwargs=dict(channel_base=3072, channel_max=128, num_fp16_res=0, conv_clamp=None),
+)
+
+
+def params_for_z(z: np.ndarray) -> np.ndarray:
+    """Renderer parameters that the image of ``z`` [n, NUM_PARAMS] shows (via the normalised z)."""
+    zt = normalize_2nd_moment(torch.from_numpy(np.asarray(z, dtype=np.float32))).numpy()
+    return faces.z_to_params(zt)
+
+
+def target_batch(z: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, size, size, 3] renders of the parameters of ``z``."""
+    imgs, _ = faces.render_batch(params_for_z(z), size=size)
+    return imgs
+
+
+def to_tensor(imgs: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _producer(seed: int, start_batch: int, batch: int, size: int, z_dim: int, out: Any) -> None:
+    """Worker process: renders batches for consecutive batch indices, deterministic per index."""
+    torch.set_num_threads(1)
+    index = start_batch
+    while True:
+        rng = np.random.default_rng([seed, index])
+        z = rng.standard_normal((batch, z_dim)).astype(np.float32)
+        out.put((index, z, target_batch(z, size)))
+        index += 1
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def sample_grid(G: torch.nn.Module, z: torch.Tensor, path: Path, size: int) -> None:
+    """Save generated samples (top rows) above their procedural targets (bottom rows)."""
+    from PIL import Image
+
+    with torch.no_grad():
+        img = G.synthesis(G.mapping(z), noise_mode="const")
+    gen = (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    tgt = target_batch(z.numpy(), size)
+    n = len(z)
+    cols = 8
+    rows = (n + cols - 1) // cols
+    canvas = np.full((2 * rows * size, cols * size, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = gen[i]
+        canvas[(rows + r) * size:(rows + r + 1) * size, c * size:(c + 1) * size] = tgt[i]
+    Image.fromarray(canvas).save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/faces128"))
+    ap.add_argument("--resume-from", type=Path, help="start from this checkpoint if the run dir has none")
+    ap.add_argument("--minutes", type=float, default=60.0, help="stop after this much wall time (this process)")
+    ap.add_argument("--iterations", type=int, default=None, help="stop at this total iteration count")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--lpips-weight", type=float, default=1.0)
+    ap.add_argument("--lpips-images", type=int, default=4, help="images per batch that get the ST-LPIPS term")
+    ap.add_argument("--ema-beta", type=float, default=0.998, help="per-iteration EMA decay of G_ema")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    ap.add_argument("--sample-minutes", type=float, default=15.0)
+    ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--export", type=Path, help="write G_ema in our generator format when done")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    run_dir: Path = args.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    source = ckpt_path if ckpt_path.is_file() else args.resume_from
+
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    state: dict[str, Any] | None = None
+    if source is not None:
+        state = torch.load(source, weights_only=True, map_location="cpu")
+        config = state["config"]
+        print(f"resuming from {source} at iteration {state['iteration']}", flush=True)
+    G = stylegan2.Generator(**config)
+    G_ema = stylegan2.Generator(**config)
+    opt = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
+    iteration, wall_seconds, images_seen = 0, 0.0, 0
+    if state is not None:
+        G.load_state_dict(state["G"])
+        G_ema.load_state_dict(state["G_ema"])
+        if state.get("optimizer") is not None:
+            opt.load_state_dict(state["optimizer"])
+        iteration, wall_seconds = int(state["iteration"]), float(state["wall_seconds"])
+        images_seen = int(state.get("images_seen", iteration * args.batch))
+    else:
+        G_ema.load_state_dict(G.state_dict())
+    G.train().requires_grad_(True)
+    G_ema.eval().requires_grad_(False)
+    size = G.img_resolution
+
+    from inversion.lpips import STLPIPS
+
+    lpips = STLPIPS(net="alex").eval()
+    fixed_z = torch.from_numpy(np.random.default_rng([args.seed, 10**6]).standard_normal((16, G.z_dim))
+                               .astype(np.float32))
+    n_params = sum(p.numel() for p in G.parameters())
+    print(f"G: {n_params / 1e6:.2f} M parameters, {G.num_ws} ws, {size}x{size}; batch {args.batch}, "
+          f"{args.threads} threads", flush=True)
+
+    ctx = mp.get_context("fork")
+    batches: Any = ctx.Queue(maxsize=4)
+    worker = ctx.Process(target=_producer, args=(args.seed, iteration, args.batch, size, G.z_dim, batches),
+                         daemon=True)
+    worker.start()
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, dict(config=config, G=G.state_dict(), G_ema=G_ema.state_dict(),
+                                        optimizer=opt.state_dict(), iteration=iteration,
+                                        wall_seconds=wall_seconds, images_seen=images_seen))
+
+    start = time.time()
+    last_ckpt = last_sample = start
+    window: list[tuple[float, float]] = []
+    t_log = time.time()
+    try:
+        while True:
+            if args.iterations is not None and iteration >= args.iterations:
+                break
+            if time.time() - start >= args.minutes * 60:
+                break
+            try:
+                index, z_np, imgs = batches.get(timeout=120)
+            except queue.Empty:
+                print("data worker stalled; stopping", file=sys.stderr, flush=True)
+                break
+            assert index == iteration, (index, iteration)
+            z = torch.from_numpy(z_np)
+            target = to_tensor(imgs)
+            ws = G.mapping(z, update_emas=True)
+            # Non-fused modulated conv: grouped-conv backward is slow (NVIDIA trains this way too).
+            img = G.synthesis(ws, noise_mode="random", fused_modconv=False)
+            l1 = F.l1_loss(img, target)
+            # ST-LPIPS at half resolution on the first ``lpips_images`` of the batch: its stride-1
+            # anti-aliased first layers cost as much as the generator at 128².
+            k = args.lpips_images
+            perceptual = lpips(F.avg_pool2d(img[:k], 2), F.avg_pool2d(target[:k], 2)).mean()
+            loss = l1 + args.lpips_weight * perceptual
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+                    p_ema.lerp_(p, 1 - args.ema_beta)
+                for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+                    b_ema.copy_(b)
+            iteration += 1
+            images_seen += len(z)
+            window.append((l1.item(), perceptual.item()))
+            now = time.time()
+            if iteration % args.log_every == 0:
+                l1_mean, lp_mean = np.mean(window, axis=0)
+                window.clear()
+                rate = args.log_every / (now - t_log)
+                t_log = now
+                print(f"it {iteration:6d}  img {images_seen:8d}  L1 {l1_mean:.4f}  ST-LPIPS(alex) {lp_mean:.4f}  "
+                      f"{rate:.2f} it/s  wall {(wall_seconds + now - start) / 60:.1f} min", flush=True)
+            if now - last_ckpt >= args.checkpoint_minutes * 60:
+                wall_seconds += now - start
+                start = now
+                checkpoint()
+                last_ckpt = now
+            if now - last_sample >= args.sample_minutes * 60:
+                sample_grid(G_ema, fixed_z, run_dir / f"samples-{iteration:06d}.png", size)
+                last_sample = now
+    finally:
+        worker.terminate()
+        wall_seconds += time.time() - start
+        start = time.time()
+        checkpoint()
+        print(f"checkpoint: {ckpt_path} (iteration {iteration}, {wall_seconds / 60:.1f} min of training)",
+              flush=True)
+    sample_grid(G_ema, fixed_z, run_dir / f"samples-{iteration:06d}.png", size)
+    if args.export is not None:
+        meta = dict(
+            name="faces-128",
+            description="StyleGAN2 trained supervised on the procedural faces of training/faces.py",
+            iterations=iteration, images_seen=images_seen, batch=args.batch,
+            training_minutes=round(wall_seconds / 60, 1), lr=args.lr, lpips_weight=args.lpips_weight,
+            ema_beta=args.ema_beta, hardware=f"{platform.processor() or platform.machine()}, "
+            f"{args.threads} CPU threads", torch=torch.__version__,
+            z_semantics="render params = faces.z_to_params(normalize_2nd_moment(z))",
+            command="python -m training.train_generator " + " ".join(argv if argv is not None else sys.argv[1:]),
+        )
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        stylegan2.save_generator(G_ema, args.export, meta=meta)
+        print(f"exported G_ema to {args.export}: {json.dumps(meta)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
