@@ -290,14 +290,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  f"{args.retention:g} s"),
               f"  queue    : {args.queue} waiting at most; heartbeat {args.heartbeat:g} s",
               "ready (Ctrl+C to stop)"]
-    print("\n".join(banner), file=sys.stderr, flush=True)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)
         server.request_stop()
 
-    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # before "ready": a stop right after it is clean too
     signal.signal(signal.SIGTERM, on_signal)
+    print("\n".join(banner), file=sys.stderr, flush=True)
     server.serve_forever(already_bound=True)
     return 0
 

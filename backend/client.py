@@ -13,7 +13,7 @@ Typical use (all errors are :class:`protocol.ProtocolError` with a code and an a
                              on_progress=lambda p: print(p.phase, p.step, p.total))
         again = client.continue_(Continue(result.session_id, handles=result.points, targets=[(40, 20)]))
 
-While it waits for a job the client sends a ``ping`` every ``heartbeat_s`` (from ``welcome``) and
+While it waits for a job the client sends a ``ping`` twice per ``heartbeat_s`` (from ``welcome``) and
 gives up only when the server has said nothing for ``timeout_s`` (inactivity, not total time).
 """
 
@@ -347,7 +347,9 @@ class Client:
         Sends heartbeats while waiting; fails with TIMEOUT after ``timeout_s`` of silence, and with
         UNAVAILABLE when the server restarted or no longer knows the job."""
         welcome = self._ensure_hello()
-        heartbeat = self.heartbeat_s
+        # Ping twice per server interval: the server aborts after two silent intervals, so a
+        # client starved of CPU for a moment is not mistaken for a vanished one.
+        heartbeat = self.heartbeat_s / 2
         last_heard = last_ping = time.monotonic()
         ping_ids: set[str] = set()  # only pongs to this stream's pings say anything about the job
         while True:

@@ -47,8 +47,8 @@ pong       instance, jobs (request ids of this connection's queued/running jobs)
 cancel_ok  cancelled (int) / purged: images, sessions (ints)
 =========  =====================================================================================
 
-Heartbeats: while it waits for a job, the client sends ``ping`` every ``heartbeat_s`` (from
-``welcome``); the server aborts the jobs of a client it has not heard from for two intervals. The
+Heartbeats: while it waits for a job, the client sends ``ping`` at least twice per ``heartbeat_s``
+(from ``welcome``); the server aborts the jobs of a client it has not heard from for two intervals. The
 server answers every ping with ``pong`` (its instance id and the connection's jobs), so the client's
 timeouts are about inactivity, never total duration, and a restarted server (new instance) or a
 lost job is noticed at the next heartbeat.

@@ -233,6 +233,7 @@ class Server:
         poller.register(self._outbox, zmq.POLLIN)
         tick = max(0.01, min(0.1, self.config.heartbeat_s / 4))
         next_check = time.monotonic() + tick
+        last_loop = time.monotonic()
         next_reload = time.monotonic() + 2.0
         try:
             while not self._stop.is_set():
@@ -248,6 +249,16 @@ class Server:
                             break
                         self._handle(frames)
                 now = time.monotonic()
+                if now - last_loop > tick * 5:
+                    # This loop itself was starved (CPU or GIL): credit every client the time it
+                    # could not have been heard, instead of blaming them for our stall.
+                    stall = now - last_loop
+                    for conn, seen in self._last_seen.items():
+                        if seen < last_loop:  # not refreshed by a message handled just now
+                            self._last_seen[conn] = seen + stall
+                    for job in self.jobs.values():
+                        job.submitted += stall
+                last_loop = now
                 if now >= next_check:
                     self._check_heartbeats(now)
                     next_check = now + tick
@@ -547,6 +558,9 @@ class Server:
         self.records.append(JobRecord(job.request_id, job.owner, outcome, reason, job.step, job.step_at_cancel,
                                       seconds))
         log.info("job %s of %s: %s after %.2f s (%d steps)", job.request_id, job.owner, outcome, seconds, job.step)
+        # No longer "running" before the client can hear the result: an edit it sends at once must
+        # not be told it is queued behind a finished job.
+        self.current = None
         send(b"final", final)
 
 

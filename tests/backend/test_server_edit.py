@@ -148,10 +148,10 @@ def test_models_load_on_demand_and_lru_evicts_under_memory_budget(tiny_model: Pa
             assert {m.name: m.loaded for m in client.hello().models} == {"tiny": False, "other": False}
             phases: list[str] = []
             first = client.edit(edit(image=photo), on_progress=lambda p: phases.append(p.phase))
-            assert phases[0] == "loading"
+            assert phases[0] == "loading" and phases.count("loading") == 1
             phases.clear()
             client.edit(edit(image=photo, model="other"), on_progress=lambda p: phases.append(p.phase))
-            assert phases[0] == "loading"
+            assert phases.count("loading") == 1 and phases.index("loading") < phases.index("inversion")
             client.welcome = None
             assert {m.name: m.loaded for m in client.hello().models} == {"tiny": False, "other": True}
             assert runner.pool.evictions == 1
