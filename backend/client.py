@@ -152,8 +152,15 @@ class Client:
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, keys: ClientKeys | None = None,
                  timeout_s: float = 30.0, connect_timeout_s: float = 2.0, retries: int = 3,
-                 client_name: str = "draggan-client") -> None:
+                 client_name: str = "draggan-client", routing_id: bytes | None = None) -> None:
+        if routing_id is not None and (not 1 <= len(routing_id) <= 255 or routing_id[:1] == b"\0"):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "routing_id must be 1..255 bytes, not starting with a "
+                                                       "zero byte", "routing_id")
         self.endpoint = endpoint
+        # Without CURVE the server files a client's cached photos and sessions under the
+        # connection's routing id: a random, kept routing id (a secret, like a session cookie)
+        # lets a later process (the next plug-in run) reach them. None = a fresh one per socket.
+        self.routing_id = routing_id
         self.keys = keys
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -177,6 +184,8 @@ class Client:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        if self.routing_id is not None:
+            sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
         if self.keys is not None:
             sock.curve_serverkey = self.keys.server_public
             sock.curve_publickey = self.keys.client_public

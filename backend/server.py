@@ -166,6 +166,9 @@ class Server:
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
         sock.setsockopt(zmq.RCVHWM, 1000)
+        # A client that reconnects with its routing id (the next plug-in run) takes over the old
+        # connection's place instead of being ignored while the old one lingers.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if cfg.auth == "curve":
             sock.curve_server = True
             sock.curve_secretkey = cfg.server_secret_key
