@@ -350,11 +350,15 @@ class Client:
         self._send(request, request_id)
         return request_id
 
-    def stream(self, request_id: str) -> Iterator[protocol.Progress | protocol.Result]:
+    def stream(self, request_id: str,
+               should_cancel: Callable[[], bool] | None = None) -> Iterator[protocol.Progress | protocol.Result]:
         """Yield the job's ``progress`` messages, then its ``result``; an ``error`` raises ProtocolError.
 
         Sends heartbeats while waiting; fails with TIMEOUT after ``timeout_s`` of silence, and with
-        UNAVAILABLE when the server restarted or no longer knows the job."""
+        UNAVAILABLE when the server restarted or no longer knows the job. ``should_cancel`` is polled
+        at least twice per heartbeat interval, even while the server is silent (loading a model);
+        when it turns true the job is cancelled (the stream then ends with CANCELLED)."""
+        cancel_sent = False
         welcome = self._ensure_hello()
         # Ping twice per server interval: the server aborts after two silent intervals, so a
         # client starved of CPU for a moment is not mistaken for a vanished one.
@@ -370,6 +374,9 @@ class Client:
                 last_ping = now
             if now - last_heard > self.timeout_s:
                 raise self._silence_error(self.timeout_s, "waiting for the edit")
+            if should_cancel is not None and not cancel_sent and should_cancel():
+                self.cancel(request_id)
+                cancel_sent = True
             env = self._recv(min(heartbeat, max(0.01, last_ping + heartbeat - now)))
             if env is None:
                 continue
@@ -404,15 +411,11 @@ class Client:
         """Submit ``request`` and wait for its result, calling ``on_progress`` for each progress
         message. When ``should_cancel()`` turns true the job is cancelled (raises CANCELLED)."""
         request_id = self.submit(request)
-        cancel_sent = False
-        for message in self.stream(request_id):
+        for message in self.stream(request_id, should_cancel):
             if isinstance(message, protocol.Result):
                 return message
             if on_progress is not None:
                 on_progress(message)
-            if should_cancel is not None and not cancel_sent and should_cancel():
-                self.cancel(request_id)
-                cancel_sent = True
         raise ProtocolError(ErrorCode.INTERNAL, "the stream ended without a result")  # not reached
 
     def edit(self, request: protocol.Edit, on_progress: Callable[[protocol.Progress], None] | None = None,

@@ -152,3 +152,26 @@ def test_insecure_network_bind_warns_loudly_and_stops_cleanly_on_sigint(tiny_mod
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_keys_command_needs_neither_torch_nor_numpy(tmp_path: Path) -> None:
+    """install.py and a laptop without the backend's heavy dependencies run the one key generator."""
+    script = ("import sys\n"
+              "class Block:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name.split('.')[0] in ('torch', 'numpy', 'PIL'):\n"
+              "            raise ImportError('blocked: ' + name)\n"
+              "sys.meta_path.insert(0, Block())\n"
+              "from backend.cli import main\n"
+              f"sys.exit(main(['keys', '--keys-dir', {str(tmp_path / 'k')!r}, 'init', '--client-only']))\n")
+    out = subprocess.run([PYTHON, "-c", script], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "k" / "client.key_secret").is_file() and not (tmp_path / "k" / "server.key").exists()
+
+
+def test_client_keys_for_endpoint(keys_dir: Path) -> None:
+    assert ClientKeys.for_endpoint("tcp://127.0.0.1:5555", str(keys_dir)) is None  # loopback / SSH tunnel
+    remote = ClientKeys.for_endpoint("tcp://192.0.2.7:5555", str(keys_dir))
+    assert remote is not None and remote.server_public == read_public_key(str(keys_dir / "server.key"))
+    assert ClientKeys.for_endpoint("tcp://192.0.2.7:5555", str(keys_dir / "missing")) is None

@@ -364,3 +364,17 @@ def test_load_eight_concurrent_clients_none_lost_or_hung(tiny_model: Path, photo
         wait_until(lambda: server.jobs == {}, what="the queue to drain")
     finally:
         server.stop()
+
+
+def test_client_cancel_reaches_a_silent_job() -> None:
+    """should_cancel is polled while the server says nothing (e.g. loading a model)."""
+    server = start_server(FakeRunner(steps=50, step_s=0.5))
+    try:
+        with Client(server.endpoint) as client:
+            with pytest.raises(ProtocolError) as info:
+                client.edit(fake_edit(), should_cancel=lambda: True)
+            assert info.value.code == ErrorCode.CANCELLED
+        wait_until(lambda: len(server.records) == 1, what="the job record")
+        assert server.records[0].reason == "client" and server.records[0].steps <= 1
+    finally:
+        server.stop()
