@@ -32,7 +32,7 @@ def run(procedure, run_mode, image, drawables, config, _data):
     if run_mode == Gimp.RunMode.INTERACTIVE:
         from draggan_core import dialog
 
-        if not dialog.show(procedure, config):
+        if not dialog.show(procedure, config, image):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     progress = edit.Progress()
     try:

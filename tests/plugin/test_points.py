@@ -67,3 +67,14 @@ def test_points_must_lie_on_the_layer_in_image_coordinates() -> None:
         points.check_inside(drag, (20, 10, 40, 20), "Photo")
     assert "handle 1 at (15.0, 12.0) lies outside the layer 'Photo'" in info.value.message
     assert "x 20..60" in info.value.message
+
+
+def test_dialog_summary_line_says_what_the_path_holds_or_what_is_wrong() -> None:
+    from draggan_core import dialog
+
+    image, _layer = fakegimp.make_photo(20, 20)
+    assert dialog.points_text(image, None).startswith("the image has no path")
+    path = fakegimp.add_path(image, [[(1, 1), (2, 2), (3, 3), (4, 4)], [(5, 5), (6, 6)]], "P")
+    assert dialog.points_text(image, None) == "3 drags (handle → target) from path 'P'"
+    path.strokes[2].append((7, 7))
+    assert "has 3 anchors, an odd number" in dialog.points_text(image, path)

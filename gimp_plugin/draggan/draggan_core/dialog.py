@@ -1,11 +1,13 @@
-"""The interactive dialog (GimpUi.ProcedureDialog): the procedure's arguments plus a line listing
-the backend's models. GIMP remembers the values between runs."""
+"""The interactive dialog (GimpUi.ProcedureDialog): a path chooser and a line saying what the path
+holds, the procedure's arguments, and a line listing the backend's models with their sizes. GIMP
+remembers the values between runs. Only imported for interactive runs (it needs a display)."""
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
-from . import errors, options
+from . import errors, options, points
 
 
 def models_text(address: str, timeout_s: float) -> str:
@@ -16,26 +18,78 @@ def models_text(address: str, timeout_s: float) -> str:
         with link.Backend(address, timeout_s, connect_timeout_s=min(2.0, timeout_s), retries=1) as backend:
             models = backend.models()
     except errors.PluginError as exc:
-        return f"Backend not reachable now ({exc.message[:160]}...)"
+        return "Backend not reachable now: " + exc.message.replace("DragGAN: ", "")[:150] + "..."
     listed = ", ".join(f"{m.name} ({m.width}x{m.height}{'' if m.loaded else ', not loaded yet'})"
                        for m in models)
     return f"Models at {address}: {listed}"
 
 
-def show(procedure: Any, config: Any) -> bool:
+def points_text(image: Any, path: Any) -> str:
+    """What the path holds ('2 drags from path "x"'), or what is wrong with it."""
+    try:
+        chosen = points.choose_path(image, path)
+        drag = points.pairs_from_strokes(points.strokes_of_path(chosen), chosen.get_name())
+    except errors.PluginError as exc:
+        return exc.message.replace("DragGAN: ", "").split(". ")[0] + "."
+    n = len(drag.handles)
+    return f"{n} drag{'s' if n != 1 else ''} (handle → target) from path '{chosen.get_name()}'"
+
+
+def _path_chooser(Gimp: Any, GimpUi: Any, GObject: Any, Gtk: Any, image: Any, config: Any, summary: Any) -> Any:
+    """A row 'Path with drag points: [combo]' bound to the config's 'path' property."""
+    combo = GimpUi.PathComboBox.new(lambda img, item, *data: img.get_id() == image.get_id())
+    current = config.get_property("path")
+    if current is None:
+        selected = list(image.get_selected_paths() or []) or list(image.get_paths() or [])
+        current = selected[0] if selected else None
+    if current is not None:
+        combo.set_active(current.get_id())   # shown only; the config keeps None = "the active path"
+
+    def changed(widget: Any) -> None:
+        ok, item_id = widget.get_active()
+        path = Gimp.Path.get_by_id(item_id) if ok else None
+        config.set_property("path", path)
+        summary.set_text(points_text(image, path))
+
+    # GimpIntComboBox.connect() is GIMP's own (value, callback) helper; the GObject signal API is this one
+    GObject.Object.connect(combo, "changed", changed)
+    row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
+    label = Gtk.Label.new_with_mnemonic(options.ARGUMENTS[0].label)
+    label.set_mnemonic_widget(combo)
+    row.pack_start(label, False, False, 0)
+    row.pack_start(combo, True, True, 0)
+    return row
+
+
+def show(procedure: Any, config: Any, image: Any) -> bool:
     """Show the dialog; True when the user pressed OK."""
     import gi
 
     gi.require_version("GimpUi", "3.0")
-    from gi.repository import GimpUi
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import Gimp, GimpUi, GObject, Gtk
 
     GimpUi.init("draggan")
     address = config.get_property("backend-address") or options.DEFAULT_ADDRESS
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "DragGAN")
     dialog.get_label("models-info", models_text(address, 2.0), False, False)
-    names = [arg.name for arg in options.ARGUMENTS]
+    names = [arg.name for arg in options.ARGUMENTS if arg.name != "path"]
     names.insert(names.index("model") + 1, "models-info")
     dialog.fill(names)
+    try:  # extras: a failure here must not cost the user the dialog
+        area = dialog.get_content_area()
+        summary = Gtk.Label(label=points_text(image, config.get_property("path")), xalign=0.0)
+        summary.set_line_wrap(True)
+        row = _path_chooser(Gimp, GimpUi, GObject, Gtk, image, config, summary)
+        for position, widget in enumerate((row, summary)):
+            area.pack_start(widget, False, False, 0)
+            area.reorder_child(widget, position)
+            widget.show_all()
+        spin = dialog.get_widget("learning-rate", GimpUi.LabelSpin)
+        spin.set_digits(4)
+        spin.set_increments(0.0005, 0.005)
+    except Exception:
+        traceback.print_exc()
     ok = bool(dialog.run())
     dialog.destroy()
     return ok
