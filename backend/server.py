@@ -115,6 +115,7 @@ _CANCEL_REASONS = {
     "client": "the edit was cancelled",
     "vanished": "the edit was aborted: the client stopped sending heartbeats",
     "shutdown": "the edit was cancelled: the DragGAN backend is shutting down",
+    "reconnected": "the edit was cancelled: the same client connected again (a new plug-in run)",
 }
 
 
@@ -359,6 +360,11 @@ class Server:
     def _dispatch(self, conn: bytes, owner: str, env: protocol.Envelope) -> None:
         msg = env.message
         if isinstance(msg, protocol.Hello):
+            # A handshake from a connection that still has jobs is a new process presenting a kept
+            # routing id (the plug-in was killed and run again): the old jobs have no reader.
+            for job in list(self.jobs.values()):
+                if job.conn == conn:
+                    self._cancel(job, "reconnected")
             self._reply(conn, self.welcome(), env.id)
         elif isinstance(msg, protocol.Ping):
             jobs = [rid for (c, rid) in self.jobs if c == conn]
@@ -390,7 +396,7 @@ class Server:
         if (conn, request_id) in self.jobs:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"header.id: request id {request_id!r} is already in use "
                                                        "by a job of this connection", "header.id")
-        mine = [job.request_id for job in self.jobs.values() if job.conn == conn]
+        mine = [job.request_id for job in self.jobs.values() if job.conn == conn and not job.cancel_event.is_set()]
         if mine:
             raise ProtocolError(ErrorCode.BUSY, f"this connection already has an edit in progress ({mine[0]}); "
                                                 "wait for it or cancel it first")

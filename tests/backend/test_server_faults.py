@@ -378,3 +378,20 @@ def test_client_cancel_reaches_a_silent_job() -> None:
         assert server.records[0].reason == "client" and server.records[0].steps <= 1
     finally:
         server.stop()
+
+
+def test_a_new_run_with_the_same_routing_id_replaces_the_old_runs_job() -> None:
+    runner = FakeRunner(steps=400, step_s=0.01)
+    server = start_server(runner)
+    try:
+        with Client(server.endpoint, routing_id=b"gimp-run-token") as old_run:
+            old_id = old_run.submit(fake_edit())
+            wait_until(runner.started.is_set, what="the old run's job")
+            runner.steps = 2
+            runner.step_s = 0.5  # the old job ends at its next step check: still running at the new edit
+            with Client(server.endpoint, routing_id=b"gimp-run-token") as new_run:  # old process "killed"
+                assert new_run.edit(fake_edit()).steps == 2  # not 'busy'
+        outcomes = {r.request_id: (r.outcome, r.reason) for r in server.records}
+        assert outcomes[old_id] == (ErrorCode.CANCELLED, "reconnected")
+    finally:
+        server.stop()
