@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", type=Path, required=True)
-    ap.add_argument("--inversion-steps", type=int, default=8)
+    ap.add_argument("--inversion-steps", type=int, default=2)
     ap.add_argument("--max-seconds", type=float, default=600.0)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -54,15 +54,17 @@ def main() -> int:
 
     def logged_run(owner, request, emit, should_cancel):  # observe, then do exactly what serve does
         phases: list[str] = []
+        phase_started: dict[str, float] = {}
 
         def observe(progress: protocol.Progress) -> None:
             if progress.phase not in phases:
                 phases.append(progress.phase)
+                phase_started[progress.phase] = round(time.monotonic() - started, 2)
             emit(progress)
 
+        started = time.monotonic()
         entry = {"type": request.TYPE, "owner": owner, "handles": [list(p) for p in request.handles],
                  "targets": [list(p) for p in request.targets], "mask": request.mask is not None}
-        started = time.monotonic()
         try:
             result = real_run(owner, request, observe, should_cancel)
             entry.update(outcome="result", session_id=result.session_id)
@@ -71,7 +73,7 @@ def main() -> int:
             entry.update(outcome=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            entry.update(phases=phases, seconds=round(time.monotonic() - started, 2))
+            entry.update(phases=phases, phase_started=phase_started, seconds=round(time.monotonic() - started, 2))
             with lock, open(jobs_log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry) + "\n")
 
@@ -83,6 +85,14 @@ def main() -> int:
     os.replace(tmp, args.dir / "endpoint")
     print(f"backend_host: serving 'tiny' at {server.endpoint}", flush=True)
 
+    def warm_up() -> None:
+        # Load the perceptual network (the slowest first-time cost of an inversion) while GIMP starts;
+        # the first edit then finds it ready. Only a cache fill: the edits themselves run as served.
+        from inversion._common import shared_stlpips
+
+        shared_stlpips("vgg", torch.device("cpu"))
+
+    threading.Thread(target=warm_up, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     timer = threading.Timer(args.max_seconds, server.request_stop)
     timer.daemon = True

@@ -100,7 +100,7 @@ def drive(gimp3_run, backend, tmp_path_factory):
     jobs = [json.loads(line) for line in jobs_file.read_text().splitlines()] if jobs_file.exists() else []
     print(f"driver GIMP run: {seconds:.1f} s (driver {report['driver_seconds']} s); procedure calls "
           f"(edit, again, odd, down): {report['call_seconds']} s; "
-          f"backend jobs: {[(j['type'], j['seconds']) for j in jobs]}")
+          f"backend jobs: {[(j['type'], j['seconds'], j['phase_started']) for j in jobs]}")
     return report, io, jobs
 
 
