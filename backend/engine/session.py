@@ -31,6 +31,7 @@ import torch
 from . import conventions
 from .losses import mask_at_resolution, mask_loss, motion_loss, motion_loss_reference, stop_reached
 from .sources import FullResFeatures, LowResFeatures
+from .synthesis import block_features
 from .tracking import track_points, track_points_reference
 
 MODES = ("fast", "reference")
@@ -326,9 +327,7 @@ class DragSession:
 
     def _fast_forward(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
         """Synthesis up to the feature block; losses and tracking on the low-resolution map."""
-        block = self.G.synthesis.features(ws, stop_block=self.params.feature_block, noise_mode="const")[
-            self.params.feature_block
-        ]
+        block = block_features(self.G.synthesis, ws, self.params.feature_block, fused_modconv=False)
         source = LowResFeatures(block, self.height, self.width)
         points = torch.tensor(self._points_rc, dtype=torch.int64, device=self.device)
         targets = torch.tensor(self._targets_rc, dtype=torch.float64, device=self.device)
