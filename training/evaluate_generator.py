@@ -36,7 +36,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     vals, vecs = np.linalg.eigh(cov_a)
     sqrt_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
     inner = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+    trace_sqrt = np.sqrt(np.clip(inner, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
 
 
 def generate(G: stylegan2.Generator, z: np.ndarray, batch: int = 32) -> np.ndarray:

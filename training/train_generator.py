@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint-minutes", type=float, default=10.0)
     ap.add_argument("--sample-minutes", type=float, default=15.0)
     ap.add_argument("--log-every", type=int, default=20)
-    ap.add_argument("--export", type=Path, help="write G_ema in our generator format when done")
+    ap.add_argument("--export", type=Path, help="write the generator in our format when done")
+    ap.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
+                    help="export G_ema (default) or the raw G (better while the EMA still lags a short run)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -254,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             command="python -m training.train_generator " + " ".join(argv if argv is not None else sys.argv[1:]),
         )
         args.export.parent.mkdir(parents=True, exist_ok=True)
-        stylegan2.save_generator(G_ema, args.export, meta=meta)
-        print(f"exported G_ema to {args.export}: {json.dumps(meta)}", flush=True)
+        meta["weights"] = args.export_weights
+        exported = G_ema if args.export_weights == "ema" else G.eval().requires_grad_(False)
+        stylegan2.save_generator(exported, args.export, meta=meta)
+        print(f"exported {args.export_weights} weights to {args.export}: {json.dumps(meta)}", flush=True)
     return 0
 
 
