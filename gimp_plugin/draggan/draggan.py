@@ -29,14 +29,16 @@ def _fail(procedure, error):
 def run(procedure, run_mode, image, drawables, config, _data):
     from draggan_core import edit  # imported per run: a broken install shows as an error, not a crash
 
+    plugin_config = options.read_plugin_config(PLUGIN_DIR)   # remote backend address and CURVE keys
     if run_mode == Gimp.RunMode.INTERACTIVE:
         from draggan_core import dialog
 
-        if not dialog.show(procedure, config, image):
+        if not dialog.show(procedure, config, image, plugin_config):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     progress = edit.Progress()
     try:
-        outcome = edit.run_edit(image, list(drawables), options.read_options(config), progress)
+        outcome = edit.run_edit(image, list(drawables), options.read_options(config), progress,
+                                plugin_config=plugin_config)
     except errors.PluginError as exc:
         return _fail(procedure, exc)
     except Exception as exc:  # a bug: still a message, never a traceback dialog

@@ -44,10 +44,13 @@ def test_missing_pyzmq_gives_the_fix(monkeypatch) -> None:
 class OneShotServer:
     """A ROUTER on 127.0.0.1 that answers one hello with a welcome and records the routing ids."""
 
-    def __init__(self) -> None:
+    def __init__(self, curve_pair: tuple[bytes, bytes] | None = None) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve_pair is not None:
+            self.sock.curve_server = True
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve_pair
         self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
         self.identities: list[bytes] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -55,7 +58,7 @@ class OneShotServer:
 
     def _serve(self) -> None:
         for _ in range(2):
-            if not self.sock.poll(5000):
+            if not self.sock.poll(4000):
                 return
             ident, *frames = self.sock.recv_multipart()
             self.identities.append(ident)
@@ -109,3 +112,23 @@ def test_protocol_errors_read_as_actions(code: str, words: str) -> None:
     unknown = link.explain(protocol.ProtocolError("unknown_model", "no such model"), "tcp://h:1", 5.0,
                            ["tiny"], "ffhq-512")
     assert "install.py --model ffhq-512" in unknown.message
+
+
+def test_remote_backend_with_curve_keys_from_draggan_json() -> None:
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    server = OneShotServer((server_public, server_secret))
+    config = {"address": server.address.replace("127.0.0.1", "localhost"),
+              "server_public_key": server_public.decode(), "client_public_key": client_public.decode(),
+              "client_secret_key": client_secret.decode(), "keys_dir": "/nowhere"}
+    try:
+        with link.Backend(server.address, 2.0, plugin_config=config) as backend:
+            assert [m.name for m in backend.models()] == ["small", "tiny"]
+        # without the keys the encrypted server never answers
+        with link.Backend(server.address, 2.0, connect_timeout_s=0.5, retries=1) as plain:
+            with pytest.raises(errors.PluginError):
+                plain.models()
+    finally:
+        server.close()
+    assert link.curve_keys("tcp://10.0.0.1:5555", config) is None       # keys belong to their backend
+    assert link.curve_keys(server.address, {"address": server.address}) is None

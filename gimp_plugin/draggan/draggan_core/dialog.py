@@ -10,12 +10,13 @@ from typing import Any
 from . import errors, options, points
 
 
-def models_text(address: str, timeout_s: float) -> str:
+def models_text(address: str, timeout_s: float, plugin_config: dict[str, Any] | None = None) -> str:
     """One line about the models at `address` (a short handshake), or why it failed."""
     try:
         from . import link
 
-        with link.Backend(address, timeout_s, connect_timeout_s=min(2.0, timeout_s), retries=1) as backend:
+        with link.Backend(address, timeout_s, connect_timeout_s=min(2.0, timeout_s), retries=1,
+                          plugin_config=plugin_config) as backend:
             models = backend.models()
     except errors.PluginError as exc:
         return "Backend not reachable now: " + exc.message.replace("DragGAN: ", "")[:150] + "..."
@@ -61,7 +62,7 @@ def _path_chooser(Gimp: Any, GimpUi: Any, GObject: Any, Gtk: Any, image: Any, co
     return row
 
 
-def show(procedure: Any, config: Any, image: Any) -> bool:
+def show(procedure: Any, config: Any, image: Any, plugin_config: dict[str, Any] | None = None) -> bool:
     """Show the dialog; True when the user pressed OK."""
     import gi
 
@@ -72,7 +73,7 @@ def show(procedure: Any, config: Any, image: Any) -> bool:
     GimpUi.init("draggan")
     address = config.get_property("backend-address") or options.DEFAULT_ADDRESS
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "DragGAN")
-    dialog.get_label("models-info", models_text(address, 2.0), False, False)
+    dialog.get_label("models-info", models_text(address, 2.0, plugin_config), False, False)
     names = [arg.name for arg in options.ARGUMENTS if arg.name != "path"]
     names.insert(names.index("model") + 1, "models-info")
     dialog.fill(names)

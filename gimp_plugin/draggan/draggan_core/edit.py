@@ -72,8 +72,10 @@ BackendFactory = Callable[[str, float, str], "link.Backend"]
 
 
 def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: Progress,
-             connect: BackendFactory | None = None) -> EditOutcome:
-    """Run one edit. Raises PluginError (nothing written) or returns the new layer."""
+             connect: BackendFactory | None = None, plugin_config: dict[str, Any] | None = None) -> EditOutcome:
+    """Run one edit. Raises PluginError (nothing written) or returns the new layer.
+
+    plugin_config: draggan.json beside the plug-in (remote address and CURVE keys), if any."""
     layer = single_layer(drawables)
     source_rect = ops.layer_rect(layer)
     drag = points.drag_points_from_image(image, opts.path)
@@ -86,7 +88,8 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
                              drag.all_points())
 
     progress.init(f"DragGAN: connecting to {opts.backend_address}")
-    connect = connect or (lambda address, timeout, rid: link.Backend(address, timeout, routing_id=rid))
+    connect = connect or (lambda address, timeout, rid: link.Backend(address, timeout, routing_id=rid,
+                                                                     plugin_config=plugin_config))
     routing_id = choice.record.routing_id if choice.continue_session and choice.record else ""
     routing_id = routing_id or link.new_routing_id()
     with connect(opts.backend_address, float(opts.backend_timeout), routing_id) as backend:

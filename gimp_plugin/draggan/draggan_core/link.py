@@ -77,14 +77,20 @@ class Backend:
     """A connection to one backend. Use as a context manager; every method raises PluginError."""
 
     def __init__(self, address: str, timeout_s: float, connect_timeout_s: float = 2.0, retries: int = 2,
-                 routing_id: str = "") -> None:
+                 routing_id: str = "", plugin_config: dict[str, Any] | None = None) -> None:
         self.address = address
         self.timeout_s = float(timeout_s)
         self.protocol, client_module = wire()
         zmq = import_pyzmq()
         self._models: list[ModelChoice] = []
-        kwargs = dict(timeout_s=self.timeout_s, connect_timeout_s=connect_timeout_s, retries=retries,
-                      client_name="gimp-draggan")
+        kwargs: dict[str, Any] = dict(timeout_s=self.timeout_s, connect_timeout_s=connect_timeout_s,
+                                      retries=retries, client_name="gimp-draggan")
+        keys = curve_keys(address, plugin_config or {})
+        if keys is not None:
+            try:
+                kwargs["keys"] = client_module.ClientKeys(*keys)
+            except Exception as exc:
+                raise explain(exc, address, connect_timeout_s * retries) from None
         try:
             self._client = self._make_client(client_module, zmq, address, kwargs, routing_id)
         except Exception as exc:  # the client raises ProtocolError; anything else is a bug shown plainly
@@ -183,6 +189,23 @@ class Backend:
                              mask=None if mask is None else p.Image(w, h, 1, mask),
                              params=p.EditParams(**params))
         return self._run(request, on_progress, should_cancel, model)
+
+
+def curve_keys(address: str, plugin_config: dict[str, Any]) -> tuple[bytes, bytes, bytes] | None:
+    """(server public, client public, client secret) Z85 keys from draggan.json (written by
+    `install.py --remote`) when `address` is the backend that file is for; None otherwise (a local
+    backend on 127.0.0.1 needs no keys)."""
+    from .decision import normalise_address
+
+    configured = plugin_config.get("address")
+    names = ("server_public_key", "client_public_key", "client_secret_key")
+    values = [plugin_config.get(n) for n in names]
+    if not isinstance(configured, str) or normalise_address(configured) != normalise_address(address):
+        return None
+    if not all(isinstance(v, str) and v for v in values):
+        return None
+    server_public, client_public, client_secret = (str(v).encode("ascii") for v in values)
+    return server_public, client_public, client_secret
 
 
 def new_routing_id() -> str:
