@@ -100,10 +100,18 @@ class _BlurDownsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.register_buffer("kernel", torch.zeros(channels, 1, 3, 3))
+        self.same_kernel_everywhere = False  # set by STLPIPS after loading the kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (_BLUR_PAD,) * 4, mode="reflect")
-        return F.conv2d(x, self.kernel, stride=2, groups=x.shape[1])
+        kernel = self.kernel
+        if self.same_kernel_everywhere:
+            # Same kernel for every channel (true of the shipped nets): filter all channels as
+            # one batch of 1-channel images; PyTorch's CPU grouped conv takes a slow path here.
+            n, c, h, w = x.shape
+            out = F.conv2d(x.reshape(n * c, 1, h, w), kernel[:1], stride=2)
+            return out.reshape(n, c, out.shape[2], out.shape[3])
+        return F.conv2d(x, kernel, stride=2, groups=x.shape[1])
 
 
 class _Trunk(nn.Module):
@@ -243,6 +251,9 @@ class STLPIPS(nn.Module):
         self.shipped_keys: tuple[str, ...] = tuple(shipped)
         self.load_state_dict(self._translate(shipped), strict=True)
         self.requires_grad_(False)
+        for layer in self.trunk.layers:
+            if isinstance(layer, _BlurDownsample):
+                layer.same_kernel_everywhere = bool((layer.kernel == layer.kernel[:1]).all())
 
     def _translate(self, shipped: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Rename the shipped keys to ours; every shipped key must find a place."""

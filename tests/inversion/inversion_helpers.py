@@ -37,3 +37,34 @@ def structured_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """[1, 3, H, W] in [-1, 1] -> uint8 [H, W, 3] (the project's conversion)."""
     return (img[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def tiny_generator(seed: int = 0):  # -> stylegan2.Generator
+    """A 32x32 random-weight generator (8 ws of 32 dims), frozen, for quick tests."""
+    import stylegan2
+
+    torch.manual_seed(seed)
+    G = stylegan2.Generator(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, channel_base=256,
+                            channel_max=32, mapping_kwargs={"num_layers": 2})
+    return G.eval().requires_grad_(False)
+
+
+def planted_image(G, seed: int = 5) -> tuple[torch.Tensor, np.ndarray]:
+    """(ws [1, num_ws, w_dim], uint8 [H, W, 3] image G makes from it) for a seeded z."""
+    z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ws = G.mapping(z, None)
+        return ws, to_uint8(G.synthesis(ws, noise_mode="const"))
+
+
+def state_snapshot(G) -> dict[str, torch.Tensor]:
+    """Bitwise copy of every parameter and buffer (to prove a generator was not modified)."""
+    return {name: t.detach().clone() for name, t in G.state_dict().items()}
+
+
+def assert_unchanged(G, snapshot: dict[str, torch.Tensor]) -> None:
+    state = G.state_dict()
+    assert set(state) == set(snapshot)
+    changed = [name for name, t in state.items() if not torch.equal(t, snapshot[name])]
+    assert not changed, f"generator modified: {changed[:5]}"
+    assert all(not p.requires_grad and p.grad is None for p in G.parameters())

@@ -53,10 +53,10 @@ def test_every_shipped_key_is_loaded(net: str) -> None:
             assert (tensor >= 0).all()
 
 
-def test_parameters_frozen_and_inputs_differentiable(metric: STLPIPS, image64: torch.Tensor) -> None:
+def test_parameters_frozen_and_inputs_differentiable(metric: STLPIPS, image48: torch.Tensor) -> None:
     assert all(not p.requires_grad for p in metric.parameters())
-    x = (image64 * 0.8).requires_grad_(True)
-    d = metric(x, image64)
+    x = (image48 * 0.8).requires_grad_(True)
+    d = metric(x, image48)
     d.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in metric.parameters())
@@ -69,53 +69,53 @@ def test_gradient_finite_on_flat_image(metric: STLPIPS) -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-def test_identical_is_zero_and_symmetric(metric: STLPIPS, image64: torch.Tensor) -> None:
-    other = structured_image(64, 64, seed=7)
+def test_identical_is_zero_and_symmetric(metric: STLPIPS, image48: torch.Tensor) -> None:
+    other = structured_image(48, 48, seed=7)
     with torch.no_grad():
-        assert metric(image64, image64).item() == pytest.approx(0.0, abs=1e-7)
-        ab, ba = metric(image64, other).item(), metric(other, image64).item()
+        assert metric(image48, image48).item() == pytest.approx(0.0, abs=1e-7)
+        ab, ba = metric(image48, other).item(), metric(other, image48).item()
     assert ab > 0.05  # unrelated images are far apart
     assert ab == pytest.approx(ba, rel=1e-5)
 
 
-def test_batch_shape_and_broadcast(metric: STLPIPS, image64: torch.Tensor) -> None:
-    batch = torch.cat([image64, structured_image(64, 64, seed=3), image64 * 0.5])
+def test_batch_shape_and_broadcast(metric: STLPIPS, image48: torch.Tensor) -> None:
+    batch = torch.cat([image48, structured_image(48, 48, seed=3), image48 * 0.5])
     with torch.no_grad():
-        d = metric(batch, image64)
-        one_by_one = torch.stack([metric(b[None], image64)[0] for b in batch])
+        d = metric(batch, image48)
+        one_by_one = torch.stack([metric(b[None], image48)[0] for b in batch])
     assert d.shape == (3,)
     assert torch.allclose(d, one_by_one, atol=1e-6)
     assert d[0].item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_grows_with_noise(metric: STLPIPS, image64: torch.Tensor) -> None:
+def test_grows_with_noise(metric: STLPIPS, image48: torch.Tensor) -> None:
     gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(image64.shape, generator=gen)
+    noise = torch.randn(image48.shape, generator=gen)
     with torch.no_grad():
-        d = [metric((image64 + s * noise).clamp(-1, 1), image64).item() for s in (0.02, 0.05, 0.1, 0.2, 0.4)]
+        d = [metric((image48 + s * noise).clamp(-1, 1), image48).item() for s in (0.02, 0.05, 0.1, 0.2, 0.4)]
     assert all(a < b for a, b in zip(d, d[1:])), d
 
 
-def test_grows_with_blur(metric: STLPIPS, image64: torch.Tensor) -> None:
+def test_grows_with_blur(metric: STLPIPS, image48: torch.Tensor) -> None:
     with torch.no_grad():
-        d = [metric(gaussian_blur(image64, s), image64).item() for s in (0.5, 1.0, 2.0, 3.0)]
+        d = [metric(gaussian_blur(image48, s), image48).item() for s in (0.5, 1.0, 2.0, 3.0)]
     assert all(a < b for a, b in zip(d, d[1:])), d
 
 
-def test_one_pixel_shift_is_cheap_compared_to_blur(metric: STLPIPS, image64: torch.Tensor) -> None:
+def test_one_pixel_shift_is_cheap_compared_to_blur(metric: STLPIPS, image48: torch.Tensor) -> None:
     # The point of the shift-tolerant variant: a 1-pixel translation is a small change.
-    shifted = torch.roll(image64, shifts=1, dims=3)
+    shifted = torch.roll(image48, shifts=1, dims=3)
     with torch.no_grad():
-        d_shift = metric(shifted[..., 4:-4, 4:-4], image64[..., 4:-4, 4:-4]).item()
-        d_blur = metric(gaussian_blur(image64, 2.0)[..., 4:-4, 4:-4], image64[..., 4:-4, 4:-4]).item()
+        d_shift = metric(shifted[..., 4:-4, 4:-4], image48[..., 4:-4, 4:-4]).item()
+        d_blur = metric(gaussian_blur(image48, 2.0)[..., 4:-4, 4:-4], image48[..., 4:-4, 4:-4]).item()
     assert d_shift < d_blur
 
 
-def test_features_cache_matches_forward(metric: STLPIPS, image64: torch.Tensor) -> None:
-    other = structured_image(64, 64, seed=5)
+def test_features_cache_matches_forward(metric: STLPIPS, image48: torch.Tensor) -> None:
+    other = structured_image(48, 48, seed=5)
     with torch.no_grad():
-        direct = metric(other, image64)
-        cached = metric.distance_to(other, metric.features(image64))
+        direct = metric(other, image48)
+        cached = metric.distance_to(other, metric.features(image48))
     assert torch.equal(direct, cached)
 
 
@@ -149,6 +149,10 @@ def test_matches_the_wheels_own_network(net: str, monkeypatch: pytest.MonkeyPatc
     before = set(sys.modules)
     try:
         reference_module = importlib.import_module("stlpips_pytorch.stlpips")
+        # Its VGG builds (and initialises) ImageNet classifier layers it never uses: skip the
+        # initialisation (seconds of random numbers); the trunk is loaded from the file anyway.
+        vgg_module = importlib.import_module("stlpips_pytorch.models_lpf.vgg")
+        monkeypatch.setattr(vgg_module.VGG, "_initialize_weights", lambda self: None)
         reference = reference_module.LPIPS(net=net, variant="shift_tolerant", verbose=False).eval()
     finally:
         # the wheel's modules were imported against the stand-ins: do not leave them behind

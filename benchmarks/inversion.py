@@ -1,0 +1,175 @@
+"""Inversion figures: ST-LPIPS (VGG) and PSNR of projections, vs steps and on real photos.
+
+Parts (all by default):
+
+* ``generated``: images the model makes from known latents (seeded z, truncation psi 0.7);
+  project each with the "fast" preset at several step counts (the schedule scales with the
+  count, so each row is what ``steps=N`` gives). Target: ST-LPIPS < 0.05 with the default preset.
+* ``photos``: scikit-image's CC0/public-domain photos (astronaut, coffee, chelsea), centre-cropped
+  and scaled to the model's size, projected with the "fast" preset without and with pivotal
+  tuning. With the procedural default model these photos are far outside its domain.
+* ``lpips-cost``: seconds per ST-LPIPS forward and forward+backward for one image.
+
+ST-LPIPS figures are on the shift-tolerant LPIPS (VGG) scale, not comparable to plain LPIPS.
+``scikit-image`` is needed for ``photos`` only (``pip install scikit-image``; not a dependency).
+
+Example: ``OMP_NUM_THREADS=2 python benchmarks/inversion.py --part generated --seeds 2``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import stylegan2  # noqa: E402
+from inversion import PRESETS, project  # noqa: E402
+from inversion._common import tensor_to_uint8  # noqa: E402
+from inversion.lpips import STLPIPS  # noqa: E402
+
+DEFAULT_MODEL = REPO / "backend" / "data" / "faces-128.pt"
+
+
+def load_model(path: str | None, device: str) -> tuple[Any, str]:
+    """The trained default model when present, else a small random-weight 128x128 generator."""
+    candidate = Path(path) if path else DEFAULT_MODEL
+    if candidate.exists():
+        return stylegan2.load_generator(candidate, device=device), str(candidate.relative_to(REPO)
+                                                                       if candidate.is_relative_to(REPO)
+                                                                       else candidate)
+    if path:
+        raise SystemExit(f"model not found: {path}")
+    torch.manual_seed(0)
+    G = stylegan2.Generator(z_dim=128, w_dim=128, img_resolution=128, img_channels=3, channel_base=4096,
+                            channel_max=128, mapping_kwargs={"num_layers": 4})
+    return G.eval().requires_grad_(False).to(device), "random-weight 128x128 generator (no trained model yet)"
+
+
+def progress_line(prefix: str):  # noqa: ANN201
+    def show(step: int, total: int, metrics: dict[str, Any]) -> None:
+        if step == total or step % 10 == 0:
+            print(f"\r  {prefix}: step {step}/{total} {metrics['phase']} ST-LPIPS {metrics['stlpips']:.3f} "
+                  f"PSNR {metrics['psnr']:.1f}", end="", file=sys.stderr, flush=True)
+        if step == total:
+            print(file=sys.stderr)
+    return show
+
+
+def part_generated(G: Any, seeds: int, step_counts: list[int]) -> None:
+    print(f"\n(a) images generated from known latents (z seeded 0..{seeds - 1}, truncation psi 0.7), "
+          "preset 'fast'")
+    targets = []
+    for seed in range(seeds):
+        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(next(G.parameters()).device)
+        with torch.no_grad():
+            ws = G.mapping(z, None, truncation_psi=0.7)
+            targets.append(tensor_to_uint8(G.synthesis(ws, noise_mode="const")))
+    rows = []
+    for steps in step_counts:
+        settings = PRESETS["fast"].replace(steps=steps)
+        results = []
+        for seed, target in enumerate(targets):
+            results.append(project(G, target, settings=settings, progress=progress_line(f"steps={steps} seed={seed}")))
+        rows.append((steps, [r.stlpips for r in results], [r.psnr for r in results], [r.seconds for r in results]))
+    default_steps = PRESETS["fast"].steps
+    print(f"{'steps':>6} {'ST-LPIPS(VGG) mean':>19} {'max':>7} {'PSNR dB mean':>13} {'min':>6} {'s/image':>8}")
+    for steps, stl, psnr, secs in rows:
+        mark = "  <- default 'fast'" if steps == default_steps else ""
+        print(f"{steps:>6} {np.mean(stl):>19.4f} {np.max(stl):>7.4f} {np.mean(psnr):>13.2f} {np.min(psnr):>6.2f} "
+              f"{np.mean(secs):>8.1f}{mark}")
+
+
+def load_photos(width: int, height: int) -> dict[str, np.ndarray]:
+    try:
+        from skimage import data
+    except ImportError:
+        raise SystemExit("the 'photos' part needs scikit-image: pip install scikit-image") from None
+    from PIL import Image
+
+    photos = {}
+    for name in ("astronaut", "coffee", "chelsea"):
+        img = getattr(data, name)()
+        h, w = img.shape[:2]
+        # centre crop to the model's aspect ratio, then scale
+        target_ratio = width / height
+        if w / h > target_ratio:
+            cw, ch = int(round(h * target_ratio)), h
+        else:
+            cw, ch = w, int(round(w / target_ratio))
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        crop = Image.fromarray(img[y0:y0 + ch, x0:x0 + cw, :3])
+        photos[name] = np.asarray(crop.resize((width, height), Image.Resampling.LANCZOS))
+    return photos
+
+
+def part_photos(G: Any) -> None:
+    print("\n(b) real photos (scikit-image data; out of the procedural model's domain), preset 'fast'")
+    photos = load_photos(int(G.img_width), int(G.img_height))
+    print(f"{'photo':>10} {'PTI':>4} {'ST-LPIPS(VGG)':>14} {'PSNR dB':>8} {'steps':>6} {'seconds':>8}")
+    for name, pixels in photos.items():
+        for pti in (False, True):
+            res = project(G, pixels, pti=pti, progress=progress_line(f"{name} pti={pti}"))
+            print(f"{name:>10} {'yes' if pti else 'no':>4} {res.stlpips:>14.4f} {res.psnr:>8.2f} {res.steps:>6} "
+                  f"{res.seconds:>8.1f}")
+
+
+def part_lpips_cost(side: int) -> None:
+    print(f"\nST-LPIPS cost per {side}x{side} image (seconds, mean of 5)")
+    for net in ("vgg", "alex"):
+        metric = STLPIPS(net)
+        x = torch.rand(1, 3, side, side) * 2 - 1
+        with torch.no_grad():
+            metric.features(x)
+            t = time.perf_counter()
+            for _ in range(5):
+                metric.features(x)
+            fwd = (time.perf_counter() - t) / 5
+        target = metric.features(x.flip(3))
+        xg = x.clone().requires_grad_(True)
+        t = time.perf_counter()
+        for _ in range(5):
+            torch.autograd.grad(metric.distance_to(xg, target).sum(), xg)
+        both = (time.perf_counter() - t) / 5
+        print(f"  {net:>4}: forward {fwd:.3f} s, forward+backward (target features cached) {both:.3f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["all", "generated", "photos", "lpips-cost"], default="all")
+    parser.add_argument("--model", help="generator file (default: backend/data/faces-128.pt if present)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, default=3, help="generated images for part (a)")
+    parser.add_argument("--steps", default="25,50,100,150", help="step counts for part (a), comma separated")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print("command: " + " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]))
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
+    if args.part in ("all", "lpips-cost"):
+        part_lpips_cost(128)
+    if args.part == "lpips-cost":
+        return
+    G, model_name = load_model(args.model, args.device)
+    print(f"model: {model_name} ({G.img_width}x{G.img_height}, num_ws {G.num_ws}, w_dim {G.w_dim})")
+    fast = PRESETS["fast"]
+    print(f"preset 'fast': {fast.steps} steps, lr {fast.lr}, search {fast.search_samples}, loss ST-LPIPS "
+          f"{fast.lpips_net} + {fast.pixel_weight} MSE; PTI {fast.pti_steps} steps")
+    if args.part in ("all", "generated"):
+        part_generated(G, args.seeds, [int(s) for s in args.steps.split(",") if s])
+    if args.part in ("all", "photos"):
+        part_photos(G)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""Projection of an RGB photo into a StyleGAN2 generator's W+ space (with optional pivotal tuning).
+
+The optimisation follows NVIDIA's StyleGAN2(-ADA) projector: start at the average latent
+(``w_avg``) or the best of a few truncated samples, optimise with Adam under a learning rate that
+ramps up then down (cosine), add Gaussian noise of decaying strength to the latent early on, and
+use a perceptual loss (ST-LPIPS here, on at most 256-pixel images as the official projector's VGG)
+plus a pixel loss (MSE on [-1, 1] images). Optionally the per-layer noise maps (``noise_const``)
+are optimised too, with the projector's multi-scale autocorrelation penalty and re-normalisation.
+
+Differences from the official projector, on purpose:
+
+* W+ (one w per layer) instead of W, after an optional first phase in W (``w_phase``): W+ fits
+  photos much better; starting in W keeps the latent near the generator's typical codes.
+* Noise optimisation is off in both presets by default: a drag moves content but the noise maps
+  stay fixed in image space, so detail baked into them tears when dragged. When it is on, the
+  optimised noise is returned in a copy of the generator that shares ``G``'s weights.
+* Gradients are taken with ``torch.autograd.grad`` for the optimised tensors only, so ``G`` is
+  never written to (not even its ``.grad`` fields) and may be used concurrently.
+
+Quality figures (PSNR in dB, ST-LPIPS on its VGG scale) are reported per step and in the result,
+so a caller can warn when a photo is far from the model's domain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._common import (
+    CancelCheck,
+    InversionCancelled,
+    ProgressCallback,
+    apply_delta,
+    check_cancel,
+    copy_sharing_parameters,
+    generator_delta,
+    generator_device,
+    image_to_tensor,
+    model_fingerprint,
+    psnr_tensor,
+    psnr_uint8,
+    resize_for_lpips,
+    shared_stlpips,
+    synthesize,
+    tensor_to_uint8,
+)
+from .cache import CacheEntry, LatentCache, cache_key
+
+StepReport = Callable[[int, dict[str, Any]], None]  # (step within the whole run, metrics)
+
+__all__ = ["PRESETS", "ProjectionResult", "ProjectionSettings", "project", "InversionCancelled"]
+
+
+@dataclass(frozen=True)
+class ProjectionSettings:
+    """Every knob of a projection (a preset is one of these). Steps are optimiser steps.
+
+    Projection: ``steps`` Adam steps at peak learning rate ``lr`` with the official schedule
+    (linear rampup over the first ``lr_rampup`` fraction, cosine rampdown over the last
+    ``lr_rampdown`` fraction); latent noise of std ``w_noise_factor * w_std`` decaying
+    quadratically to 0 at ``noise_ramp`` of the run; the first ``w_phase`` fraction optimises a
+    single w shared by all layers, the rest W+. ``search_samples`` > 0: start from the best of
+    that many samples (truncated towards w_avg by ``search_psi``) and w_avg itself.
+    Loss = ST-LPIPS(``lpips_net``, images area-downsampled to ``lpips_max_side``)
+    + ``pixel_weight`` * MSE([-1, 1] images) [+ ``noise_regularization`` * noise penalty].
+
+    Pivotal tuning (only with ``pti=True``): ``pti_steps`` Adam steps at ``pti_lr`` on a copy of
+    the generator, loss = ST-LPIPS + ``pti_pixel_weight`` * MSE, plus every ``pti_locality_every``
+    steps ``pti_locality_weight`` * (same loss between tuned and original generator at a latent
+    ``pti_locality_fraction`` of the way from the pivot to a random sample); stops early when the
+    ST-LPIPS to the photo falls below ``pti_stop_stlpips``.
+    """
+
+    steps: int = 150
+    lr: float = 0.05
+    lr_rampup: float = 0.05
+    lr_rampdown: float = 0.25
+    w_noise_factor: float = 0.05
+    noise_ramp: float = 0.75
+    w_phase: float = 0.2
+    search_samples: int = 8
+    search_psi: float = 0.7
+    pixel_weight: float = 1.0
+    lpips_net: str = "vgg"
+    lpips_max_side: int = 256
+    optimize_noise: bool = False
+    noise_regularization: float = 1e5
+    w_stats_samples: int = 1000
+    seed: int = 0
+    pti_steps: int = 80
+    pti_lr: float = 3e-4
+    pti_pixel_weight: float = 1.0
+    pti_locality_weight: float = 0.1
+    pti_locality_fraction: float = 0.5
+    pti_locality_every: int = 4
+    pti_stop_stlpips: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.pti_steps < 0 or self.search_samples < 0:
+            raise ValueError("steps, pti_steps and search_samples must be >= 0")
+        if self.lpips_net not in ("vgg", "alex"):
+            raise ValueError(f"lpips_net must be 'vgg' or 'alex', got {self.lpips_net!r}")
+        if not 0.0 <= self.w_phase <= 1.0:
+            raise ValueError(f"w_phase must be in [0, 1], got {self.w_phase}")
+        if self.pti_locality_every < 1:
+            raise ValueError("pti_locality_every must be >= 1")
+
+    def replace(self, **changes: Any) -> ProjectionSettings:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, ProjectionSettings] = {
+    # Interactive on a GPU: a short search, 150 steps (W then W+), a short PTI when asked.
+    "fast": ProjectionSettings(),
+    # Slower and closer: more samples and steps, longer PTI without early stop.
+    "quality": ProjectionSettings(steps=600, lr=0.05, search_samples=32, w_phase=0.25,
+                                  pti_steps=300, pti_locality_every=1, pti_stop_stlpips=0.0),
+}
+
+
+@dataclass
+class ProjectionResult:
+    """The outcome of :func:`project`.
+
+    ``ws``: [1, num_ws, w_dim] float32 on the generator's device; ``generator``: ``G`` itself,
+    or a tuned copy (pivotal tuning, or optimised noise) to run drags on; ``reconstruction``:
+    uint8 [H, W, 3] = ``generator`` at ``ws``; ``psnr`` in dB against the photo; ``stlpips``:
+    ST-LPIPS (VGG) distance to the photo (images area-downsampled to at most 256 pixels);
+    ``from_cache``; ``seconds`` this call took; ``steps``: optimisation steps behind the result
+    (projection + tuning, as stored when it came from the cache); ``model_id`` and ``settings``
+    used for the cache key.
+    """
+
+    ws: torch.Tensor
+    generator: Any
+    reconstruction: np.ndarray
+    psnr: float
+    stlpips: float
+    from_cache: bool
+    seconds: float
+    steps: int
+    model_id: str = ""
+    settings: ProjectionSettings | None = None
+    pti: bool = False
+
+
+# w_avg / w_std per generator, computed once (mapping many samples is cheap but not free).
+_w_stats: weakref.WeakKeyDictionary[Any, tuple[int, torch.Tensor, float]] = weakref.WeakKeyDictionary()
+
+
+def _w_statistics(G: Any, samples: int, seed: int) -> tuple[torch.Tensor, float]:
+    """(w_avg [w_dim], w_std scalar) of the mapping network, as the official projector does.
+
+    Uses the generator's tracked ``mapping.w_avg`` when it holds one (non-zero), else the mean
+    of ``samples`` mapped z (a freshly initialised network has a zero w_avg buffer).
+    """
+    cached = _w_stats.get(G)
+    if cached is not None and cached[0] == samples:
+        return cached[1], cached[2]
+    device = generator_device(G)
+    gen = torch.Generator(device="cpu").manual_seed(seed + 12345)
+    z = torch.randn(samples, G.z_dim, generator=gen).to(device)
+    with torch.no_grad():
+        w = G.mapping(z, None)[:, 0, :].float()  # [samples, w_dim]
+    tracked = getattr(G.mapping, "w_avg", None)
+    if isinstance(tracked, torch.Tensor) and tracked.abs().sum() > 0:
+        w_avg = tracked.detach().float().clone()
+    else:
+        w_avg = w.mean(dim=0)
+    w_std = float((w - w_avg).square().sum(dim=1).mean().sqrt())
+    try:
+        _w_stats[G] = (samples, w_avg, w_std)
+    except TypeError:  # not weak-referenceable: just recompute next time
+        pass
+    return w_avg, w_std
+
+
+def _noise_penalty(noise_maps: list[torch.Tensor]) -> torch.Tensor:
+    """StyleGAN2's multi-scale noise regulariser: squared autocorrelation at 1-pixel shifts (x and
+    y), summed over a pyramid down to 8 pixels, for every noise map."""
+    total = torch.zeros((), device=noise_maps[0].device)
+    for v in noise_maps:
+        noise = v[None, None, :, :]
+        while True:
+            total = total + (noise * torch.roll(noise, shifts=1, dims=3)).mean() ** 2
+            total = total + (noise * torch.roll(noise, shifts=1, dims=2)).mean() ** 2
+            if min(noise.shape[2], noise.shape[3]) <= 8:
+                break
+            noise = torch.nn.functional.avg_pool2d(noise, kernel_size=2)
+    return total
+
+
+def _lr_factor(t: float, settings: ProjectionSettings) -> float:
+    ramp = min(1.0, (1.0 - t) / settings.lr_rampdown) if settings.lr_rampdown > 0 else 1.0
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    if settings.lr_rampup > 0:
+        ramp *= min(1.0, t / settings.lr_rampup)
+    return ramp
+
+
+class _Objective:
+    """ST-LPIPS (target features cached) + weighted MSE against one target image."""
+
+    def __init__(self, target: torch.Tensor, net: str, max_side: int, pixel_weight: float) -> None:
+        self.target = target
+        self.max_side = max_side
+        self.pixel_weight = pixel_weight
+        self.metric = shared_stlpips(net, target.device)
+        with torch.no_grad():
+            self.target_features = self.metric.features(resize_for_lpips(target, self.max_side))
+
+    def __call__(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N] total loss and [N] ST-LPIPS term for images [N, 3, H, W]."""
+        perceptual = self.metric.distance_to(resize_for_lpips(img, self.max_side), self.target_features)
+        pixel = (img - self.target).square().mean(dim=(1, 2, 3))
+        return perceptual + self.pixel_weight * pixel, perceptual
+
+
+def _search_start(G: Any, objective: _Objective, w_avg: torch.Tensor, settings: ProjectionSettings,
+                  should_cancel: CancelCheck | None) -> torch.Tensor:
+    """Best starting w [w_dim]: w_avg or one of ``search_samples`` truncated samples."""
+    candidates = [w_avg[None]]
+    if settings.search_samples > 0:
+        gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+        z = torch.randn(settings.search_samples, G.z_dim, generator=gen).to(w_avg.device)
+        with torch.no_grad():
+            w = G.mapping(z, None)[:, 0, :].float()
+        candidates.append(w_avg + settings.search_psi * (w - w_avg))
+    all_w = torch.cat(candidates)  # [K, w_dim]
+    losses = []
+    with torch.no_grad():
+        for chunk in all_w.split(8):
+            check_cancel(should_cancel, "projection")
+            ws = chunk[:, None, :].repeat(1, G.num_ws, 1)
+            losses.append(objective(synthesize(G, ws))[0])
+    return all_w[int(torch.cat(losses).argmin())]
+
+
+def _project_latent(
+    G: Any, target: torch.Tensor, settings: ProjectionSettings, report: StepReport,
+    should_cancel: CancelCheck | None,
+) -> tuple[torch.Tensor, Any]:
+    """Optimise W+ (and optionally noise). Returns (ws [1, num_ws, w_dim], generator to use:
+    ``G`` or a weight-sharing copy holding the optimised noise)."""
+    device = target.device
+    objective = _Objective(target, settings.lpips_net, settings.lpips_max_side, settings.pixel_weight)
+    w_avg, w_std = _w_statistics(G, settings.w_stats_samples, settings.seed)
+    w_avg = w_avg.to(device)
+    w_start = _search_start(G, objective, w_avg, settings, should_cancel)
+
+    work = G
+    noise_maps: list[torch.Tensor] = []
+    if settings.optimize_noise:
+        work = copy_sharing_parameters(G)
+        for module in work.synthesis.modules():
+            if isinstance(getattr(module, "noise_const", None), torch.Tensor):
+                fresh = torch.randn_like(module.noise_const).requires_grad_(True)
+                module.noise_const = fresh
+                noise_maps.append(fresh)
+        if not noise_maps:
+            work = G
+
+    gen = torch.Generator(device="cpu").manual_seed(settings.seed + 1)
+    w_phase_steps = int(round(settings.w_phase * settings.steps))
+    w_opt = w_start[None, None, :].clone().requires_grad_(True)  # single w, broadcast
+    optimizer = torch.optim.Adam([w_opt, *noise_maps], betas=(0.9, 0.999), lr=settings.lr)
+    for step in range(settings.steps):
+        check_cancel(should_cancel, "projection")
+        if step == w_phase_steps and w_opt.shape[1] == 1:
+            # switch to W+: one w per layer, fresh Adam state for the new shape
+            w_opt = w_opt.detach().repeat(1, G.num_ws, 1).requires_grad_(True)
+            optimizer = torch.optim.Adam([w_opt, *noise_maps], betas=(0.9, 0.999), lr=settings.lr)
+        t = step / settings.steps
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * _lr_factor(t, settings)
+        noise_scale = w_std * settings.w_noise_factor * max(0.0, 1.0 - t / settings.noise_ramp) ** 2
+        w_noise = torch.randn(w_opt.shape, generator=gen).to(device) * noise_scale
+        ws = (w_opt + w_noise).expand(1, G.num_ws, G.w_dim)
+        img = synthesize(work, ws)
+        loss, perceptual = objective(img)
+        total = loss.sum()
+        if noise_maps:
+            total = total + settings.noise_regularization * _noise_penalty(noise_maps)
+        grads = torch.autograd.grad(total, [w_opt, *noise_maps])
+        for tensor, grad in zip([w_opt, *noise_maps], grads):
+            tensor.grad = grad
+        optimizer.step()
+        if noise_maps:
+            with torch.no_grad():  # keep the maps zero-mean, unit-variance (official)
+                for v in noise_maps:
+                    v -= v.mean()
+                    v *= v.square().mean().rsqrt()
+        report(step + 1, {"phase": "project", "loss": float(total.detach()),
+                          "stlpips": float(perceptual.detach().sum()), "psnr": psnr_tensor(img, target)})
+
+    ws_final = w_opt.detach().expand(1, G.num_ws, G.w_dim).clone()
+    if noise_maps:
+        for module in work.synthesis.modules():
+            value = getattr(module, "noise_const", None)
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                module.noise_const = value.detach()
+    return ws_final, work
+
+
+def _final_figures(generator: Any, ws: torch.Tensor, pixels: np.ndarray, target: torch.Tensor,
+                   max_side: int) -> tuple[np.ndarray, float, float]:
+    """(reconstruction uint8 [H, W, 3], PSNR dB, ST-LPIPS VGG) of ``generator`` at ``ws``."""
+    with torch.no_grad():
+        recon = tensor_to_uint8(synthesize(generator, ws))
+        recon_t = torch.from_numpy(recon).to(target.device).permute(2, 0, 1)[None].float() / 127.5 - 1
+        vgg = shared_stlpips("vgg", target.device)
+        stl = float(vgg(resize_for_lpips(recon_t, max_side), resize_for_lpips(target, max_side))[0])
+    return recon, psnr_uint8(recon, pixels), stl
+
+
+def project(
+    G: Any,
+    image: np.ndarray,
+    preset: str = "fast",
+    pti: bool = False,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    cache: LatentCache | None = None,
+    model_id: str | None = None,
+    settings: ProjectionSettings | None = None,
+) -> ProjectionResult:
+    """Project ``image`` (numpy uint8 [H, W, 3] RGB, exactly the generator's output size) into W+.
+
+    ``preset``: "fast" (default) or "quality" (see :data:`PRESETS`); ``settings`` overrides the
+    preset entirely. ``pti``: also fine-tune a copy of the generator around the latent (the
+    result's ``generator``). ``progress(step, total, metrics)`` is called after every step;
+    metrics: ``phase`` ("project" or "pti"), ``loss``, ``stlpips`` (ST-LPIPS of that step's
+    image, loss net and size), ``psnr`` (dB). ``should_cancel()`` is polled every step; True
+    raises :class:`InversionCancelled`. ``cache``: a :class:`LatentCache`; the key is (pixels,
+    ``model_id``, settings, pti); ``model_id`` defaults to a fingerprint of ``G``.
+
+    ``G`` is never modified. Raises ValueError for a bad image (wrong size, NaN, not RGB).
+    """
+    started = time.perf_counter()
+    pixels, target = image_to_tensor(image, G)
+    if getattr(G, "c_dim", 0):
+        raise ValueError("conditional generators (c_dim > 0) are not supported by the projection")
+    if settings is None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        settings = PRESETS[preset]
+    if model_id is None:
+        model_id = model_fingerprint(G)
+
+    key = None
+    if cache is not None:
+        key = cache_key(pixels, model_id, {"settings": dataclasses.asdict(settings), "pti": bool(pti)})
+        entry = cache.get(key)
+        if entry is not None and tuple(entry.ws.shape) == (1, G.num_ws, G.w_dim):
+            try:
+                generator = apply_delta(G, entry.generator_delta) if entry.generator_delta else G
+            except ValueError:
+                generator = None  # does not fit this model: recompute (and overwrite)
+            if generator is not None:
+                return ProjectionResult(
+                    ws=entry.ws.to(target.device), generator=generator, reconstruction=entry.reconstruction,
+                    psnr=entry.psnr, stlpips=entry.stlpips, from_cache=True,
+                    seconds=time.perf_counter() - started, steps=entry.steps, model_id=model_id,
+                    settings=settings, pti=pti,
+                )
+
+    total_steps = settings.steps + (settings.pti_steps if pti else 0)
+
+    def report(step: int, metrics: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(step, total_steps, metrics)
+
+    ws, generator = _project_latent(G, target, settings, report, should_cancel)
+    steps_done = settings.steps
+    if pti:
+        from .pti import pivotal_tuning
+
+        def report_pti(step: int, total: int, metrics: dict[str, Any]) -> None:
+            report(settings.steps + step, metrics)
+
+        generator, pti_steps = pivotal_tuning(
+            generator, ws, target, settings=settings, progress=report_pti, should_cancel=should_cancel,
+            return_steps=True,
+        )
+        steps_done += pti_steps
+
+    recon, psnr, stl = _final_figures(generator, ws, pixels, target, settings.lpips_max_side)
+    if cache is not None and key is not None:
+        delta = generator_delta(G, generator) if generator is not G else {}
+        cache.put(key, CacheEntry(ws=ws, reconstruction=recon, psnr=psnr, stlpips=stl, steps=steps_done,
+                                  generator_delta=delta))
+    return ProjectionResult(
+        ws=ws, generator=generator, reconstruction=recon, psnr=psnr, stlpips=stl, from_cache=False,
+        seconds=time.perf_counter() - started, steps=steps_done, model_id=model_id, settings=settings,
+        pti=pti,
+    )
