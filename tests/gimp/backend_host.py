@@ -88,9 +88,12 @@ def main() -> int:
     def warm_up() -> None:
         # Load the perceptual network (the slowest first-time cost of an inversion) while GIMP starts;
         # the first edit then finds it ready. Only a cache fill: the edits themselves run as served.
-        from inversion._common import shared_stlpips
+        try:
+            from inversion._common import shared_stlpips
 
-        shared_stlpips("vgg", torch.device("cpu"))
+            shared_stlpips("vgg", torch.device("cpu"))
+        except Exception as exc:  # only a speed-up: the first edit then loads it itself
+            print(f"backend_host: warm-up skipped ({exc})", flush=True)
 
     threading.Thread(target=warm_up, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
