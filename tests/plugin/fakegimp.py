@@ -299,6 +299,7 @@ class Image:
         self.selection = Channel(self, "selection", width, height)
         self.undo_depth = 0
         self.undo_groups = 0
+        self.floating: Layer | None = None
         self.deleted = False
         self.id = _next_id()
         all_images.append(self)
@@ -359,6 +360,9 @@ class Image:
 
     def get_selection(self) -> Channel:
         return self.selection
+
+    def get_floating_sel(self) -> Layer | None:
+        return self.floating
 
     # selection
     def select_rectangle(self, op: str, x: float, y: float, w: float, h: float) -> bool:

@@ -105,7 +105,7 @@ def test_without_selection_the_whole_crop_with_a_soft_border(backend: FakeBacken
 
 
 @pytest.mark.parametrize("case", ["odd", "no path", "no strokes", "outside", "two layers", "model",
-                                  "backend down", "backend error", "selection elsewhere"])
+                                  "backend down", "backend error", "selection elsewhere", "floating"])
 def test_failures_write_nothing_and_open_no_undo_group(backend: FakeBackend, case: str) -> None:
     image, layer = _scene()
     drawables = [layer]
@@ -125,6 +125,8 @@ def test_failures_write_nothing_and_open_no_undo_group(backend: FakeBackend, cas
         opts = _opts(model="ffhq-512")
     elif case == "backend down":
         backend.fail_with = errors.backend_unreachable("tcp://127.0.0.1:5555", 4)
+    elif case == "floating":
+        image.floating = fakegimp.Layer(image, "Pasted Layer", 5, 5)
     elif case == "selection elsewhere":
         opts = _opts(crop_mode="layer")
         image.select_rectangle("REPLACE", 0, 0, 3, 3)     # on the layer, outside the 50x50 crop
@@ -140,7 +142,8 @@ def test_failures_write_nothing_and_open_no_undo_group(backend: FakeBackend, cas
     expected = {"odd": "odd number", "no path": "has no path", "no strokes": "has no strokes",
                 "outside": "target 1 at (70.0, 20.0) lies outside", "two layers": "exactly one selected layer",
                 "model": "no model 'ffhq-512'", "backend down": "no answer from the backend",
-                "backend error": "[internal] boom", "selection elsewhere": "selection lies outside"}
+                "backend error": "[internal] boom", "selection elsewhere": "selection lies outside",
+                "floating": "floating selection"}
     assert expected[case] in info.value.message
     assert image.layers == [layer] and bytes(layer.data) == before and layer.writes == 0
     assert image.undo_groups == 0

@@ -77,6 +77,8 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
 
     plugin_config: draggan.json beside the plug-in (remote address and CURVE keys), if any."""
     layer = single_layer(drawables)
+    if image.get_floating_sel() is not None:   # GIMP cannot add a layer while one floats
+        raise errors.floating_selection()
     source_rect = ops.layer_rect(layer)
     drag = points.drag_points_from_image(image, opts.path)
     points.check_inside(drag, source_rect.as_tuple(), layer.get_name())

@@ -94,6 +94,14 @@ def selection_mode_without_selection() -> PluginError:
     )
 
 
+def floating_selection() -> PluginError:
+    return PluginError(
+        "DragGAN: the image has a floating selection (a pasted layer). Anchor it (Layer > Anchor Layer) "
+        "or make it a new layer (Layer > To New Layer), then run the filter again.",
+        calling=True,
+    )
+
+
 def selection_outside_crop() -> PluginError:
     return PluginError(
         "DragGAN: the selection lies outside the part of the layer the model sees (around the drag "
