@@ -27,8 +27,10 @@ def _fail(procedure, error):
 
 
 def run(procedure, run_mode, image, drawables, config, _data):
-    from draggan_core import edit  # imported per run: a broken install shows as an error, not a crash
-
+    try:  # imported per run: a broken install shows as an error message, not a crash
+        from draggan_core import edit
+    except Exception as exc:
+        return _fail(procedure, errors.wire_missing(f"draggan_core: {type(exc).__name__}: {exc}"))
     plugin_config = options.read_plugin_config(PLUGIN_DIR)   # remote backend address and CURVE keys
     if run_mode == Gimp.RunMode.INTERACTIVE:
         from draggan_core import dialog

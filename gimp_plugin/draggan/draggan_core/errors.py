@@ -136,7 +136,7 @@ def pyzmq_missing(detail: str) -> PluginError:
 
 def wire_missing(detail: str) -> PluginError:
     return PluginError(
-        "DragGAN: the plug-in's wire module (draggan_wire/) is missing or broken "
+        "DragGAN: part of the plug-in (draggan_core/ or draggan_wire/) is missing or broken "
         f"({detail}). Reinstall the plug-in with `python install.py --plugin-only`, then restart GIMP.",
     )
 
