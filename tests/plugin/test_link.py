@@ -44,7 +44,8 @@ def test_missing_pyzmq_gives_the_fix(monkeypatch) -> None:
 class OneShotServer:
     """A ROUTER on 127.0.0.1 that answers one hello with a welcome and records the routing ids."""
 
-    def __init__(self, curve_pair: tuple[bytes, bytes] | None = None) -> None:
+    def __init__(self, curve_pair: tuple[bytes, bytes] | None = None, messages: int = 2) -> None:
+        self.messages = messages
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -57,7 +58,7 @@ class OneShotServer:
         self.thread.start()
 
     def _serve(self) -> None:
-        for _ in range(2):
+        for _ in range(self.messages):
             if not self.sock.poll(4000):
                 return
             ident, *frames = self.sock.recv_multipart()
@@ -117,7 +118,7 @@ def test_protocol_errors_read_as_actions(code: str, words: str) -> None:
 def test_remote_backend_with_curve_keys_from_draggan_json() -> None:
     server_public, server_secret = zmq.curve_keypair()
     client_public, client_secret = zmq.curve_keypair()
-    server = OneShotServer((server_public, server_secret))
+    server = OneShotServer((server_public, server_secret), messages=1)
     config = {"address": server.address.replace("127.0.0.1", "localhost"),
               "server_public_key": server_public.decode(), "client_public_key": client_public.decode(),
               "client_secret_key": client_secret.decode(), "keys_dir": "/nowhere"}
