@@ -55,6 +55,7 @@ class FakeBackend:
         self.sessions = 0
         self.address = ""
         self.undo_depth_seen: list[int] = []
+        self.session_prefix = "s"
 
     # the factory edit.run_edit calls
     def __call__(self, address: str, timeout: float, routing_id: str) -> FakeBackend:
@@ -95,8 +96,9 @@ class FakeBackend:
             raise errors.cancelled()
         self.sessions += 1
         w, h = size
+        session = "none" if self.session_prefix == "none" else f"{self.session_prefix}{self.sessions}"
         return protocol.Result(image=protocol.Image(w, h, 3, bytes(255 - b for b in rgb)), points=targets,
-                               session_id=f"s{self.sessions}", inversion=quality, steps=3)
+                               session_id=session, inversion=quality, steps=3)
 
     def continue_session(self, session_id, size, handles, targets, mask, params, on_progress, should_cancel,
                          model=""):

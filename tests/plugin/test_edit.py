@@ -241,3 +241,10 @@ def test_layer_names_keep_one_tag() -> None:
     assert texts.result_layer_name("A (b)", False, False) == "A (b) (DragGAN)"
     assert texts.is_poor(30.0, 0.5) and texts.is_poor(10.0, 0.1) and not texts.is_poor(25.0, 0.2)
     assert not texts.is_poor(None, None)
+
+
+def test_a_backend_without_sessions_leaves_no_record(backend: FakeBackend) -> None:
+    backend.session_prefix = "none"           # what `draggan-backend serve --no-cache` answers
+    image, layer = _scene()
+    out = edit.run_edit(image, [layer], _opts(), edit.Progress(), backend)
+    assert parasite.read_record(out.layer) is None and out.layer.get_mask() is not None

@@ -68,6 +68,9 @@ def single_layer(drawables: list[Any]) -> Any:
     return drawable
 
 
+# session ids that mean "nothing kept" (`draggan-backend serve --no-cache` answers "none")
+NO_SESSION = ("", "none")
+
 BackendFactory = Callable[[str, float, str], "link.Backend"]
 
 
@@ -167,7 +170,8 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
     try:
         new_layer = ops.insert_result_layer(image, layer, name, crop, back_rgb)
         ops.add_feathered_mask(image, new_layer, crop, plan)
-        ops.attach_session(new_layer, new_record)
+        if result.session_id not in NO_SESSION:   # a backend without cache keeps no sessions
+            ops.attach_session(new_layer, new_record)
     finally:
         image.undo_group_end()
     progress.update(1.0)
