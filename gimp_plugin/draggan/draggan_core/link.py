@@ -7,7 +7,6 @@ imported only when a connection is made, so the plug-in registers and shows its 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +80,7 @@ class Backend:
         self.address = address
         self.timeout_s = float(timeout_s)
         self.protocol, client_module = wire()
-        zmq = import_pyzmq()
+        import_pyzmq()
         self._models: list[ModelChoice] = []
         kwargs: dict[str, Any] = dict(timeout_s=self.timeout_s, connect_timeout_s=connect_timeout_s,
                                       retries=retries, client_name="gimp-draggan")
@@ -92,32 +91,22 @@ class Backend:
             except Exception as exc:
                 raise explain(exc, address, connect_timeout_s * retries) from None
         try:
-            self._client = self._make_client(client_module, zmq, address, kwargs, routing_id)
+            self._client = self._make_client(client_module, address, kwargs, routing_id)
         except Exception as exc:  # the client raises ProtocolError; anything else is a bug shown plainly
             raise explain(exc, address, connect_timeout_s * retries) from None
         self._connect_wait = connect_timeout_s * retries
 
     @staticmethod
-    def _make_client(client_module: Any, zmq: Any, address: str, kwargs: dict[str, Any], routing_id: str) -> Any:
+    def _make_client(client_module: Any, address: str, kwargs: dict[str, Any], routing_id: str) -> Any:
         """A Client whose connection carries `routing_id` (when given).
 
         Why: without CURVE keys the backend files sessions under the connection's ZeroMQ routing id,
         and every plug-in run is a new process with a new connection; the same routing id on the
-        next run lets "drag again" reach the session. The client takes it as an argument when it
-        supports one; otherwise it is set as the context's default socket option (a public pyzmq
-        feature) just while the client creates its socket.
+        next run lets "drag again" reach the session.
         """
-        if not routing_id:
-            return client_module.Client(address, **kwargs)
-        rid = routing_id.encode("ascii")
-        if "routing_id" in inspect.signature(client_module.Client).parameters:
-            return client_module.Client(address, routing_id=rid, **kwargs)
-        ctx = zmq.Context.instance()
-        ctx.setsockopt(zmq.ROUTING_ID, rid)
-        try:
-            return client_module.Client(address, **kwargs)
-        finally:
-            ctx.sockopts.pop(zmq.ROUTING_ID, None)
+        if routing_id:
+            kwargs = dict(kwargs, routing_id=routing_id.encode("ascii"))
+        return client_module.Client(address, **kwargs)
 
     def __enter__(self) -> Backend:
         return self
