@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import stylegan2
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_tiny_generator(seed: int = 0, resolution: int = 32) -> stylegan2.Generator:

@@ -1,0 +1,49 @@
+"""A short run of benchmarks/fidelity.py (issue 12) on the default model: drags land nearer the targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from backend.engine import DragParams
+
+from .conftest import REPO_ROOT
+
+
+def load_fidelity_module():
+    spec = importlib.util.spec_from_file_location("fidelity", REPO_ROOT / "benchmarks" / "fidelity.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fidelity"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def require(path):
+    if not path.is_file():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{path} is missing", pytrace=False)
+        pytest.skip(f"{path} not there yet (default model / detector)")
+    return path
+
+
+def test_two_pairs_one_point_move_toward_their_targets():
+    import stylegan2
+    from training.detector import DEFAULT_PATH, load_detector
+
+    fidelity = load_fidelity_module()
+    G = stylegan2.load_generator(require(fidelity.DEFAULT_MODEL))
+    detector = load_detector(require(DEFAULT_PATH))
+    results = fidelity.run_fidelity(G, detector, pairs=2, point_counts=[1], rows=["fast"], max_steps=60,
+                                    base=DragParams())
+    edits = results[("fast", 1)]
+    before = np.mean([e.distance_before for e in edits])
+    after = np.mean([e.distance_after for e in edits])
+    assert before > 2.0  # the pairs really differ
+    assert after < 0.7 * before, (before, after)
+    table = fidelity.format_table(results, [1], ["fast"])
+    assert "no edit" in table and "fast" in table
