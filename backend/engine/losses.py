@@ -92,7 +92,7 @@ def motion_loss_reference(
         rows, cols = supervised_pixels_reference(point, radius, height, width)
         grid_h = (rows + step[0]) / (height - 1) * 2 - 1
         grid_w = (cols + step[1]) / (width - 1) * 2 - 1
-        grid = torch.stack([grid_w, grid_h], dim=-1).view(1, 1, -1, 2)
+        grid = torch.stack([grid_w, grid_h], dim=-1).view(1, 1, -1, 2).to(full.device)
         shifted = F.grid_sample(full.float(), grid, align_corners=True).squeeze(2)
         loss = loss + F.l1_loss(full[:, :, rows, cols].detach(), shifted)
     return loss
