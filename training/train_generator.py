@@ -11,6 +11,9 @@ the generator can learn to *reproduce* the render of its own z instead:
   training distribution, and z -> image is a deterministic, learnable function.
 * loss = L1(G(z), render) + ``lpips_weight`` * ST-LPIPS-AlexNet at 64² (both images 2x2-averaged, on
   ``lpips_images`` of each batch); no discriminator.
+* no noise inputs (``--noise-mode none``, strengths pinned at 0): a deterministic target gives them
+  nothing to model, and the network amplified even small strengths into a fixed striped texture;
+  so the shipped model renders the same with ``noise_mode="const"`` (what DragGAN uses) and "none".
 * an exponential moving average of the weights (``G_ema``) is what we ship, as StyleGAN does;
   the mapping network's ``w_avg`` is tracked for truncation.
 
@@ -32,6 +35,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue
+import signal
 import sys
 import time
 from pathlib import Path
@@ -124,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lpips-images", type=int, default=4, help="images per batch that get the ST-LPIPS term")
     ap.add_argument("--ema-beta", type=float, default=0.998, help="per-iteration EMA decay of G_ema")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise-mode", choices=["none", "random"], default="none",
+                    help="'none' (default) pins every noise strength at 0: the target is deterministic, and "
+                    "noise inputs only add texture the render does not have")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoint-minutes", type=float, default=10.0)
     ap.add_argument("--sample-minutes", type=float, default=15.0)
@@ -158,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         images_seen = int(state.get("images_seen", iteration * args.batch))
     else:
         G_ema.load_state_dict(G.state_dict())
+    if args.noise_mode == "none":
+        with torch.no_grad():
+            for net in (G, G_ema):
+                for name, p in net.named_parameters():
+                    if name.endswith("noise_strength"):
+                        p.zero_()
     G.train().requires_grad_(True)
     G_ema.eval().requires_grad_(False)
     size = G.img_resolution
@@ -182,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                                         optimizer=opt.state_dict(), iteration=iteration,
                                         wall_seconds=wall_seconds, images_seen=images_seen))
 
+    # Stop cleanly (checkpoint, samples, export) on SIGTERM/SIGINT: background jobs of a
+    # non-interactive shell ignore SIGINT, so KeyboardInterrupt alone is not enough.
+    stop_requested = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+
     start = time.time()
     last_ckpt = last_sample = start
     window: list[tuple[float, float]] = []
@@ -190,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             if args.iterations is not None and iteration >= args.iterations:
                 break
-            if time.time() - start >= args.minutes * 60:
+            if time.time() - start >= args.minutes * 60 or stop_requested:
                 break
             try:
                 index, z_np, imgs = batches.get(timeout=120)
@@ -202,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             target = to_tensor(imgs)
             ws = G.mapping(z, update_emas=True)
             # Non-fused modulated conv: grouped-conv backward is slow (NVIDIA trains this way too).
-            img = G.synthesis(ws, noise_mode="random", fused_modconv=False)
+            img = G.synthesis(ws, noise_mode=args.noise_mode, fused_modconv=False)
             l1 = F.l1_loss(img, target)
             # ST-LPIPS at half resolution on the first ``lpips_images`` of the batch: its stride-1
             # anti-aliased first layers cost as much as the generator at 128².
