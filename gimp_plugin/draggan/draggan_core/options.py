@@ -63,7 +63,7 @@ ARGUMENTS: tuple[Arg, ...] = (
     Arg("learning-rate", "double", "Learnin_g rate", "Step size of the drag optimisation",
         0.002, 0.00001, 1.0),
     Arg("mask-strength", "double", "Mask stre_ngth",
-        "How strongly the unselected area is held fixed (0 = not at all)", 10.0, 0.0, 10000.0),
+        "How strongly the unselected area is held fixed (0 = not at all)", 20.0, 0.0, 10000.0),
     Arg("inversion-preset", "choice", "_Inversion", "How hard the photo is fitted to the model",
         "fast", choices=PRESET_CHOICES),
     Arg("pti", "boolean", "_Pivotal tuning (PTI)",
@@ -85,7 +85,7 @@ class Options:
     max_steps: int = 200
     latent: str = "w+"
     learning_rate: float = 0.002
-    mask_strength: float = 10.0
+    mask_strength: float = 20.0  # the paper's and the official code's lambda
     inversion_preset: str = "fast"
     pti: bool = False
     crop_mode: str = geometry.CROP_AUTO
