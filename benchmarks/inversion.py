@@ -40,8 +40,8 @@ from inversion.lpips import STLPIPS  # noqa: E402
 DEFAULT_MODEL = REPO / "backend" / "data" / "faces-128.pt"
 
 
-def load_model(path: str | None, device: str) -> tuple[Any, str]:
-    """The trained default model when present, else a small random-weight 128x128 generator."""
+def load_model(path: str | None, device: str, random_resolution: int) -> tuple[Any, str]:
+    """The trained default model when present, else a small random-weight generator."""
     candidate = Path(path) if path else DEFAULT_MODEL
     if candidate.exists():
         return stylegan2.load_generator(candidate, device=device), str(candidate.relative_to(REPO)
@@ -50,9 +50,10 @@ def load_model(path: str | None, device: str) -> tuple[Any, str]:
     if path:
         raise SystemExit(f"model not found: {path}")
     torch.manual_seed(0)
-    G = stylegan2.Generator(z_dim=128, w_dim=128, img_resolution=128, img_channels=3, channel_base=4096,
+    res = random_resolution
+    G = stylegan2.Generator(z_dim=128, w_dim=128, img_resolution=res, img_channels=3, channel_base=32 * res,
                             channel_max=128, mapping_kwargs={"num_layers": 4})
-    return G.eval().requires_grad_(False).to(device), "random-weight 128x128 generator (no trained model yet)"
+    return G.eval().requires_grad_(False).to(device), f"random-weight {res}x{res} generator (no trained model yet)"
 
 
 def progress_line(prefix: str):  # noqa: ANN201
@@ -89,7 +90,7 @@ def part_generated(G: Any, seeds: int, step_counts: list[int]) -> None:
               f"{np.mean(secs):>8.1f}{mark}")
 
 
-def load_photos(width: int, height: int) -> dict[str, np.ndarray]:
+def load_photos(width: int, height: int, names: list[str]) -> dict[str, np.ndarray]:
     try:
         from skimage import data
     except ImportError:
@@ -97,7 +98,7 @@ def load_photos(width: int, height: int) -> dict[str, np.ndarray]:
     from PIL import Image
 
     photos = {}
-    for name in ("astronaut", "coffee", "chelsea"):
+    for name in names:
         img = getattr(data, name)()
         h, w = img.shape[:2]
         # centre crop to the model's aspect ratio, then scale
@@ -112,9 +113,9 @@ def load_photos(width: int, height: int) -> dict[str, np.ndarray]:
     return photos
 
 
-def part_photos(G: Any) -> None:
+def part_photos(G: Any, names: list[str]) -> None:
     print("\n(b) real photos (scikit-image data; out of the procedural model's domain), preset 'fast'")
-    photos = load_photos(int(G.img_width), int(G.img_height))
+    photos = load_photos(int(G.img_width), int(G.img_height), names)
     print(f"{'photo':>10} {'PTI':>4} {'ST-LPIPS(VGG)':>14} {'PSNR dB':>8} {'steps':>6} {'seconds':>8}")
     for name, pixels in photos.items():
         for pti in (False, True):
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, default=3, help="generated images for part (a)")
     parser.add_argument("--steps", default="25,50,100,150", help="step counts for part (a), comma separated")
+    parser.add_argument("--photos", default="astronaut,coffee,chelsea", help="scikit-image photos for part (b)")
+    parser.add_argument("--random-resolution", type=int, default=128,
+                        help="size of the random-weight stand-in generator when no trained model exists")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         part_lpips_cost(128)
     if args.part == "lpips-cost":
         return
-    G, model_name = load_model(args.model, args.device)
+    G, model_name = load_model(args.model, args.device, args.random_resolution)
     print(f"model: {model_name} ({G.img_width}x{G.img_height}, num_ws {G.num_ws}, w_dim {G.w_dim})")
     fast = PRESETS["fast"]
     print(f"preset 'fast': {fast.steps} steps, lr {fast.lr}, search {fast.search_samples}, loss ST-LPIPS "
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("all", "generated"):
         part_generated(G, args.seeds, [int(s) for s in args.steps.split(",") if s])
     if args.part in ("all", "photos"):
-        part_photos(G)
+        part_photos(G, [p for p in args.photos.split(",") if p])
 
 
 if __name__ == "__main__":

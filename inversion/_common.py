@@ -101,7 +101,7 @@ def image_to_tensor(image: Any, G: Any, name: str = "image") -> tuple[np.ndarray
         if values.min() < 0 or values.max() > 255:
             raise ValueError(f"{name} values must be in [0, 255], got [{values.min():g}, {values.max():g}]")
         image = np.rint(values).astype(np.uint8)
-    pixels = np.ascontiguousarray(image)
+    pixels = np.array(image, dtype=np.uint8, order="C", copy=True)  # ours: the caller may reuse theirs
     tensor = torch.from_numpy(pixels).to(generator_device(G)).permute(2, 0, 1).unsqueeze(0)
     return pixels, tensor.float() / 127.5 - 1.0
 

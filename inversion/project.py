@@ -281,7 +281,8 @@ def _project_latent(
         t = step / settings.steps
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * _lr_factor(t, settings)
-        noise_scale = w_std * settings.w_noise_factor * max(0.0, 1.0 - t / settings.noise_ramp) ** 2
+        ramp = max(0.0, 1.0 - t / settings.noise_ramp) if settings.noise_ramp > 0 else 0.0
+        noise_scale = w_std * settings.w_noise_factor * ramp**2
         w_noise = torch.randn(w_opt.shape, generator=gen).to(device) * noise_scale
         ws = (w_opt + w_noise).expand(1, G.num_ws, G.w_dim)
         img = synthesize(work, ws)
@@ -359,7 +360,8 @@ def project(
     if cache is not None:
         key = cache_key(pixels, model_id, {"settings": dataclasses.asdict(settings), "pti": bool(pti)})
         entry = cache.get(key)
-        if entry is not None and tuple(entry.ws.shape) == (1, G.num_ws, G.w_dim):
+        if (entry is not None and tuple(entry.ws.shape) == (1, G.num_ws, G.w_dim)
+                and entry.reconstruction.shape == pixels.shape):
             try:
                 generator = apply_delta(G, entry.generator_delta) if entry.generator_delta else G
             except ValueError:
