@@ -55,8 +55,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{args.threads} threads'}), "
-          f"torch {torch.__version__}, batch 1, fp32, noise_mode const")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
+    print(f"device {device} ({where}), torch {torch.__version__}, batch 1, fp32, noise_mode const")
     print(f"{'config':>6} {'ops':>9} {'mapping ms':>11} {'synthesis ms':>13} {'to block 5 ms':>14} {'block5/full':>12}")
     for name in args.configs.split(","):
         torch.manual_seed(0)
@@ -67,9 +67,9 @@ def main() -> None:
             previous = ops.set_fast_ops(fast)
             try:
                 with torch.no_grad():
-                    t_map = timed(lambda: G.mapping(z, truncation_psi=0.7), args.repeats, device)
-                    t_full = timed(lambda: G.synthesis(ws, noise_mode="const"), args.repeats, device)
-                    t_b5 = timed(lambda: G.synthesis.features(ws, stop_block=5), args.repeats, device)
+                    t_map = timed(lambda G=G, z=z: G.mapping(z, truncation_psi=0.7), args.repeats, device)
+                    t_full = timed(lambda G=G, ws=ws: G.synthesis(ws, noise_mode="const"), args.repeats, device)
+                    t_b5 = timed(lambda G=G, ws=ws: G.synthesis.features(ws, stop_block=5), args.repeats, device)
             finally:
                 ops.set_fast_ops(previous)
             print(f"{name + '²':>6} {'fast' if fast else 'reference':>9} {t_map * 1e3:11.2f} {t_full * 1e3:13.1f} "
