@@ -25,17 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from training import faces
-from training.detector import DEFAULT_PATH, KeypointDetector, load_detector, save_detector
+from training.detector import DEFAULT_PATH, KeypointDetector, flip_permutation, load_detector, save_detector
 
 TRAIN_SEED_BASE = 10_000
 CHUNK = 64
-
-
-def flip_permutation(names: list[str]) -> list[int]:
-    """Index map that swaps left/right keypoints (for a horizontally mirrored image)."""
-    def swap(n: str) -> str:
-        return n.replace("left", "\0").replace("right", "left").replace("\0", "right")
-    return [names.index(swap(n)) for n in names]
 
 
 class RingPool:
@@ -133,9 +126,10 @@ def heatmap_targets(kps: torch.Tensor, h: int, w: int, stride: int) -> torch.Ten
     return tgt
 
 
-def evaluate(det: KeypointDetector, images: np.ndarray, kps: np.ndarray) -> dict[str, Any]:
+def evaluate(det: KeypointDetector, images: np.ndarray, kps: np.ndarray, flip_average: bool = False
+             ) -> dict[str, Any]:
     """Held-out errors in pixels (Euclidean distance per keypoint)."""
-    pred = det.predict(images)
+    pred = det.predict(images, flip_average=flip_average)
     err = np.linalg.norm(pred - kps, axis=-1)
     per_kp = {n: round(float(err[:, i].mean()), 4) for i, n in enumerate(faces.KEYPOINT_NAMES)}
     return {"n_images": int(len(images)), "mean_px": float(err.mean()), "median_px": float(np.median(err)),
@@ -179,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_only:
         det = load_detector(args.out)
         log(json.dumps(evaluate(det, ev_imgs, ev_kps), indent=1))
-        for sigma in (0.7, 1.2):
-            r = evaluate(det, blur_images(ev_imgs, sigma), ev_kps)
-            log(f"blurred (Gaussian sigma {sigma} px): mean {r['mean_px']:.3f} px median {r['median_px']:.3f} "
+        for sigma, flip in ((0.0, True), (0.7, False), (1.2, False)):
+            r = evaluate(det, blur_images(ev_imgs, sigma) if sigma else ev_imgs, ev_kps, flip_average=flip)
+            what = f"blurred (Gaussian sigma {sigma} px)" if sigma else "flip-averaged"
+            log(f"{what}: mean {r['mean_px']:.3f} px median {r['median_px']:.3f} "
                 f"p95 {r['p95_px']:.3f} max {r['max_px']:.3f}")
         return 0
 
@@ -202,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = RingPool(args.pool, args.size)
     pool.fill_to(args.initial_chunks + step // args.chunk_every, log)
     flip_perm = flip_permutation(faces.KEYPOINT_NAMES)
+    assert flip_perm is not None
 
     def save_checkpoint() -> None:
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
