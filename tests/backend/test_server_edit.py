@@ -60,7 +60,8 @@ def test_cancel_mid_drag_stops_within_one_step(tiny_model: Path, photo: P.Image)
     server = start_server(real_runner(tiny_model))
     try:
         with Client(server.endpoint, timeout_s=60) as client:
-            long = P.EditParams(max_steps=2000, r1=10.0, r2=20.0, preview_every=0)
+            # tiny lr: the drag cannot converge (and stop by itself) before the cancel arrives
+            long = P.EditParams(max_steps=2000, lr=1e-6, r1=10.0, r2=20.0, preview_every=0)
             request_id = client.submit(edit(image=photo, params=long))
             with pytest.raises(ProtocolError) as info:
                 for message in client.stream(request_id):

@@ -46,8 +46,10 @@ endpoint, image_file = sys.argv[1], sys.argv[2]
 image = P.Image({side}, {side}, 3, open(image_file, 'rb').read())
 client = Client(endpoint, timeout_s=60)
 client.hello()
-rid = client.submit(P.Edit(model='tiny', image=image, handles=[(10.0, 12.0)], targets=[(16.0, 12.0)],
-                           params=P.EditParams(max_steps=5000, r1=10.0, r2=20.0, preview_every=0)))
+# A tiny learning rate over a long distance: the drag cannot reach its target (and stop by
+# itself) before the client is killed, however well the engine converges.
+rid = client.submit(P.Edit(model='tiny', image=image, handles=[(4.0, 4.0)], targets=[(28.0, 28.0)],
+                           params=P.EditParams(max_steps=5000, lr=1e-6, r1=10.0, r2=20.0, preview_every=0)))
 for message in client.stream(rid):
     if getattr(message, 'phase', '') == 'drag':
         print('DRAGGING', flush=True)

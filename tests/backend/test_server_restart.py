@@ -15,7 +15,8 @@ from backend.protocol import ErrorCode, ProtocolError
 
 from .conftest import PYTHON, REPO, edit, subprocess_env
 
-LONG = P.EditParams(max_steps=5000, r1=10.0, r2=20.0, preview_every=0)
+# tiny lr: these jobs must still be running when the test interrupts them
+LONG = P.EditParams(max_steps=5000, lr=1e-6, r1=10.0, r2=20.0, preview_every=0)
 
 
 def free_port() -> int:
