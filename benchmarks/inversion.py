@@ -1,5 +1,8 @@
 """Inversion figures: ST-LPIPS (VGG) and PSNR of projections, vs steps and on real photos.
 
+Seconds are given as wall time and as this process's CPU time: on a shared machine the wall
+time mostly measures the other jobs.
+
 Parts (all by default):
 
 * ``generated``: images the model makes from known latents (seeded z, truncation psi 0.7);
@@ -78,16 +81,20 @@ def part_generated(G: Any, seeds: int, step_counts: list[int]) -> None:
     rows = []
     for steps in step_counts:
         settings = PRESETS["fast"].replace(steps=steps)
-        results = []
+        results, cpu = [], []
         for seed, target in enumerate(targets):
+            started = time.process_time()
             results.append(project(G, target, settings=settings, progress=progress_line(f"steps={steps} seed={seed}")))
-        rows.append((steps, [r.stlpips for r in results], [r.psnr for r in results], [r.seconds for r in results]))
+            cpu.append(time.process_time() - started)
+        rows.append((steps, [r.stlpips for r in results], [r.psnr for r in results], [r.seconds for r in results],
+                     cpu))
     default_steps = PRESETS["fast"].steps
-    print(f"{'steps':>6} {'ST-LPIPS(VGG) mean':>19} {'max':>7} {'PSNR dB mean':>13} {'min':>6} {'s/image':>8}")
-    for steps, stl, psnr, secs in rows:
+    print(f"{'steps':>6} {'ST-LPIPS(VGG) mean':>19} {'max':>7} {'PSNR dB mean':>13} {'min':>6} {'wall s':>7} "
+          f"{'CPU s':>6}")
+    for steps, stl, psnr, secs, cpu in rows:
         mark = "  <- default 'fast'" if steps == default_steps else ""
         print(f"{steps:>6} {np.mean(stl):>19.4f} {np.max(stl):>7.4f} {np.mean(psnr):>13.2f} {np.min(psnr):>6.2f} "
-              f"{np.mean(secs):>8.1f}{mark}")
+              f"{np.mean(secs):>7.1f} {np.mean(cpu):>6.1f}{mark}")
 
 
 def load_photos(width: int, height: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -116,31 +123,33 @@ def load_photos(width: int, height: int, names: list[str]) -> dict[str, np.ndarr
 def part_photos(G: Any, names: list[str]) -> None:
     print("\n(b) real photos (scikit-image data; out of the procedural model's domain), preset 'fast'")
     photos = load_photos(int(G.img_width), int(G.img_height), names)
-    print(f"{'photo':>10} {'PTI':>4} {'ST-LPIPS(VGG)':>14} {'PSNR dB':>8} {'steps':>6} {'seconds':>8}")
+    print(f"{'photo':>10} {'PTI':>4} {'ST-LPIPS(VGG)':>14} {'PSNR dB':>8} {'steps':>6} {'wall s':>7} {'CPU s':>6}")
     for name, pixels in photos.items():
         for pti in (False, True):
+            started = time.process_time()
             res = project(G, pixels, pti=pti, progress=progress_line(f"{name} pti={pti}"))
+            cpu = time.process_time() - started
             print(f"{name:>10} {'yes' if pti else 'no':>4} {res.stlpips:>14.4f} {res.psnr:>8.2f} {res.steps:>6} "
-                  f"{res.seconds:>8.1f}")
+                  f"{res.seconds:>7.1f} {cpu:>6.1f}", flush=True)
 
 
 def part_lpips_cost(side: int) -> None:
-    print(f"\nST-LPIPS cost per {side}x{side} image (seconds, mean of 5)")
+    print(f"\nST-LPIPS cost per {side}x{side} image (CPU seconds of this process, mean of 5)")
     for net in ("vgg", "alex"):
         metric = STLPIPS(net)
         x = torch.rand(1, 3, side, side) * 2 - 1
         with torch.no_grad():
             metric.features(x)
-            t = time.perf_counter()
+            t = time.process_time()
             for _ in range(5):
                 metric.features(x)
-            fwd = (time.perf_counter() - t) / 5
+            fwd = (time.process_time() - t) / 5
         target = metric.features(x.flip(3))
         xg = x.clone().requires_grad_(True)
-        t = time.perf_counter()
+        t = time.process_time()
         for _ in range(5):
             torch.autograd.grad(metric.distance_to(xg, target).sum(), xg)
-        both = (time.perf_counter() - t) / 5
+        both = (time.process_time() - t) / 5
         print(f"  {net:>4}: forward {fwd:.3f} s, forward+backward (target features cached) {both:.3f} s")
 
 

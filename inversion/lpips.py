@@ -17,9 +17,9 @@ torchvision at import time. We only read those files (``importlib.resources``,
 Values are on the ST-LPIPS scale (0 for identical images; roughly 0.1-0.7 for unrelated
 natural images); quote them as "ST-LPIPS" wherever they are reported, not as LPIPS.
 
-Cost per 128x128 image (one core of our shared CPU machine, torch 2.13, float32; printed by
-``python benchmarks/inversion.py --lpips-cost``): VGG about 0.2 s forward and 0.45 s
-forward+backward, AlexNet about 0.05 s and 0.12 s. A distance needs the features of both images;
+Cost per 128x128 image (CPU time of one thread on our shared machine, torch 2.13, float32;
+``python benchmarks/inversion.py --part lpips-cost``): VGG 0.27 s forward, 0.57 s
+forward+backward; AlexNet 0.06 s and 0.17 s. A distance needs the features of both images;
 for a fixed target compute them once with :meth:`STLPIPS.features` and use
 :meth:`STLPIPS.distance_to`. Cost scales with the pixel count.
 """
