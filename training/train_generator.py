@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-minutes", type=float, default=15.0)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--export", type=Path, help="write the generator in our format when done")
+    ap.add_argument("--save-resumable", type=Path,
+                    help="also write a compact resumable checkpoint here (Adam moments in bf16) for the repo; "
+                    "continue later with --resume-from FILE")
     ap.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
                     help="export G_ema (default) or the raw G (better while the EMA still lags a short run)")
     args = ap.parse_args(argv)
@@ -263,6 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {ckpt_path} (iteration {iteration}, {wall_seconds / 60:.1f} min of training)",
               flush=True)
     sample_grid(G_ema, fixed_z, run_dir / f"samples-{iteration:06d}.png", size)
+    if args.save_resumable is not None:
+        # Adam moments in bf16 halve the file; load_state_dict casts them back to fp32.
+        opt_state = opt.state_dict()
+        for st in opt_state["state"].values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in st:
+                    st[key] = st[key].to(torch.bfloat16)
+        args.save_resumable.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(args.save_resumable, dict(config=config, G=G.state_dict(), G_ema=G_ema.state_dict(),
+                                                  optimizer=opt_state, iteration=iteration,
+                                                  wall_seconds=wall_seconds, images_seen=images_seen))
+        print(f"resumable checkpoint: {args.save_resumable}", flush=True)
     if args.export is not None:
         meta = dict(
             name="faces-128",
