@@ -226,6 +226,16 @@ _SUPPORTED_KWARGS = {"z_dim", "w_dim", "c_dim", "img_resolution", "img_channels"
 
 
 def _plain(value: Any) -> Any:
+    """Builtin containers and scalars only, so the file loads with ``weights_only=True``
+    (e.g. ``torch.__version__`` is a str subclass that the safe unpickler refuses)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -164,12 +164,13 @@ def test_discriminator_only_and_stylegan3_give_clear_errors(tmp_path, official_m
 
 def test_own_format_round_trip_and_weights_only(tmp_path):
     G = tiny_generator(img_resolution=32, img_width=16)
-    stylegan2.save_generator(G, tmp_path / "g.pt", meta={"name": "tiny", "iterations": 3})
+    # torch.__version__ is a str subclass: meta must still load with weights_only=True.
+    stylegan2.save_generator(G, tmp_path / "g.pt", meta={"name": "tiny", "iterations": 3, "torch": torch.__version__})
     payload = torch.load(tmp_path / "g.pt", weights_only=True)
     assert payload["format"].endswith("stylegan2-generator")
     loaded = stylegan2.load_generator(tmp_path / "g.pt")
     assert torch.equal(render(G), render(loaded))
-    assert loaded.meta == {"name": "tiny", "iterations": 3}
+    assert loaded.meta == {"name": "tiny", "iterations": 3, "torch": str(torch.__version__)}
     assert (loaded.img_height, loaded.img_width) == (32, 16)
 
 
