@@ -30,7 +30,7 @@ CONFIGS = {
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up."""
+    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up run."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -63,15 +63,23 @@ def main() -> None:
         G = stylegan2.Generator(**CONFIGS[name]).eval().requires_grad_(False).to(device)
         z = torch.randn(1, G.z_dim, device=device)
         ws = G.mapping(z, truncation_psi=0.7)
+        # Reference and fast ops interleaved round by round, so that load drift on a shared
+        # machine hits both alike; medians per mode.
+        results: dict[bool, list[list[float]]] = {False: [], True: []}
+        with torch.no_grad():
+            for _ in range(args.repeats):
+                for fast in (False, True):
+                    previous = ops.set_fast_ops(fast)
+                    try:
+                        results[fast].append([
+                            timed(lambda G=G, z=z: G.mapping(z, truncation_psi=0.7), 1, device),
+                            timed(lambda G=G, ws=ws: G.synthesis(ws, noise_mode="const"), 1, device),
+                            timed(lambda G=G, ws=ws: G.synthesis.features(ws, stop_block=5), 1, device),
+                        ])
+                    finally:
+                        ops.set_fast_ops(previous)
         for fast in (False, True):
-            previous = ops.set_fast_ops(fast)
-            try:
-                with torch.no_grad():
-                    t_map = timed(lambda G=G, z=z: G.mapping(z, truncation_psi=0.7), args.repeats, device)
-                    t_full = timed(lambda G=G, ws=ws: G.synthesis(ws, noise_mode="const"), args.repeats, device)
-                    t_b5 = timed(lambda G=G, ws=ws: G.synthesis.features(ws, stop_block=5), args.repeats, device)
-            finally:
-                ops.set_fast_ops(previous)
+            t_map, t_full, t_b5 = (statistics.median(col) for col in zip(*results[fast]))
             print(f"{name + '²':>6} {'fast' if fast else 'reference':>9} {t_map * 1e3:11.2f} {t_full * 1e3:13.1f} "
                   f"{t_b5 * 1e3:14.1f} {t_b5 / t_full:12.2f}", flush=True)
 
