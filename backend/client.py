@@ -233,7 +233,20 @@ class Client:
         return f"{self._prefix}{self._counter}"
 
     def _send(self, message: protocol.Message, request_id: str) -> None:
-        self._socket.send_multipart(protocol.encode(message, request_id), copy=False)
+        """Send one message; never blocks longer than the connect timeout.
+
+        A DEALER blocks on send while it has no usable connection (for instance after a failed
+        CURVE handshake tore the pipe down), so wait for writability with a bound and send
+        non-blocking; silence is reported like a missing reply (unavailable, or the auth failure).
+        """
+        zmq = self._zmq
+        frames = protocol.encode(message, request_id)
+        if not self._socket.poll(int(max(self.connect_timeout_s, 0.05) * 1000), zmq.POLLOUT):
+            raise self._silence_error(self.connect_timeout_s, "sending a request")
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise self._silence_error(self.connect_timeout_s, "sending a request") from None
 
     def _drain_monitor(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
