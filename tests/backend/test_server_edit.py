@@ -11,10 +11,18 @@ import pytest
 
 from backend import protocol as P
 from backend.client import Client
+from backend.models import DEFAULT_MODEL
 from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server
 
 from .conftest import FAST, SIDE, edit, make_tiny_generator, real_runner, start_server, wait_until
+
+
+def loaded_models(client: Client) -> dict[str, bool]:
+    """name -> loaded, leaving out the embedded default model (always listed, never loaded here)."""
+    models = {m.name: m.loaded for m in client.hello().models}
+    assert models.pop(DEFAULT_MODEL, False) is False
+    return models
 
 
 def test_round_trip_with_progress_previews_and_result(real_server: Server, photo: P.Image) -> None:
@@ -22,7 +30,9 @@ def test_round_trip_with_progress_previews_and_result(real_server: Server, photo
     with Client(real_server.endpoint, timeout_s=60) as client:
         welcome = client.hello()
         assert welcome.protocol == P.PROTOCOL_VERSION and welcome.device == "cpu"
-        assert [(m.name, m.width, m.height) for m in welcome.models] == [("tiny", SIDE, SIDE)]
+        # the embedded default model is always offered beside the ones the server was given
+        listed = [(m.name, m.width, m.height) for m in welcome.models if m.name != DEFAULT_MODEL]
+        assert listed == [("tiny", SIDE, SIDE)]
         result = client.edit(edit(image=photo, mask=P.Image(SIDE, SIDE, 1, bytes([255]) * SIDE * SIDE)),
                              on_progress=seen.append)
     phases = [p.phase for p in seen]
@@ -147,7 +157,7 @@ def test_models_load_on_demand_and_lru_evicts_under_memory_budget(tiny_model: Pa
     server = start_server(runner)
     try:
         with Client(server.endpoint, timeout_s=60) as client:
-            assert {m.name: m.loaded for m in client.hello().models} == {"tiny": False, "other": False}
+            assert loaded_models(client) == {"tiny": False, "other": False}
             phases: list[str] = []
             first = client.edit(edit(image=photo), on_progress=lambda p: phases.append(p.phase))
             assert phases[0] == "loading" and phases.count("loading") == 1
@@ -155,7 +165,7 @@ def test_models_load_on_demand_and_lru_evicts_under_memory_budget(tiny_model: Pa
             client.edit(edit(image=photo, model="other"), on_progress=lambda p: phases.append(p.phase))
             assert phases.count("loading") == 1 and phases.index("loading") < phases.index("inversion")
             client.welcome = None
-            assert {m.name: m.loaded for m in client.hello().models} == {"tiny": False, "other": True}
+            assert loaded_models(client) == {"tiny": False, "other": True}
             assert runner.pool.evictions == 1
             # the evicted model's sessions went with it
             with pytest.raises(ProtocolError) as info:
