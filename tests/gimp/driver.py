@@ -45,6 +45,8 @@ def call(image, drawable, address=ENDPOINT, timeout_s=120, **extra):
     config.set_property("backend-address", address)
     config.set_property("backend-timeout", timeout_s)
     config.set_property("max-steps", STEPS)
+    # The backend also offers the embedded default model (faces-128); these runs use its 'tiny'.
+    config.set_property("model", "tiny")
     for key, value in extra.items():
         config.set_property(key.replace("_", "-"), value)
     started = time.monotonic()
