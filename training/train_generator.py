@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
 
-    start = time.time()
+    start = run_start = time.time()  # start: wall-time accounting (reset at checkpoints); run_start: --minutes
     last_ckpt = last_sample = start
     window: list[tuple[float, float]] = []
     t_log = time.time()
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             if args.iterations is not None and iteration >= args.iterations:
                 break
-            if time.time() - start >= args.minutes * 60 or stop_requested:
+            if time.time() - run_start >= args.minutes * 60 or stop_requested:
                 break
             try:
                 index, z_np, imgs = batches.get(timeout=120)
