@@ -25,7 +25,8 @@ drag edits on the GPU (or CPU).
   draggan-backend keys init                  make CURVE keys (needed to serve other machines)
   draggan-backend serve --bind tcp://0.0.0.0:5555   serve the network (CURVE keys required)
   draggan-backend purge                      delete cached latents on disk
-  draggan-backend models                     list known models and whether they are installed
+  draggan-backend models                     list known models, which are installed, where to get the others
+  draggan-backend status                     ask a running server: version, device, models, auth, queue
 
 Remote set-up (GIMP on a laptop, backend on a workstation) and the SSH-tunnel alternative:
 see docs/remote.md.
@@ -44,7 +45,28 @@ photos. Never use it outside a network you fully control.
 
 Privacy: photos sent by a client, their latents and drag sessions are kept (per client, for
 --retention seconds) so that follow-up edits are quick; other clients can never reference them.
+A client is its CURVE key, or (without CURVE) the secret identity token its requests carry.
 --no-cache keeps nothing beyond the edit itself (then 'continue' is not available).
+
+Limits: at most --max-peers connections at once; frames over 2048x2048 RGBA (16 MiB + 1/64) are
+dropped by ZeroMQ; waiting edits are served round-robin between clients.
+"""
+
+MODELS_DESCRIPTION = """List the models this backend knows: the same table as `python install.py --list-models`
+(name, output size, state, source), then, for every model that cannot be downloaded by a script
+(state 'manual'), where to get it and the command that registers the file you downloaded.
+
+Install a downloadable model with `python install.py --model NAME`; `draggan-backend serve` serves
+every installed model.
+"""
+
+STATUS_DESCRIPTION = """Ask a running `draggan-backend serve` how it is: version, protocol, device and memory, models
+(loaded or available), authentication mode, and the queue (edits running and waiting).
+
+Without --keys-dir a loopback address connects without keys, and a remote one uses the per-user
+keys folder when it holds server.key and client.key_secret. With --keys-dir the keys in that folder
+are used (CURVE), even on loopback. Exits 0 when the server answered, 1 when nothing answered within
+--timeout seconds (default 3), 2 for a refused key or a wrong server key.
 """
 
 
@@ -106,7 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--retention", type=float, default=3600.0, metavar="SECONDS",
                        help="how long a client's photos and sessions are kept in memory (default %(default)s)")
     serve.add_argument("--max-sessions", type=int, default=8, metavar="N",
-                       help="drag sessions kept for 'continue', all clients together (default %(default)s)")
+                       help="drag sessions kept for 'continue' per client; a client evicts only its own "
+                            "(default %(default)s)")
+    serve.add_argument("--max-sessions-total", type=int, default=32, metavar="N",
+                       help="drag sessions kept for all clients together; when full, new edits get 'busy' "
+                            "(default %(default)s)")
+    serve.add_argument("--max-peers", type=int, default=16, metavar="N",
+                       help="concurrent connections; more are refused during the handshake (default "
+                            "%(default)s; bounds the memory held by half-received frames)")
     serve.add_argument("--inversion-steps", type=int, default=None, metavar="N",
                        help="cap the photo projection at N optimiser steps (quick CPU servers, tests); "
                             "default: the presets' own")
@@ -134,7 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge", help="delete the cached latents on disk")
     purge.add_argument("--cache-dir", type=Path, default=None, help="latent cache folder")
 
-    sub.add_parser("models", help="list the known models")
+    sub.add_parser("models", help="list the known models, which are installed, and where to get the others",
+                   description=MODELS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    status = sub.add_parser("status", help="ask a running server for its version, models, auth and queue",
+                            description=STATUS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    status.add_argument("--address", default="tcp://127.0.0.1:5555",
+                        help="the server's endpoint (default %(default)s)")
+    status.add_argument("--keys-dir", type=Path, default=None,
+                        help="CURVE keys folder with server.key and client.key_secret (forces CURVE)")
+    status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                        help="give up when nothing answers within this time (default %(default)s)")
     return parser
 
 
@@ -149,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_purge(args)
     if args.command == "models":
         return cmd_models()
+    if args.command == "status":
+        return cmd_status(args)
     parser.print_help()
     return 2
 
@@ -201,9 +242,51 @@ def cmd_purge(args: argparse.Namespace) -> int:
 def cmd_models() -> int:
     from . import models
 
-    for m in models.available_models():
-        size = f"{m.width}x{m.height}" if m.width else "size unknown"
-        print(f"{m.name:<24} {'installed' if m.installed else 'not installed':<14} {size:<12} {m.path or ''}")
+    infos = models.available_models()
+    print("\n".join(models.format_table(infos)))  # the table `install.py --list-models` prints
+    manual = [m for m in infos if m.kind == "manual" and not m.installed]
+    if manual:
+        print("\nmanual downloads (no script may fetch them):")
+        for m in manual:
+            spec = models.REGISTRY.get(m.name)
+            print(f"  {m.name}: {spec.instructions if spec else m.source}")
+            if spec is not None and spec.licence:
+                print(f"    licence: {spec.licence}")
+    print("\ninstall a downloadable model: python install.py --model NAME; every installed model is served")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Connect (CURVE when keys are given), say hello, print what the server reports."""
+    from .client import Client, ClientKeys
+    from .protocol import ErrorCode, ProtocolError
+
+    timeout = max(0.2, float(args.timeout))
+    try:
+        keys = (ClientKeys.from_dir(str(args.keys_dir)) if args.keys_dir is not None
+                else ClientKeys.for_endpoint(args.address))
+        with Client(args.address, keys=keys, timeout_s=timeout, connect_timeout_s=timeout, retries=1,
+                    client_name="draggan-backend-status") as client:
+            welcome = client.hello()
+    except ProtocolError as exc:
+        print(f"draggan-backend status: {exc.message}", file=sys.stderr)
+        return 2 if exc.code == ErrorCode.AUTH else 1
+    models = ", ".join(f"{m.name} ({m.width}x{m.height}, {'loaded' if m.loaded else 'available'})"
+                       for m in welcome.models) or "none"
+    limits = welcome.limits
+    lines = [f"server   : DragGAN backend {welcome.server} (protocol {welcome.protocol}) at {args.address}",
+             f"instance : {welcome.instance}",
+             f"device   : {welcome.device} (memory {_human(welcome.memory_used)} used of "
+             f"{_human(welcome.memory_total)})",
+             f"models   : {models}",
+             f"auth     : {welcome.auth}" + (" (CURVE keys)" if welcome.auth == "curve" else
+                                             " (loopback or --insecure: no keys)"),
+             f"cache    : {'on' if welcome.cache else 'off (--no-cache)'}",
+             f"queue    : {welcome.running} running, {welcome.waiting} waiting (limit {welcome.queue_limit})",
+             f"limits   : {limits.get('max_peers', '?')} connections, images up to "
+             f"{limits.get('max_image_side', '?')} px a side, frames up to {limits.get('max_frame_bytes', '?')} "
+             "bytes"]
+    print("\n".join(lines))
     return 0
 
 
@@ -249,6 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             cache=not args.no_cache, cache_dir=None if args.no_cache else
                             (args.cache_dir or default_cache_dir()), cache_bytes=args.cache_size,
                             max_sessions=args.max_sessions, retention_s=args.retention,
+                            max_sessions_total=args.max_sessions_total,
                             inversion_steps=args.inversion_steps)
         for name in order:
             runner.pool.check(name)
@@ -264,7 +348,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           server_public_key=server_keys.public if server_keys else None,
                           server_secret_key=server_keys.secret if server_keys else None,
                           allowed_clients_dir=str(server_keys.allowed_dir) if server_keys else None,
-                          cache=not args.no_cache)
+                          cache=not args.no_cache, max_peers=args.max_peers)
     server = Server(config, runner)
     try:
         server.bind()
@@ -288,7 +372,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "  cache    : " + ("off (--no-cache)" if args.no_cache else
                                  f"latents in {args.cache_dir or default_cache_dir()}, photos/sessions kept "
                                  f"{args.retention:g} s"),
-              f"  queue    : {args.queue} waiting at most; heartbeat {args.heartbeat:g} s",
+              f"  queue    : {args.queue} waiting at most (served round-robin between clients); heartbeat "
+              f"{args.heartbeat:g} s; at most {args.max_peers} connections",
               "ready (Ctrl+C to stop)"]
 
     def on_signal(signum: int, _frame: Any) -> None:

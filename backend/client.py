@@ -13,6 +13,12 @@ Typical use (all errors are :class:`protocol.ProtocolError` with a code and an a
                              on_progress=lambda p: print(p.phase, p.step, p.total))
         again = client.continue_(Continue(result.session_id, handles=result.points, targets=[(40, 20)]))
 
+Identity: every request carries ``token``, the client's identity secret. The server files jobs,
+photos and sessions under it (or under the CURVE public key), never under the connection's routing
+id. A Client without a token gets a fresh random one (nothing it leaves on the server can be reached
+by a later process); programs that come back to their sessions (the plug-in, ``draggan-backend
+status``) load a per-user token with :func:`load_or_create_token`.
+
 While it waits for a job the client sends a ``ping`` twice per ``heartbeat_s`` (from ``welcome``) and
 gives up only when the server has said nothing for ``timeout_s`` (inactivity, not total time).
 """
@@ -20,6 +26,7 @@ gives up only when the server has said nothing for ``timeout_s`` (inactivity, no
 from __future__ import annotations
 
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,6 +63,41 @@ def config_dir() -> str:
         return os.path.join(os.environ["APPDATA"], "draggan")
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "draggan")
+
+
+TOKEN_FILE = "client.token"
+
+
+def new_token() -> str:
+    """A fresh identity token: 32 random bytes as 64 lower-case hex digits."""
+    return secrets.token_hex(32)
+
+
+def load_or_create_token(path: str) -> str:
+    """The identity token kept in ``path`` (made on first use: 32 random bytes, hex, mode 0600 in a
+    0700 folder). It is the user's secret: whoever holds it owns the user's sessions on a backend
+    without CURVE. A file that others may read, or that holds no valid token, raises AUTH."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(new_token() + "\n")
+    try:
+        if os.name == "posix" and os.stat(path).st_mode & 0o077:
+            raise ProtocolError(ErrorCode.AUTH, f"the identity token {path} is readable by other users; delete "
+                                                "it (a new one is made on the next run) or `chmod 600` it")
+        with open(path, encoding="ascii") as fh:
+            token = fh.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.AUTH, f"cannot read the identity token {path}: {exc}") from None
+    if not protocol.TOKEN_PATTERN.fullmatch(token):
+        raise ProtocolError(ErrorCode.AUTH, f"{path} holds no valid identity token; delete it and a new one "
+                                            "is made on the next run")
+    return token
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -152,15 +194,18 @@ class Client:
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, keys: ClientKeys | None = None,
                  timeout_s: float = 30.0, connect_timeout_s: float = 2.0, retries: int = 3,
-                 client_name: str = "draggan-client", routing_id: bytes | None = None) -> None:
-        if routing_id is not None and (not 1 <= len(routing_id) <= 255 or routing_id[:1] == b"\0"):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "routing_id must be 1..255 bytes, not starting with a "
-                                                       "zero byte", "routing_id")
+                 client_name: str = "draggan-client", routing_id: bytes | None = None,
+                 token: str | None = None) -> None:
+        if routing_id is not None and not 1 <= len(routing_id) <= 255:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "routing_id must be 1..255 bytes", "routing_id")
+        if token is not None and not protocol.TOKEN_PATTERN.fullmatch(token):
+            raise ProtocolError(ErrorCode.AUTH, "the identity token must be 64 lower-case hex digits", "token")
         self.endpoint = endpoint
-        # Without CURVE the server files a client's cached photos and sessions under the
-        # connection's routing id: a random, kept routing id (a secret, like a session cookie)
-        # lets a later process (the next plug-in run) reach them. None = a fresh one per socket.
+        # The routing id is only an address (None = libzmq's own); it grants nothing on the server.
         self.routing_id = routing_id
+        # The identity: the server files this client's jobs, photos and sessions under it (without
+        # CURVE). None = a fresh random one, good for this Client object only.
+        self.token = token or new_token()
         self.keys = keys
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -183,7 +228,7 @@ class Client:
         zmq = self._zmq
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
         if self.routing_id is not None:
             sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
         if self.keys is not None:
@@ -240,7 +285,7 @@ class Client:
         non-blocking; silence is reported like a missing reply (unavailable, or the auth failure).
         """
         zmq = self._zmq
-        frames = protocol.encode(message, request_id)
+        frames = protocol.encode(message, request_id, self.token)
         if not self._socket.poll(int(max(self.connect_timeout_s, 0.05) * 1000), zmq.POLLOUT):
             raise self._silence_error(self.connect_timeout_s, "sending a request")
         try:
@@ -253,9 +298,16 @@ class Client:
 
         zmq = self._zmq
         while self._monitor is not None and self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)["event"]
+            message = recv_monitor_message(self._monitor)
+            event = message["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._auth_failure = ""
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and message.get("value") == 300:
+                self._auth_failure = ("the server has too many connections right now (its --max-peers); "
+                                      "try again in a moment")
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.keys is None:
+                self._auth_failure = ("the server refused the connection: it requires CURVE keys and this "
+                                      "client has none; set up keys as docs/remote.md describes")
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._auth_failure = ("the server refused this client's key (it is not on the server's "
                                       "allow-list); add it with `draggan-backend keys allow` on the server")

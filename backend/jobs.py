@@ -3,12 +3,16 @@
     decode image -> model (LRU pool, ``loading`` progress) -> inversion.project (latent cache, preset,
     PTI; ``inversion`` progress) -> engine DragSession.run (``drag`` progress + previews) -> result
 
-State, all keyed by *owner* (the CURVE client key, or the connection on loopback) so one client can
-never reach another's data:
+State, all keyed by *owner* (the CURVE client key, or the hash of the client's identity token; see
+backend.server) so one client can never reach, evict or even detect another's data:
 
-* ``ImageStore``: photos sent with an edit, re-usable by ``image_id`` (bounded count, retention time);
-* ``SessionStore``: drag sessions (latent + generator) for ``continue`` (bounded count, retention);
-* ``ModelPool``: loaded generators, least recently used evicted under a memory budget.
+* images (an ``OwnedStore``): photos sent with an edit, re-usable by ``image_id``;
+* sessions (an ``OwnedStore``): drag sessions (latent + generator) for ``continue``;
+  both bounded per owner (an owner evicts only its own oldest) and in total (at the total cap a new
+  edit gets ``busy``; nothing of another owner is evicted), with a retention time;
+* the latent cache on disk, keyed by owner too (``OwnerCache``): another client sending the same
+  photo misses, so neither ``from_cache`` nor the timing tells it that someone edited that photo;
+* ``ModelPool``: loaded generators, least recently used evicted under a memory budget (shared).
 
 ``--no-cache`` keeps none of the photos, latents or sessions beyond the edit that made them.
 """
@@ -204,14 +208,20 @@ class ModelPool:
 
 
 class OwnedStore:
-    """``id -> (owner, value)`` with a count limit and a retention time; thread-safe.
+    """``id -> (owner, value)`` with a per-owner count limit, a total cap and a retention time;
+    thread-safe.
 
     A lookup with the wrong owner behaves exactly like a missing id (no oracle for other clients).
+    ``put`` evicts only the same owner's oldest items; when the store holds ``max_total`` items and
+    the owner has none to give up, it raises BUSY instead of touching another owner's.
     """
 
-    def __init__(self, max_items: int, retention_s: float) -> None:
-        self.max_items = max_items
+    def __init__(self, max_items: int, retention_s: float, max_total: int | None = None,
+                 what: str = "items") -> None:
+        self.max_items = max(1, max_items)  # per owner
+        self.max_total = max(self.max_items, max_total if max_total is not None else 4 * self.max_items)
         self.retention_s = retention_s
+        self.what = what
         self._items: collections.OrderedDict[str, tuple[str, Any, float]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -220,16 +230,38 @@ class OwnedStore:
             if now - last > self.retention_s:
                 del self._items[key]
 
+    def _owned(self, owner: str) -> list[str]:
+        return [k for k, (o, _v, _t) in self._items.items() if o == owner]  # oldest first
+
+    def has_room(self, owner: str) -> bool:
+        """Whether ``put`` for ``owner`` would succeed now (it may evict the owner's own oldest)."""
+        with self._lock:
+            self._expire(time.monotonic())
+            return len(self._items) < self.max_total or bool(self._owned(owner))
+
     def put(self, owner: str, value: Any, key: str | None = None) -> str:
         key = key or uuid.uuid4().hex
         now = time.monotonic()
         with self._lock:
             self._expire(now)
+            existing = self._items.get(key)
+            if existing is not None and existing[0] != owner:  # ids are random or owner-salted hashes
+                raise ProtocolError(ErrorCode.INTERNAL, f"{self.what}: id collision")
+            if existing is None:
+                owned = self._owned(owner)
+                while owned and (len(owned) >= self.max_items or len(self._items) >= self.max_total):
+                    del self._items[owned.pop(0)]
+                if len(self._items) >= self.max_total:
+                    raise ProtocolError(ErrorCode.BUSY, f"the DragGAN backend holds the most {self.what} it keeps "
+                                                        f"for all clients together ({self.max_total}); try again "
+                                                        "later")
             self._items[key] = (owner, value, now)
             self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
         return key
+
+    def count(self, owner: str) -> int:
+        with self._lock:
+            return len(self._owned(owner))
 
     def get(self, owner: str, key: str) -> Any | None:
         now = time.monotonic()
@@ -276,6 +308,30 @@ class HeldSession:
     params: protocol.EditParams
 
 
+class OwnerCache:
+    """One owner's view of the shared on-disk LatentCache: every key is salted with the owner, so
+    the same photo from another client is a miss (no ``from_cache`` oracle, no timing oracle)."""
+
+    def __init__(self, cache: Any, owner: str) -> None:
+        self._cache = cache
+        self._salt = hashlib.sha256(b"draggan-latent-owner\0" + owner.encode()).digest()
+
+    def _key(self, key: str) -> str:
+        return hashlib.sha256(self._salt + key.encode()).hexdigest()
+
+    def get(self, key: str) -> Any:
+        return self._cache.get(self._key(key))
+
+    def put(self, key: str, entry: Any) -> Any:
+        return self._cache.put(self._key(key), entry)
+
+    def path_for(self, key: str) -> Path:
+        return Path(self._cache.path_for(self._key(key)))
+
+    def __getattr__(self, name: str) -> Any:  # directory, max_bytes, ...
+        return getattr(self._cache, name)
+
+
 # -- the runner --------------------------------------------------------------------------------
 
 
@@ -308,14 +364,16 @@ class EditRunner:
 
     def __init__(self, models: Mapping[str, Path] | None = None, device: str = "auto",
                  max_memory: int | None = None, cache: bool = True, cache_dir: Path | None = None,
-                 cache_bytes: int = 1 << 30, max_sessions: int = 8, max_images: int = 32,
+                 cache_bytes: int = 1 << 30, max_sessions: int = 8, max_images: int = 8,
                  retention_s: float = 3600.0, loader: Callable[[Path, str], Any] | None = None,
-                 inversion_steps: int | None = None) -> None:
+                 inversion_steps: int | None = None, max_sessions_total: int = 32,
+                 max_images_total: int = 64) -> None:
         self.device = resolve_device(device)
         self.inversion_steps = inversion_steps  # None = the presets' own step counts
         self.cache = cache
-        self.sessions = OwnedStore(max_sessions, retention_s)
-        self.images = OwnedStore(max_images, retention_s)
+        # per owner (max_sessions, max_images) and for all owners together (the *_total caps)
+        self.sessions = OwnedStore(max_sessions, retention_s, max_sessions_total, what="drag sessions")
+        self.images = OwnedStore(max_images, retention_s, max_images_total, what="photos")
         self.pool = ModelPool(models or {}, self.device, max_memory, loader=loader, on_evict=self._model_evicted)
         self.pool.probe_sizes()  # welcome must tell the plug-in each model's size before it crops
         self._latent_files: dict[str, set[Path]] = collections.defaultdict(set)  # owner -> files written
@@ -367,6 +425,9 @@ class EditRunner:
                 raise ProtocolError(ErrorCode.UNKNOWN_MODEL, str(exc), "fields.model") from None
             if request.image_id is not None and not self.images.contains(owner, request.image_id):
                 raise self._unknown_image(request.image_id)
+            if self.cache and not (self.sessions.has_room(owner) and self.images.has_room(owner)):
+                raise ProtocolError(ErrorCode.BUSY, "the DragGAN backend holds the most photos and drag sessions "
+                                                    "it keeps for all clients together; try again later")
         elif isinstance(request, protocol.Continue):
             if not self.sessions.contains(owner, request.session_id):
                 raise self._unknown_session(request.session_id)
@@ -402,6 +463,7 @@ class EditRunner:
         width, height = int(G.img_width), int(G.img_height)
         pixels: np.ndarray | None
         if req.image is not None:
+            assert isinstance(req.image, protocol.Image), "the server decodes PNG payloads before the run"
             pixels = image_to_rgb(req.image, "fields.image")
         else:
             assert req.image_id is not None
@@ -459,9 +521,11 @@ class EditRunner:
                                session_id=req.session_id, image_id=held.image_id, inversion=held.inversion,
                                steps=steps, seconds=time.monotonic() - started)
 
-    def _mask(self, mask: protocol.Image | None, width: int, height: int) -> np.ndarray | None:
+    def _mask(self, mask: protocol.Image | protocol.PendingImage | None, width: int,
+              height: int) -> np.ndarray | None:
         if mask is None:
             return None
+        assert isinstance(mask, protocol.Image), "the server decodes PNG payloads before the run"
         if (mask.width, mask.height) != (width, height):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"fields.mask: the mask is {mask.width}x{mask.height}, "
                                                        f"the image {width}x{height}", "fields.mask")
@@ -487,8 +551,9 @@ class EditRunner:
                                                search_samples=min(base.search_samples, self.inversion_steps),
                                                pti_steps=min(base.pti_steps, self.inversion_steps))
             before = self._cache_files() if self.latent_cache is not None else set()
+            owner_cache: Any = OwnerCache(self.latent_cache, owner) if self.cache and self.latent_cache else None
             result = project(G, pixels, preset=params.inversion, pti=params.pti, progress=progress,
-                             should_cancel=should_cancel, cache=self.latent_cache if self.cache else None,
+                             should_cancel=should_cancel, cache=owner_cache,
                              settings=settings)
         except InversionCancelled:
             raise ProtocolError(ErrorCode.CANCELLED, "cancelled") from None

@@ -7,13 +7,26 @@ Transport
 ---------
 ZeroMQ, server ROUTER, client DEALER. Every message is a multipart message::
 
-    frame 0      header: UTF-8 JSON object {"v": PROTOCOL_VERSION, "type": str, "id": str, "fields": {...}}
+    frame 0      header: UTF-8 JSON object {"v": PROTOCOL_VERSION, "type": str, "id": str,
+                 "token": str (requests only), "fields": {...}}
     frame 1..n   binary payloads (images, masks, previews), referenced from ``fields`` by index
+
+Identity (protocol 2): every request carries ``token``, the client's identity secret (64 lower-case
+hex digits: 32 random bytes, made once per user and kept private, see ``client.load_or_create_token``).
+The server files jobs, photos, sessions and cached latents under the *owner*: the client's CURVE
+public key when CURVE is on, else a hash of the token. The ZeroMQ routing id is only an address:
+it can be guessed or chosen by a peer, so it never grants anything (see docs/remote.md).
 
 A binary payload is described in the header by an *image spec*::
 
     {"frame": k, "format": "raw", "shape": [H, W, C]}   raw uint8, row-major H x W x C, C in (1, 3, 4)
     {"frame": k, "format": "png"}                        8-bit PNG (gray, RGB, RGBA; non-interlaced)
+
+The spec checks (frame references, sizes read from the raw shape or the PNG header, channels) are
+the same on both sides and cheap. Decoding a PNG payload is separate: ``decode(..., defer_png=True)``
+returns :class:`PendingImage` placeholders, and the server decodes them with Pillow (a C decoder,
+with its decompression-bomb limits) in its worker, never on the socket loop. The plug-in's side uses
+the pure-Python :func:`decode_png` (the server sends raw frames, so it rarely needs it).
 
 Every binary frame must be referenced exactly once. No pickle anywhere. Replies (``progress``,
 ``result``, ``error``, ...) carry the ``id`` of the request they answer.
@@ -37,8 +50,8 @@ Message table (server -> client)
 =========  =====================================================================================
 welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unknown), models
            [{name, width, height, loaded}], heartbeat_s, instance (random per server start),
-           auth ("curve"|"none"), cache (bool), queue_limit,
-           limits {max_message_bytes, max_image_side, max_points}
+           auth ("curve"|"none"), cache (bool), queue_limit, running, waiting (jobs now),
+           limits {max_message_bytes, max_frame_bytes, max_image_side, max_points, max_peers}
 progress   phase (queued|loading|inversion|drag), step, total, points, loss, position (in queue),
            inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text
 result     image (spec), points, session_id, image_id, inversion (optional), steps, seconds
@@ -68,20 +81,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: identity token in every request header; routing ids grant nothing
 
 # ---------------------------------------------------------------------------------------------
-# Limits, checked before any work is done. The server also sets zmq.MAXMSGSIZE to
-# MAX_MESSAGE_BYTES so that a larger *frame* is dropped by libzmq before it is even buffered.
-MAX_IMAGE_SIDE = 2048  # pixels, per side (models are at most 1024; the plug-in scales crops to them)
-MAX_MESSAGE_BYTES = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 5 + (1 << 20)  # RGBA image + mask + header
+# Limits, checked before any work is done. Both sides set zmq.MAXMSGSIZE to MAX_FRAME_BYTES so that
+# a larger *frame* is dropped by libzmq before it is buffered.
+MAX_IMAGE_SIDE = 2048  # pixels, per side (models are at most 1024; alignment crops are capped here)
 MAX_HEADER_BYTES = 64 * 1024
+# One frame: a 2048 x 2048 RGBA raw image (16 MiB), or its PNG (a PNG of noise is slightly larger
+# than the raw pixels: zlib's stored blocks and one filter byte per row, hence the 1/64 margin).
+MAX_FRAME_BYTES = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 4 + (MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 4) // 64
+MAX_MESSAGE_BYTES = MAX_FRAME_BYTES + MAX_IMAGE_SIDE * MAX_IMAGE_SIDE + MAX_HEADER_BYTES  # image + mask + header
 MAX_FRAMES = 3  # header + image + mask
 MAX_POINTS = 64  # handle/target pairs per edit
 MAX_ID_LENGTH = 64
 MAX_STEPS = 5000
 MAX_TEXT = 1000  # characters in free text fields (client name, messages)
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")  # 64 = MAX_ID_LENGTH
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # 64 = MAX_ID_LENGTH; always used with fullmatch
+TOKEN_PATTERN = re.compile(r"[0-9a-f]{64}")  # the identity token: 32 bytes as lower-case hex (fullmatch)
+# Integers beyond this are refused before any float conversion (a 400-digit integer overflows it).
+_MAX_ABS_NUMBER = 1e300
 
 PHASES = ("queued", "loading", "inversion", "drag")
 LATENT_SPACES = ("w", "w+")
@@ -208,8 +227,9 @@ def _paeth(a: int, b: int, c: int) -> int:
 def decode_png(data: bytes, field_name: str = "png", max_side: int = MAX_IMAGE_SIDE) -> Image:
     """Decode an 8-bit, non-interlaced gray/RGB/RGBA PNG. Raises ProtocolError naming ``field_name``.
 
-    Pure Python (filters Sub/Up/Average/Paeth are reconstructed per byte), so it is meant for
-    model-sized images; the server decodes with Pillow when it has it.
+    Pure Python (filters Sub/Up/Average/Paeth are reconstructed per byte): slow (seconds for a
+    2048 px Paeth image), so only the plug-in's side uses it. The server never calls it: it reads
+    the size with :func:`png_info` and decodes with Pillow off its socket loop.
     """
     if not data.startswith(_PNG_SIGNATURE):
         raise _bad(field_name, "not a PNG (bad signature)")
@@ -276,6 +296,39 @@ def decode_png(data: bytes, field_name: str = "png", max_side: int = MAX_IMAGE_S
     return Image(width, height, channels, bytes(out))
 
 
+def png_info(data: bytes, field_name: str = "png", max_side: int = MAX_IMAGE_SIDE) -> tuple[int, int, int]:
+    """(width, height, channels) from a PNG's signature and IHDR chunk alone: no decompression.
+
+    Enforces what :func:`decode_png` accepts (8-bit, non-interlaced gray/RGB/RGBA) and the side
+    limit, so a payload can be refused before anyone spends time decoding it."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise _bad(field_name, "not a PNG (bad signature)")
+    head = data[len(_PNG_SIGNATURE) : len(_PNG_SIGNATURE) + 8 + 13]
+    if len(head) != 21 or head[4:8] != b"IHDR" or struct.unpack(">I", head[:4])[0] != 13:
+        raise _bad(field_name, "PNG has no header chunk (IHDR must come first)")
+    width, height, depth, color, _comp, _filt, interlace = struct.unpack(">IIBBBBB", head[8:])
+    if depth != 8 or color not in _PNG_COLOR_TYPES or interlace != 0:
+        raise _bad(field_name, "only 8-bit non-interlaced gray, RGB or RGBA PNGs are accepted")
+    _check_side(field_name, width, height, max_side)
+    return width, height, _PNG_COLOR_TYPES[color]
+
+
+@dataclass
+class PendingImage:
+    """A PNG payload whose spec was checked (size and channels from its header) but which is not
+    decoded yet: the server decodes it in its worker (``backend.server.decode_pending``)."""
+
+    width: int
+    height: int
+    channels: int
+    png: bytes
+    field: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
 def _check_side(field_name: str, width: int, height: int, max_side: int = MAX_IMAGE_SIDE) -> None:
     if not (1 <= width <= max_side and 1 <= height <= max_side):
         raise _bad(
@@ -287,6 +340,16 @@ def _check_side(field_name: str, width: int, height: int, max_side: int = MAX_IM
 
 # ---------------------------------------------------------------------------------------------
 # Field validators: each returns the clean value or raises ProtocolError naming the field.
+
+
+def is_finite_number(value: Any) -> bool:
+    """A JSON number that is finite as a float (not a bool; integers too large for a float are not:
+    math.isfinite would raise OverflowError on them)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return -_MAX_ABS_NUMBER <= value <= _MAX_ABS_NUMBER
+    return math.isfinite(value)
 
 
 def _int(fields: dict[str, Any], name: str, path: str, lo: int, hi: int, default: int | None = None) -> int:
@@ -312,7 +375,7 @@ def _float(
     value = fields.get(name, default)
     if value is None:
         raise _bad(f"{path}.{name}", "missing (a number is required)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise _bad(f"{path}.{name}", f"expected a finite number, got {_show(value)}")
     if value < lo or value > hi or (lo_open and value == lo):
         interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
@@ -343,7 +406,7 @@ def _str(
         raise _bad(f"{path}.{name}", f"longer than {max_len} characters")
     if choices is not None and value not in choices:
         raise _bad(f"{path}.{name}", f"must be one of {', '.join(choices)}; got {_show(value)}")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise _bad(
             f"{path}.{name}",
             f"must be 1..{MAX_ID_LENGTH} characters of A-Z a-z 0-9 _ . : -; got {_show(value)}",
@@ -373,7 +436,7 @@ def validate_points(value: Any, field_name: str, max_points: int = MAX_POINTS) -
         if (
             not isinstance(p, (list, tuple))
             or len(p) != 2
-            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in p)
+            or not all(is_finite_number(c) for c in p)
         ):
             raise _bad(f"{field_name}[{i}]", f"expected [x, y] with two finite numbers, got {_show(p)}")
         points.append((float(p[0]), float(p[1])))
@@ -410,11 +473,19 @@ FrameAdder = Any  # Callable[[Image, str], dict]: stores an image in a frame and
 class _Frames:
     """The binary frames of one message being decoded: resolves image specs, checks each is used once."""
 
-    def __init__(self, frames: Sequence[bytes]) -> None:
+    def __init__(self, frames: Sequence[bytes], defer_png: bool = False) -> None:
         self.frames = frames
         self.used: set[int] = set()
+        self.defer_png = defer_png
 
     def image(self, spec: Any, field_name: str, channels: Sequence[int] = (1, 3, 4)) -> Image:
+        image = self.any_image(spec, field_name, channels)
+        if isinstance(image, PendingImage):  # only request fields may stay encoded
+            return decode_png(image.png, field_name)
+        return image
+
+    def any_image(self, spec: Any, field_name: str, channels: Sequence[int] = (1, 3, 4)) -> Image | PendingImage:
+        """The image a spec names: decoded, or (``defer_png``) a checked but undecoded PNG."""
         if not isinstance(spec, dict):
             raise _bad(field_name, f"expected an image spec {{frame, format, shape}}, got {_show(spec)}")
         index = spec.get("frame")
@@ -428,7 +499,11 @@ class _Frames:
         self.used.add(index)
         data = bytes(self.frames[index - 1])  # frames may be memoryviews of zmq frames
         fmt = spec.get("format", "raw")
-        if fmt == "png":
+        image: Image | PendingImage
+        if fmt == "png" and self.defer_png:
+            width, height, depth = png_info(data, field_name)
+            image = PendingImage(width, height, depth, data, field_name)
+        elif fmt == "png":
             image = decode_png(data, field_name)
         elif fmt == "raw":
             shape = spec.get("shape")
@@ -461,6 +536,10 @@ class _Frames:
         unused = sorted(set(range(1, len(self.frames) + 1)) - self.used)
         if unused:
             raise _bad("frames", f"binary frame(s) {unused} are not referenced by any field")
+
+
+def _decoded(image: Image | PendingImage) -> Image:
+    return decode_png(image.png, image.field) if isinstance(image, PendingImage) else image
 
 
 class _Encoder:
@@ -547,9 +626,9 @@ class Edit:
     model: str
     handles: list[Point]
     targets: list[Point]
-    image: Image | None = None
+    image: Image | PendingImage | None = None  # PendingImage only on the server, until its worker decodes it
     image_id: str | None = None
-    mask: Image | None = None
+    mask: Image | PendingImage | None = None
     params: EditParams = field(default_factory=EditParams)
     image_format: str = "raw"  # how to send ``image`` (raw or png); not itself on the wire
 
@@ -561,11 +640,11 @@ class Edit:
             "params": self.params.to_fields(),
         }
         if self.image is not None:
-            out["image"] = enc.image(self.image, self.image_format)
+            out["image"] = enc.image(_decoded(self.image), self.image_format)
         if self.image_id is not None:
             out["image_id"] = self.image_id
         if self.mask is not None:
-            out["mask"] = enc.image(self.mask, self.image_format)
+            out["mask"] = enc.image(_decoded(self.mask), self.image_format)
         return out
 
     @classmethod
@@ -573,10 +652,10 @@ class Edit:
         model = _str(f, "model", "fields", pattern=ID_PATTERN)
         handles, targets = _handles_targets(f, "fields")
         image_id = _opt_id(f, "image_id", "fields")
-        image = frames.image(f["image"], "fields.image") if f.get("image") is not None else None
+        image = frames.any_image(f["image"], "fields.image") if f.get("image") is not None else None
         if (image is None) == (image_id is None):
             raise _bad("fields.image", "give exactly one of image (a frame) or image_id (a cached image)")
-        mask = frames.image(f["mask"], "fields.mask", channels=(1,)) if f.get("mask") is not None else None
+        mask = frames.any_image(f["mask"], "fields.mask", channels=(1,)) if f.get("mask") is not None else None
         if mask is not None and image is not None and (mask.width, mask.height) != (image.width, image.height):
             raise _bad("fields.mask", f"mask is {mask.width}x{mask.height}, image is {image.width}x{image.height}")
         return cls(
@@ -598,7 +677,7 @@ class Continue:
     session_id: str
     handles: list[Point]
     targets: list[Point]
-    mask: Image | None = None
+    mask: Image | PendingImage | None = None
     params: EditParams | None = None
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
@@ -608,7 +687,7 @@ class Continue:
             "targets": _points_out(self.targets),
         }
         if self.mask is not None:
-            out["mask"] = enc.image(self.mask)
+            out["mask"] = enc.image(_decoded(self.mask))
         if self.params is not None:
             out["params"] = self.params.to_fields()
         return out
@@ -617,7 +696,7 @@ class Continue:
     def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Continue:
         session_id = _str(f, "session_id", "fields", pattern=ID_PATTERN)
         handles, targets = _handles_targets(f, "fields")
-        mask = frames.image(f["mask"], "fields.mask", channels=(1,)) if f.get("mask") is not None else None
+        mask = frames.any_image(f["mask"], "fields.mask", channels=(1,)) if f.get("mask") is not None else None
         params = EditParams.from_fields(f["params"]) if f.get("params") is not None else None
         return cls(session_id=session_id, handles=handles, targets=targets, mask=mask, params=params)
 
@@ -686,9 +765,12 @@ class Welcome:
     auth: str = "none"
     cache: bool = True
     queue_limit: int = 4
+    running: int = 0  # jobs running now (0 or 1)
+    waiting: int = 0  # jobs queued behind it
     limits: dict[str, int] = field(
         default_factory=lambda: {
             "max_message_bytes": MAX_MESSAGE_BYTES,
+            "max_frame_bytes": MAX_FRAME_BYTES,
             "max_image_side": MAX_IMAGE_SIDE,
             "max_points": MAX_POINTS,
         }
@@ -732,7 +814,10 @@ class Welcome:
             auth=_str(f, "auth", "fields", "none"),
             cache=_bool(f, "cache", "fields", True),
             queue_limit=_int(f, "queue_limit", "fields", 0, 1 << 20, 0),
-            limits={str(k): int(v) for k, v in limits.items() if isinstance(v, int)},
+            running=_int(f, "running", "fields", 0, 1 << 20, 0),
+            waiting=_int(f, "waiting", "fields", 0, 1 << 20, 0),
+            limits={str(k): int(v) for k, v in limits.items()
+                    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1 << 62},
         )
 
 
@@ -932,13 +1017,18 @@ class Envelope:
     type: str
     id: str
     message: Message
+    token: str = ""  # the client's identity token (requests; "" in replies)
 
 
-def encode(message: Message, request_id: str) -> list[bytes]:
-    """Frames for ``message`` (one of the message dataclasses) answering/being request ``request_id``."""
+def encode(message: Message, request_id: str, token: str = "") -> list[bytes]:
+    """Frames for ``message`` (one of the message dataclasses) answering/being request ``request_id``.
+    ``token``: the client's identity token; every request needs one (protocol 2)."""
     enc = _Encoder()
     fields = message.to_fields(enc)
-    header = {"v": PROTOCOL_VERSION, "type": message.TYPE, "id": request_id, "fields": fields}
+    header: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": message.TYPE, "id": request_id}
+    if token:
+        header["token"] = token
+    header["fields"] = fields
     return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8"), *enc.frames]
 
 
@@ -972,7 +1062,7 @@ def peek_header(frame: bytes) -> tuple[str, str]:
     mtype, rid = header.get("type"), header.get("id")
     return (
         mtype if isinstance(mtype, str) and len(mtype) <= 32 else "",
-        rid if isinstance(rid, str) and ID_PATTERN.match(rid) else "",
+        rid if isinstance(rid, str) and ID_PATTERN.fullmatch(rid) else "",
     )
 
 
@@ -981,9 +1071,13 @@ def decode(
     allowed: dict[str, Any] | None = None,
     max_frames: int = MAX_FRAMES,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    defer_png: bool = False,
 ) -> Envelope:
     """Parse and validate a multipart message. ``allowed`` maps type -> class (REQUEST_TYPES on the
-    server, REPLY_TYPES on the client; default: both). Raises ProtocolError naming the field."""
+    server, REPLY_TYPES on the client; default: both). Raises ProtocolError naming the field.
+
+    ``defer_png``: PNG payloads of requests are checked from their header only and come back as
+    :class:`PendingImage` (the server decodes them off its socket loop)."""
     check_sizes(frames, max_frames, max_bytes)
     allowed = allowed if allowed is not None else {**REQUEST_TYPES, **REPLY_TYPES}
     try:
@@ -995,7 +1089,7 @@ def decode(
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"header: expected a JSON object, got {_show(header)}", "header")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.VERSION_MISMATCH,
             f"the peer speaks protocol version {_show(version)}, this side speaks "
@@ -1005,6 +1099,17 @@ def decode(
         )
     mtype = _str(header, "type", "header", max_len=32)
     rid = _str(header, "id", "header", pattern=ID_PATTERN)
+    token = ""
+    if mtype in REQUEST_TYPES:
+        raw_token = header.get("token")
+        if not isinstance(raw_token, str) or not TOKEN_PATTERN.fullmatch(raw_token):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "header.token: every request carries the client's identity token (64 lower-case hex "
+                f"digits; protocol {PROTOCOL_VERSION}), got {'a malformed token' if raw_token else 'none'}",
+                "header.token",
+            )
+        token = raw_token
     cls = allowed.get(mtype)
     if cls is None:
         raise ProtocolError(
@@ -1022,10 +1127,10 @@ def decode(
     fields = header.get("fields", {})
     if not isinstance(fields, dict):
         raise _bad("fields", f"expected a JSON object, got {_show(fields)}")
-    resolver = _Frames(binary)
+    resolver = _Frames(binary, defer_png=defer_png and mtype in REQUEST_TYPES)
     message = cls.from_fields(fields, resolver)
     resolver.check_all_used()
-    return Envelope(type=mtype, id=rid, message=message)
+    return Envelope(type=mtype, id=rid, message=message, token=token)
 
 
 def new_request_id(counter: int, prefix: str = "r") -> str:

@@ -13,13 +13,30 @@ Threads and data flow::
 * One job runs at a time; at most ``queue_limit`` wait. A further edit gets ``busy`` at once.
 * A connection that sends nothing for two heartbeat intervals while it has a job gets the job
   aborted (the GIMP plug-in is killed outright by its status-bar cancel).
-* The job itself (decode image, invert, drag) is the runner's business (``backend.jobs``); the
-  server only needs the small :class:`Runner` interface, so scheduling can be tested without a model.
+* The job itself (invert, drag) is the runner's business (``backend.jobs``); the server only needs
+  the small :class:`Runner` interface, so scheduling can be tested without a model. PNG payloads are
+  checked from their header on the loop and decoded with Pillow in the worker, just before the run.
+
+Ownership (protocol 2; see docs/remote.md for the threat model):
+
+* The *owner* of a request is the client's CURVE public key when CURVE is on, else a hash of the
+  identity token every request carries. The ZeroMQ routing id is only an address: a peer may
+  choose it, and libzmq's automatic ids are a predictable counter, so it grants nothing.
+* A connection is the (routing id, socket fd) pair the loop saw, and it belongs to the owner of its
+  first request; a request with another identity on it is refused. ROUTER_HANDOVER is off, and a
+  socket monitor reports every disconnect: the jobs of a connection that went away are cancelled at
+  once and their output is dropped, so a peer that later presents the same routing id receives
+  nothing of them, and a peer never sees or touches another connection's jobs.
+* Waiting jobs are served round-robin between owners; each owner may have ``owner_queue_limit``
+  waiting. A ZAP handler refuses connections beyond ``max_peers`` (and, with CURVE, keys that are
+  not on the allow-list), which bounds the memory held in half-received frames.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import io
 import logging
 import os
 import threading
@@ -50,8 +67,8 @@ class Runner(Protocol):
         ...
 
     def precheck(self, owner: str, request: Request) -> None:
-        """Cheap checks before queueing (model known, image/session ids owned). Raises ProtocolError.
-        Called from the socket loop: must not block."""
+        """Cheap checks before queueing (model known, image/session ids owned, room in the owner's
+        stores). Raises ProtocolError. Called from the socket loop: must not block."""
         ...
 
     def run(self, owner: str, request: Request, emit: Callable[[protocol.Progress], None],
@@ -78,14 +95,30 @@ class ServerConfig:
     progress_interval_s: float = 0.05  # plain drag steps are sent at most this often (previews always)
     send_hwm: int = 200  # messages queued per client before ZeroMQ drops (a slow client never blocks us)
     shutdown_grace_s: float = 5.0
+    max_peers: int = 16  # concurrent connections (the ZAP handler refuses more): bounds half-sent frames
+    owner_queue_limit: int = 2  # jobs one owner may have waiting (the queue is shared round-robin)
+    handshake_s: float = 10.0  # a connection that has not finished the ZMTP handshake by then is dropped
 
 
-@dataclass
+@dataclass(eq=False)
+class Connection:
+    """One live connection as the loop knows it: routing id + the socket fd its frames came from.
+    ``alive`` turns false when the monitor reports the fd closed; nothing is sent for it after that."""
+
+    conn: bytes
+    fd: int
+    owner: str
+    last_seen: float = field(default_factory=time.monotonic)
+    alive: bool = True
+
+
+@dataclass(eq=False)
 class Job:
-    conn: bytes  # ZeroMQ routing id of the connection
-    owner: str  # isolation key: CURVE user id (client public key) or the connection's routing id
+    conn: bytes  # ZeroMQ routing id of the connection (an address only)
+    owner: str  # isolation key: "key:" + CURVE public key, or "tok:" + hash of the identity token
     request_id: str
     request: Request
+    link: Connection | None = None  # the connection that submitted it: output goes only there
     submitted: float = field(default_factory=time.monotonic)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = ""
@@ -115,8 +148,47 @@ _CANCEL_REASONS = {
     "client": "the edit was cancelled",
     "vanished": "the edit was aborted: the client stopped sending heartbeats",
     "shutdown": "the edit was cancelled: the DragGAN backend is shutting down",
-    "reconnected": "the edit was cancelled: the same client connected again (a new plug-in run)",
+    "disconnected": "the edit was cancelled: the client's connection closed",
 }
+
+# ZAP status codes (RFC 27): 300 = temporary failure (too many connections), 400 = refused.
+ZAP_TOO_MANY = b"300"
+ZAP_DENIED = b"400"
+
+
+def owner_of_token(token: str) -> str:
+    """The owner id for an identity token: a hash, so logs and memory never hold the secret."""
+    return "tok:" + hashlib.sha256(b"draggan-owner\0" + token.encode("ascii")).hexdigest()[:32]
+
+
+def decode_pending(request: Request) -> None:
+    """Decode the request's checked-but-undecoded PNG payloads (protocol.PendingImage) in place, with
+    Pillow (C, with its decompression-bomb limits). Worker thread only. Raises ProtocolError."""
+    for name in ("image", "mask"):
+        value = getattr(request, name, None)
+        if isinstance(value, protocol.PendingImage):
+            setattr(request, name, decode_png_pillow(value))
+
+
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def decode_png_pillow(pending: protocol.PendingImage) -> protocol.Image:
+    from PIL import Image as PILImage
+
+    field_name = pending.field
+    try:
+        with PILImage.open(io.BytesIO(pending.png), formats=["PNG"]) as im:
+            if im.size != (pending.width, pending.height) or im.mode != _PIL_MODES[pending.channels]:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"{field_name}: the PNG is {im.size[0]}x{im.size[1]} "
+                                                           f"{im.mode}, its header said otherwise", field_name)
+            im.load()  # bounded: Pillow inflates exactly width x height pixels (bombs are refused)
+            data = im.tobytes()
+    except ProtocolError:
+        raise
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{field_name}: corrupt PNG data ({exc})", field_name) from None
+    return protocol.Image(pending.width, pending.height, pending.channels, data)
 
 
 class Server:
@@ -130,14 +202,16 @@ class Server:
         self.records: collections.deque[JobRecord] = collections.deque(maxlen=1000)
         self.jobs: dict[tuple[bytes, str], Job] = {}  # queued + running (socket-loop thread only)
         self.current: Job | None = None  # the running job (set by the worker)
-        self._pending: collections.deque[Job] = collections.deque()
+        self._pending: list[Job] = []  # waiting jobs, in arrival order (served round-robin by owner)
+        self._rotation: list[str] = []  # owners in round-robin order: the next job is the first one's
         self._cond = threading.Condition()
-        self._last_seen: dict[bytes, float] = {}
+        self._conns: dict[bytes, Connection] = {}  # routing id -> the live connection using it
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._worker: threading.Thread | None = None
+        self._zap_thread: threading.Thread | None = None
         self._outbox_addr = f"inproc://draggan-outbox-{self.instance}"
         self._start_error: BaseException | None = None
         self.endpoint = config.bind  # the resolved endpoint after binding (port 0 -> real port)
@@ -145,47 +219,56 @@ class Server:
 
         self._zmq = zmq
         self._ctx = zmq.Context()
-        self._auth: Any = None
-        self._allow_mtime = 0.0
+        self._allowed_keys: set[bytes] = set()
+        self._allow_mtime = -1.0
         self._socket: Any = None
         self._outbox: Any = None
+        self._monitor: Any = None
+        self._zap: Any = None
+        self._monitor_lock = threading.Lock()  # the loop and the ZAP thread both drain the monitor
+        self._live_fds: set[int] = set()  # accepted connections not closed yet (monitor's view)
+        self._closed_fds: collections.deque[tuple[str, int]] = collections.deque()  # for the loop
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def bind(self) -> None:
         zmq = self._zmq
         cfg = self.config
-        if cfg.auth == "curve":
-            from zmq.auth.thread import ThreadAuthenticator
-
-            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("draggan.backend.auth"))
-            self._auth.start()
-            self._reload_allow_list(force=True)
+        # The ZAP handler sees every handshake (NULL and CURVE): peer cap and allow-list.
+        self._zap = self._ctx.socket(zmq.REP)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        self._zap.bind("inproc://zeromq.zap.01")
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # Frames above the limit make libzmq drop the connection before buffering them.
-        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
         sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
         sock.setsockopt(zmq.RCVHWM, 1000)
-        # A client that reconnects with its routing id (the next plug-in run) takes over the old
-        # connection's place instead of being ignored while the old one lingers.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No handover: a second peer presenting a routing id in use is ignored by libzmq, never given
+        # the first one's place (routing ids are guessable; they are addresses, not identities).
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(cfg.handshake_s * 1000))
+        sock.setsockopt(zmq.ZAP_DOMAIN, b"draggan")
         if cfg.auth == "curve":
+            self._reload_allow_list(force=True)
             sock.curve_server = True
             sock.curve_secretkey = cfg.server_secret_key
             sock.curve_publickey = cfg.server_public_key
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         sock.bind(cfg.bind)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._socket = sock
         self._outbox = self._ctx.socket(zmq.PULL)
         self._outbox.setsockopt(zmq.LINGER, 0)
         self._outbox.bind(self._outbox_addr)
+        self._zap_thread = threading.Thread(target=self._zap_main, name="draggan-zap", daemon=True)
+        self._zap_thread.start()
 
     def _reload_allow_list(self, force: bool = False) -> None:
         """The allow-list folder is re-read when it changes, so `draggan-backend keys allow` takes
-        effect without a restart."""
+        effect without a restart (checked at each handshake)."""
         directory = self.config.allowed_clients_dir
-        if self._auth is None or not directory:
+        if not directory:
             return
         try:
             mtime = os.stat(directory).st_mtime
@@ -193,9 +276,75 @@ class Server:
             mtime = 0.0
         if force or mtime != self._allow_mtime:
             self._allow_mtime = mtime
-            self._auth.configure_curve(domain="*", location=directory)
-            log.info("CURVE allow-list loaded from %s (%d client keys)", directory,
-                     len(self._auth.certs.get("*", {})))
+            from zmq.auth import load_certificates
+
+            try:
+                self._allowed_keys = set(load_certificates(directory))
+            except OSError:
+                self._allowed_keys = set()
+            log.info("CURVE allow-list loaded from %s (%d client keys)", directory, len(self._allowed_keys))
+
+    def _drain_monitor(self) -> None:
+        """Read the socket monitor's events (any thread): which fds are open, which just closed."""
+        from zmq.utils.monitor import parse_monitor_message
+
+        zmq = self._zmq
+        with self._monitor_lock:
+            if self._monitor is None:
+                return
+            while True:
+                try:
+                    frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                except zmq.ZMQError:
+                    return
+                event = parse_monitor_message(frames)
+                fd = int(event["value"])
+                if event["event"] == zmq.EVENT_ACCEPTED:
+                    self._live_fds.add(fd)
+                    self._closed_fds.append(("accepted", fd))  # an fd number reused: older users are gone
+                elif event["event"] == zmq.EVENT_DISCONNECTED:
+                    self._live_fds.discard(fd)
+                    self._closed_fds.append(("closed", fd))
+
+    def _zap_main(self) -> None:
+        """ZAP handler (RFC 27): refuse connections past ``max_peers``; with CURVE, keys that are not
+        on the allow-list. The owner of a CURVE connection is its public key (ZAP User-Id)."""
+        from zmq.utils import z85
+
+        zmq = self._zmq
+        zap = self._zap
+        while not self._stop.is_set():
+            try:
+                if not zap.poll(100):
+                    continue
+                request = zap.recv_multipart()
+            except zmq.ZMQError:  # closed at shutdown
+                return
+            version, request_id = request[0], request[1] if len(request) > 1 else b""
+            mechanism = request[5] if len(request) > 5 else b""
+            status, text, user = b"200", b"OK", b""
+            self._drain_monitor()
+            with self._monitor_lock:
+                peers = len(self._live_fds)
+            if peers > self.config.max_peers:
+                status, text = ZAP_TOO_MANY, b"too many connections"
+                self.stats["refused:max_peers"] += 1
+            elif mechanism == b"CURVE":
+                key = z85.encode(request[6]) if len(request) > 6 and len(request[6]) == 32 else b""
+                self._reload_allow_list()
+                if key and key in self._allowed_keys:
+                    user = key
+                else:
+                    status, text = ZAP_DENIED, b"client key not allowed"
+                    self.stats["refused:key"] += 1
+            elif self.config.auth == "curve":
+                status, text = ZAP_DENIED, b"CURVE required"
+            try:
+                zap.send_multipart([version, request_id, status, text, user, b""])
+            except zmq.ZMQError:
+                return
 
     def start_thread(self) -> Server:
         """Bind and serve in a background thread (tests, embedding). Returns self once bound."""
@@ -235,13 +384,14 @@ class Server:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._outbox, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         tick = max(0.01, min(0.1, self.config.heartbeat_s / 4))
         next_check = time.monotonic() + tick
         last_loop = time.monotonic()
-        next_reload = time.monotonic() + 2.0
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(int(tick * 1000)))
+                self._connections_changed()
                 if self._outbox in events:
                     self._forward_outbox()
                 if self._socket in events:
@@ -251,24 +401,22 @@ class Server:
                             frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
+                        self._connections_changed()  # a closed connection is known before its id is reused
                         self._handle(frames)
                 now = time.monotonic()
                 if now - last_loop > tick * 5:
                     # This loop itself was starved (CPU or GIL): credit every client the time it
                     # could not have been heard, instead of blaming them for our stall.
                     stall = now - last_loop
-                    for conn, seen in self._last_seen.items():
-                        if seen < last_loop:  # not refreshed by a message handled just now
-                            self._last_seen[conn] = seen + stall
+                    for link in self._conns.values():
+                        if link.last_seen < last_loop:  # not refreshed by a message handled just now
+                            link.last_seen += stall
                     for job in self.jobs.values():
                         job.submitted += stall
                 last_loop = now
                 if now >= next_check:
                     self._check_heartbeats(now)
                     next_check = now + tick
-                if now >= next_reload:
-                    self._reload_allow_list()
-                    next_reload = now + 2.0
         finally:
             self._shutdown()
 
@@ -294,12 +442,56 @@ class Server:
         log.info("stopped")
 
     def _close(self) -> None:
-        for sock in (self._socket, self._outbox):
-            if sock is not None:
-                sock.close(0)
-        if self._auth is not None:
-            self._auth.stop()
+        self._stop.set()
+        if self._zap_thread is not None:
+            self._zap_thread.join(2)
+        if self._socket is not None:
+            try:
+                self._socket.disable_monitor()
+            except self._zmq.ZMQError:
+                pass
+        with self._monitor_lock:
+            for sock in (self._socket, self._outbox, self._monitor, self._zap):
+                if sock is not None:
+                    sock.close(0)
+            self._monitor = None
         self._ctx.destroy(linger=0)
+
+    # -- connections (socket-loop thread) -----------------------------------------------------
+
+    def _connections_changed(self) -> None:
+        """Act on closed (or reused) fds: their connections are gone, their jobs are cancelled and
+        nothing more is sent to their routing ids on their behalf."""
+        self._drain_monitor()
+        while self._closed_fds:
+            _what, fd = self._closed_fds.popleft()
+            for link in list(self._conns.values()):
+                if link.fd == fd:
+                    self._drop_connection(link, "disconnected")
+
+    def _drop_connection(self, link: Connection, reason: str) -> None:
+        link.alive = False
+        if self._conns.get(link.conn) is link:
+            del self._conns[link.conn]
+        for job in list(self.jobs.values()):
+            if job.link is link:
+                self._cancel(job, reason)
+
+    def _connection(self, conn: bytes, fd: int, owner: str) -> Connection:
+        """The connection a message came on; a new one when the routing id is new or now used by
+        another socket (the old user of that id is gone: its jobs are cancelled)."""
+        link = self._conns.get(conn)
+        if link is not None and link.fd != fd:
+            self._drop_connection(link, "disconnected")
+            link = None
+        if link is None:
+            link = Connection(conn=conn, fd=fd, owner=owner)
+            self._conns[conn] = link
+        return link
+
+    def _deliverable(self, job: Job) -> bool:
+        link = job.link
+        return link is not None and link.alive and self._conns.get(job.conn) is link
 
     # -- message handling (socket-loop thread) ------------------------------------------------
 
@@ -318,11 +510,9 @@ class Server:
     def _handle(self, frames: list[Any]) -> None:
         conn = frames[0].bytes
         body = frames[1:]
-        self._last_seen[conn] = time.monotonic()
         self.stats["messages"] += 1
-        owner = self._owner(frames)
         try:
-            envelope = protocol.decode([f.buffer for f in body], allowed=protocol.REQUEST_TYPES)
+            envelope = protocol.decode([f.buffer for f in body], allowed=protocol.REQUEST_TYPES, defer_png=True)
         except ProtocolError as exc:
             _, request_id = protocol.peek_header(body[0].bytes) if body else ("", "")
             self.stats[f"rejected:{exc.code}"] += 1
@@ -335,7 +525,14 @@ class Server:
             self._error(conn, "", ErrorCode.INTERNAL, "the server failed to read this message", trace_id=trace_id)
             return
         try:
-            self._dispatch(conn, owner, envelope)
+            owner = self._owner(body[0], envelope.token)
+            link = self._connection(conn, self._fd(body[0]), owner)
+            if link.owner != owner:
+                self.stats["rejected:owner"] += 1
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "header.token: this connection belongs to another "
+                                                           "identity; open a new connection", "header.token")
+            link.last_seen = time.monotonic()
+            self._dispatch(link, envelope)
         except ProtocolError as exc:
             self.stats[f"rejected:{exc.code}"] += 1
             self._error(conn, envelope.id, exc.code, exc.message, exc.field)
@@ -347,71 +544,105 @@ class Server:
                         f"internal error handling '{envelope.type}'; the server log has trace id {trace_id}",
                         trace_id=trace_id)
 
-    def _owner(self, frames: list[Any]) -> str:
+    def _fd(self, frame: Any) -> int:
+        try:
+            return int(frame.get(self._zmq.SRCFD))
+        except (self._zmq.ZMQError, AttributeError, TypeError, ValueError):
+            return -1
+
+    def _owner(self, frame: Any, token: str) -> str:
+        """``key:<CURVE public key>`` (from the ZAP User-Id) or ``tok:<hash of the token>``."""
         if self.config.auth == "curve":
             try:
-                user = frames[1].get("User-Id") if len(frames) > 1 else None
+                user = frame.get("User-Id")
             except Exception:
                 user = None
-            if user:
-                return f"key:{user}"
-        return f"conn:{frames[0].bytes.hex()}"
+            if not user:  # cannot happen behind our ZAP handler; never fall back to something weaker
+                raise ProtocolError(ErrorCode.AUTH, "this connection has no CURVE identity")
+            return f"key:{user}"
+        return owner_of_token(token)
 
-    def _dispatch(self, conn: bytes, owner: str, env: protocol.Envelope) -> None:
+    def _dispatch(self, link: Connection, env: protocol.Envelope) -> None:
         msg = env.message
+        conn = link.conn
         if isinstance(msg, protocol.Hello):
-            # A handshake from a connection that still has jobs is a new process presenting a kept
-            # routing id (the plug-in was killed and run again): the old jobs have no reader.
-            for job in list(self.jobs.values()):
-                if job.conn == conn:
-                    self._cancel(job, "reconnected")
             self._reply(conn, self.welcome(), env.id)
         elif isinstance(msg, protocol.Ping):
-            jobs = [rid for (c, rid) in self.jobs if c == conn]
+            jobs = [job.request_id for job in self.jobs.values() if job.link is link]
             self._reply(conn, protocol.Pong(instance=self.instance, jobs=jobs), env.id)
         elif isinstance(msg, protocol.Cancel):
             count = 0
             for job in list(self.jobs.values()):
-                if job.conn == conn and (msg.job is None or msg.job == job.request_id):
+                if job.link is link and (msg.job is None or msg.job == job.request_id):
                     count += self._cancel(job, "client")
             self._reply(conn, protocol.CancelOk(cancelled=count), env.id)
         elif isinstance(msg, protocol.Purge):
-            images, sessions = self.runner.purge(owner)
-            log.info("purged %d image(s) and %d session(s) of %s", images, sessions, owner)
+            images, sessions = self.runner.purge(link.owner)
+            log.info("purged %d image(s) and %d session(s) of %s", images, sessions, link.owner)
             self._reply(conn, protocol.Purged(images=images, sessions=sessions), env.id)
         elif isinstance(msg, (protocol.Edit, protocol.Continue)):
-            self._submit(conn, owner, env.id, msg)
+            self._submit(link, env.id, msg)
         else:  # decode() only lets request types through
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"'{env.type}' is not a request")
 
     def welcome(self) -> protocol.Welcome:
         total, used = self.runner.memory()
-        return protocol.Welcome(server=SERVER_VERSION, protocol=protocol.PROTOCOL_VERSION,
-                                device=self.runner.device, models=self.runner.models(),
-                                memory_total=total, memory_used=used, heartbeat_s=self.config.heartbeat_s,
-                                instance=self.instance, auth=self.config.auth, cache=self.config.cache,
-                                queue_limit=self.config.queue_limit)
+        welcome = protocol.Welcome(server=SERVER_VERSION, protocol=protocol.PROTOCOL_VERSION,
+                                   device=self.runner.device, models=self.runner.models(),
+                                   memory_total=total, memory_used=used, heartbeat_s=self.config.heartbeat_s,
+                                   instance=self.instance, auth=self.config.auth, cache=self.config.cache,
+                                   queue_limit=self.config.queue_limit,
+                                   running=1 if self.current is not None else 0, waiting=len(self._pending))
+        welcome.limits["max_peers"] = self.config.max_peers
+        return welcome
 
-    def _submit(self, conn: bytes, owner: str, request_id: str, request: Request) -> None:
+    def _queue_order(self) -> list[Job]:
+        """The waiting jobs in the order the worker will take them (round-robin between owners,
+        first come first served within one owner). Call with ``_cond`` held."""
+        rotation = list(self._rotation)
+        rotation += [job.owner for job in self._pending if job.owner not in rotation]
+        by_owner: dict[str, collections.deque[Job]] = collections.defaultdict(collections.deque)
+        for job in self._pending:
+            by_owner[job.owner].append(job)
+        order: list[Job] = []
+        while len(order) < len(self._pending):
+            for owner in rotation:
+                if by_owner.get(owner):
+                    order.append(by_owner[owner].popleft())
+                    rotation.remove(owner)
+                    rotation.append(owner)
+                    break
+        return order
+
+    def _submit(self, link: Connection, request_id: str, request: Request) -> None:
+        conn, owner = link.conn, link.owner
         if (conn, request_id) in self.jobs:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"header.id: request id {request_id!r} is already in use "
                                                        "by a job of this connection", "header.id")
-        mine = [job.request_id for job in self.jobs.values() if job.conn == conn and not job.cancel_event.is_set()]
+        mine = [job.request_id for job in self.jobs.values() if job.link is link and not job.cancel_event.is_set()]
         if mine:
             raise ProtocolError(ErrorCode.BUSY, f"this connection already has an edit in progress ({mine[0]}); "
                                                 "wait for it or cancel it first")
-        self.runner.precheck(owner, request)
+        # Before any decoding: the PNG's size came from its header; the queue state is checked now.
         with self._cond:
+            running = 1 if self.current is not None else 0
             if len(self._pending) >= self.config.queue_limit:
-                running = 1 if self.current is not None else 0
                 self.stats["busy"] += 1
                 raise ProtocolError(ErrorCode.BUSY, f"the DragGAN backend is busy ({running} edit running, "
                                                     f"{len(self._pending)} queued, the queue limit); "
                                                     "try again in a moment")
-            job = Job(conn=conn, owner=owner, request_id=request_id, request=request)
+            if sum(1 for job in self._pending if job.owner == owner) >= self.config.owner_queue_limit:
+                self.stats["busy"] += 1
+                raise ProtocolError(ErrorCode.BUSY, f"this client already has {self.config.owner_queue_limit} "
+                                                    "edit(s) waiting; wait for them or cancel one")
+        self.runner.precheck(owner, request)
+        with self._cond:
+            job = Job(conn=conn, owner=owner, request_id=request_id, request=request, link=link)
             self.jobs[job.key] = job
             self._pending.append(job)
-            position = len(self._pending)
+            if owner not in self._rotation:
+                self._rotation.append(owner)
+            position = self._queue_order().index(job) + 1
             self.stats["accepted"] += 1
             self._cond.notify_all()
         ahead = position - 1 + (1 if self.current is not None else 0)
@@ -444,38 +675,45 @@ class Server:
         self.jobs.pop(job.key, None)
         self.stats[f"cancel:{reason}"] += 1
         code = ErrorCode.SHUTTING_DOWN if reason == "shutdown" else ErrorCode.CANCELLED
-        self._error(job.conn, job.request_id, code, _CANCEL_REASONS[reason])
+        if self._deliverable(job):
+            self._error(job.conn, job.request_id, code, _CANCEL_REASONS[reason])
         self.records.append(JobRecord(job.request_id, job.owner, code, reason, 0, None,
                                       time.monotonic() - job.submitted))
 
     def _check_heartbeats(self, now: float) -> None:
         limit = 2 * self.config.heartbeat_s
         for job in list(self.jobs.values()):
-            last = max(self._last_seen.get(job.conn, 0.0), job.submitted)
+            seen = job.link.last_seen if job.link is not None else 0.0
+            last = max(seen, job.submitted)
             if now - last > limit and not job.cancel_event.is_set():
                 log.warning("client %s went silent for %.1f s: aborting its job %s", job.owner, now - last,
                             job.request_id)
                 self.stats["aborted_vanished"] += 1
                 self._cancel(job, "vanished")
         # forget connections silent for long and without jobs (bounded memory for days of uptime)
-        if len(self._last_seen) > 1000:
-            active = {job.conn for job in self.jobs.values()}
-            for conn, seen in list(self._last_seen.items()):
-                if conn not in active and now - seen > 600:
-                    del self._last_seen[conn]
+        if len(self._conns) > 1000:
+            active = {id(job.link) for job in self.jobs.values()}
+            for conn, link in list(self._conns.items()):
+                if id(link) not in active and now - link.last_seen > 600:
+                    del self._conns[conn]
 
     def _forward_outbox(self) -> None:
         zmq = self._zmq
+        self._connections_changed()
         while True:
             try:
                 parts = self._outbox.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             kind, conn, request_id = parts[0], parts[1], parts[2].decode()
-            try:
-                self._socket.send_multipart([conn, *parts[3:]], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                self.stats["send_dropped"] += 1
+            job = self.jobs.get((conn, request_id))
+            if job is not None and self._deliverable(job):
+                try:
+                    self._socket.send_multipart([conn, *parts[3:]], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    self.stats["send_dropped"] += 1
+            else:  # its connection went away: whoever uses that routing id now gets nothing of it
+                self.stats["output_dropped"] += 1
             if kind == b"final":
                 self.jobs.pop((conn, request_id), None)
 
@@ -493,9 +731,15 @@ class Server:
                         self._cond.wait(0.5)
                     if self._stop.is_set() and not self._pending:
                         return
-                    job = self._pending.popleft()
+                    job = self._queue_order()[0]
+                    self._pending.remove(job)
+                    # the owner goes to the back of the rotation: its next job waits for the others'
+                    waiting_owners = {other.owner for other in self._pending}
+                    self._rotation = [o for o in self._rotation if o != job.owner and o in waiting_owners]
+                    if job.owner in waiting_owners:
+                        self._rotation.append(job.owner)
                     self.current = job
-                    waiting = list(self._pending)
+                    waiting = self._queue_order()
                 for position, other in enumerate(waiting, start=1):
                     update = protocol.Progress(phase="queued", position=position,
                                                text=f"waiting for {position} edit(s) ahead")
@@ -534,6 +778,7 @@ class Server:
         try:
             if job.cancel_event.is_set():
                 raise ProtocolError(ErrorCode.CANCELLED, _CANCEL_REASONS.get(job.cancel_reason, "cancelled"))
+            decode_pending(job.request)  # PNG payloads: Pillow, here in the worker, never on the loop
             final = self.runner.run(job.owner, job.request, emit, job.cancel_event.is_set)
             if job.cancel_event.is_set():  # finished during the last step: still report the cancel
                 raise ProtocolError(ErrorCode.CANCELLED, _CANCEL_REASONS.get(job.cancel_reason, "cancelled"))

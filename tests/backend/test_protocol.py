@@ -23,8 +23,11 @@ RGB = P.Image(5, 4, 3, bytes(range(60)))
 MASK = P.Image(5, 4, 1, bytes([0, 255] * 10))
 
 
+TOKEN = "ab" * 32
+
+
 def roundtrip(message: P.Message, rid: str = "r1") -> P.Envelope:
-    env = P.decode(P.encode(message, rid))
+    env = P.decode(P.encode(message, rid, TOKEN))
     assert env.id == rid and env.type == message.TYPE
     return env
 
@@ -37,7 +40,7 @@ def roundtrip(message: P.Message, rid: str = "r1") -> P.Envelope:
     P.Continue(session_id="s1", handles=[(1, 2)], targets=[(3, 4)], mask=MASK),
     P.Continue(session_id="s1", handles=[(1, 2)], targets=[(3, 4)], params=P.EditParams(lr=0.01)),
     P.Cancel(job="c1-2"), P.Cancel(), P.Ping(), P.Purge(),
-    P.Welcome(server="0.1", protocol=1, device="cuda", models=[P.ModelEntry("m", 512, 384, True)],
+    P.Welcome(server="0.1", protocol=2, device="cuda", models=[P.ModelEntry("m", 512, 384, True)],
               memory_total=10, memory_used=3, heartbeat_s=0.5, instance="abc", auth="curve"),
     P.Progress(phase="drag", step=3, total=10, points=[(1.0, 2.0)], loss=0.25, preview=RGB,
                inversion=P.InversionQuality(psnr=25.0, stlpips=0.2, from_cache=True)),
@@ -53,7 +56,7 @@ def test_every_message_round_trips(message: P.Message) -> None:
 
 def test_png_frames_round_trip_and_decode_pillow_filters() -> None:
     message = P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image=RGB, image_format="png")
-    frames = P.encode(message, "r1")
+    frames = P.encode(message, "r1", TOKEN)
     assert frames[1].startswith(b"\x89PNG") and json.loads(frames[0])["fields"]["image"]["format"] == "png"
     assert P.decode(frames).message.image == RGB
     rng = np.random.default_rng(0)
@@ -66,8 +69,10 @@ def test_png_frames_round_trip_and_decode_pillow_filters() -> None:
         assert P.decode_png(buf.getvalue()) == P.Image(41, 37, channels, pixels.tobytes())
 
 
-def header(type_: str = "edit", fields: object = None, v: object = 1, rid: object = "r1") -> bytes:
-    return json.dumps({"v": v, "type": type_, "id": rid, "fields": fields if fields is not None else {}}).encode()
+def header(type_: str = "edit", fields: object = None, v: object = P.PROTOCOL_VERSION, rid: object = "r1",
+           token: object = TOKEN) -> bytes:
+    return json.dumps({"v": v, "type": type_, "id": rid, "token": token,
+                       "fields": fields if fields is not None else {}}).encode()
 
 
 def edit_fields(**over: object) -> dict:
@@ -175,7 +180,7 @@ def test_protocol_and_client_import_with_only_the_standard_library(tmp_path: Pat
     shutil.copy(REPO / "backend" / "client.py", wire / "client.py")
     script = BLOCKER + textwrap.dedent("""
         from draggan_wire import protocol, client
-        frames = protocol.encode(protocol.Hello(client='gimp'), 'r1')
+        frames = protocol.encode(protocol.Hello(client='gimp'), 'r1', 'cd' * 32)
         assert protocol.decode(frames).message.client == 'gimp'
         image = protocol.Image(2, 1, 3, bytes(6))
         assert protocol.decode_png(image.to_png()) == image

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from backend import protocol as P
-from backend.client import Client
+from backend.client import Client, new_token
 from backend.models import DEFAULT_MODEL
 from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server
@@ -213,18 +213,20 @@ def test_latent_cache_is_reused_and_purge_deletes_the_clients_latents(tiny_model
         server.stop()
 
 
-def test_a_kept_routing_id_reaches_its_session_from_a_new_connection(real_server: Server, photo: P.Image) -> None:
-    """Without CURVE the owner is the connection's routing id: the next plug-in run (a new process)
-    that presents the same random routing id reaches its session; any other id does not."""
-    token = b"gimp-draggan-" + bytes(uuid.uuid4().hex, "ascii")
-    with Client(real_server.endpoint, timeout_s=60, routing_id=token) as first_run:
+def test_the_identity_token_reaches_its_session_from_a_new_connection(real_server: Server, photo: P.Image) -> None:
+    """Without CURVE the owner is the identity token: the next plug-in run (a new process, a new
+    connection, a new routing id) that presents the same token reaches its session; another token,
+    even on the very routing id that made the session, does not."""
+    token = new_token()
+    rid = b"gimp-draggan-" + bytes(uuid.uuid4().hex, "ascii")
+    with Client(real_server.endpoint, timeout_s=60, routing_id=rid, token=token) as first_run:
         result = first_run.edit(edit(image=photo))
-    with Client(real_server.endpoint, timeout_s=60, routing_id=b"gimp-draggan-guess") as stranger:
+    with Client(real_server.endpoint, timeout_s=60, routing_id=rid) as stranger:  # the leaked routing id
         with pytest.raises(ProtocolError) as info:
             stranger.continue_(P.Continue(session_id=result.session_id, handles=result.points,
                                           targets=[(20.0, 12.0)], params=FAST))
         assert info.value.code == ErrorCode.UNKNOWN_SESSION
-    with Client(real_server.endpoint, timeout_s=60, routing_id=token) as next_run:
+    with Client(real_server.endpoint, timeout_s=60, token=token) as next_run:
         again = next_run.continue_(P.Continue(session_id=result.session_id, handles=result.points,
                                               targets=[(20.0, 12.0)], params=FAST))
         assert again.session_id == result.session_id and again.steps == FAST.max_steps
