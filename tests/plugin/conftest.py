@@ -58,9 +58,9 @@ class FakeBackend:
         self.session_prefix = "s"
 
     # the factory edit.run_edit calls
-    def __call__(self, address: str, timeout: float, routing_id: str) -> FakeBackend:
+    def __call__(self, address: str, timeout: float) -> FakeBackend:
         self.address = address
-        self.calls.append(("connect", {"address": address, "timeout": timeout, "routing_id": routing_id}))
+        self.calls.append(("connect", {"address": address, "timeout": timeout}))
         if self.fail_with is not None:
             raise self.fail_with
         return self

@@ -12,7 +12,10 @@ tests/gimp cover the real library.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
+import tempfile
 import types
 from typing import Any
 
@@ -484,6 +487,10 @@ Gimp.Channel = Channel
 Gimp.Path = Path
 Gimp.Parasite = Parasite
 Gimp.Selection = Selection
+# GIMP's per-user folder (the identity token lives in its draggan/ subfolder): a private temp folder
+GIMP_DIR = tempfile.mkdtemp(prefix="draggan-fake-gimp-dir-")
+atexit.register(shutil.rmtree, GIMP_DIR, True)
+Gimp.directory = lambda: GIMP_DIR
 Gimp.PARASITE_PERSISTENT = 1
 Gimp.PARASITE_UNDOABLE = 2
 Gimp.ImageBaseType = types.SimpleNamespace(RGB="RGB", GRAY="GRAY", INDEXED="INDEXED")

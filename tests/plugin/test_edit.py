@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from draggan_core import edit, errors, geometry, options, parasite, texts
 
@@ -158,9 +160,9 @@ def test_drag_again_continues_the_session_without_inverting(backend: FakeBackend
     second = edit.run_edit(image, [first.layer], _opts(), edit.Progress(), backend)
     assert backend.kinds() == ["edit", "continue"]
     assert second.continued and second.crop == first.crop
-    # the second run connects with the routing id that owns the session on the backend
-    connects = [c[1]["routing_id"] for c in backend.calls if c[0] == "connect"]
-    assert connects[0] == connects[1] == parasite.read_record(first.layer).routing_id != ""
+    # the record holds no secret and no routing id: the identity token (GIMP's folder) owns the session
+    raw = json.loads(bytes(first.layer.get_parasite(parasite.PARASITE_NAME).get_data()))
+    assert raw["v"] == 2 and "routing_id" not in raw and "token" not in raw
     kind, req = backend.calls[-2]
     assert kind == "continue" and req["session_id"] == "s1"
     assert image.layers == [second.layer, first.layer, layer]
@@ -248,3 +250,21 @@ def test_a_backend_without_sessions_leaves_no_record(backend: FakeBackend) -> No
     image, layer = _scene()
     out = edit.run_edit(image, [layer], _opts(), edit.Progress(), backend)
     assert parasite.read_record(out.layer) is None and out.layer.get_mask() is not None
+
+
+def test_a_layer_from_an_older_plug_in_inverts_anew_and_says_why(backend: FakeBackend) -> None:
+    """Protocol 1 records held the routing id that owned the session: never continued now."""
+    image, layer = _scene()
+    first = edit.run_edit(image, [layer], _opts(), edit.Progress(), backend)
+    raw = json.loads(bytes(first.layer.get_parasite(parasite.PARASITE_NAME).get_data()))
+    raw.update(v=1, routing_id="gimp-draggan-0123456789abcdef")
+    first.layer.attach_parasite(fakegimp.Gimp.Parasite.new(parasite.PARASITE_NAME, 3, json.dumps(raw).encode()))
+    assert parasite.read_record(first.layer) is None and parasite.read_outdated(first.layer)
+    fakegimp.log.clear()
+    fakegimp.add_path(image, [[(25.0, 25.0), (28.0, 26.0)]], "again")
+    second = edit.run_edit(image, [first.layer], _opts(), edit.Progress(), backend)
+    assert backend.kinds() == ["edit", "edit"] and not second.continued
+    assert "made by an older plug-in" in second.reason
+    texts_seen = [c[1] for c in fakegimp.log if c[0] == "progress_set_text"]
+    assert any("made by an older plug-in" in t for t in texts_seen)
+    assert parasite.read_record(second.layer) is not None    # the new result can be continued

@@ -1,15 +1,20 @@
 """The plug-in's backend link over real ZeroMQ sockets on 127.0.0.1: unreachable backend, missing
-pyzmq, the session-owning routing id, and how protocol errors read to a user."""
+pyzmq, the identity token that owns sessions (GIMP's folder, never the image), and how protocol
+errors read to a user."""
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import threading
 
 import pytest
 import zmq
-from draggan_core import errors, link
+from draggan_core import errors, identity, link
 from draggan_wire import protocol
+
+from . import fakegimp
 
 
 def _free_port() -> int:
@@ -54,6 +59,7 @@ class OneShotServer:
             self.sock.curve_publickey, self.sock.curve_secretkey = curve_pair
         self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
         self.identities: list[bytes] = []
+        self.tokens: list[str] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -64,6 +70,7 @@ class OneShotServer:
             ident, *frames = self.sock.recv_multipart()
             self.identities.append(ident)
             env = protocol.decode(frames, allowed=protocol.REQUEST_TYPES)
+            self.tokens.append(env.token)
             welcome = protocol.Welcome(server="test", protocol=protocol.PROTOCOL_VERSION, device="cpu",
                                        models=[protocol.ModelEntry("small", 64, 32, False),
                                                protocol.ModelEntry("tiny", 32, 32, True)])
@@ -75,10 +82,10 @@ class OneShotServer:
         self.ctx.term()
 
 
-def test_routing_id_reaches_the_server_and_models_come_from_hello() -> None:
+def test_every_run_presents_the_users_identity_token_from_gimps_folder() -> None:
     server = OneShotServer()
     try:
-        with link.Backend(server.address, 2.0, routing_id="gimp-draggan-test1") as backend:
+        with link.Backend(server.address, 2.0) as backend:
             models = backend.models()
             assert [(m.name, m.width, m.height, m.loaded) for m in models] == [
                 ("small", 64, 32, False), ("tiny", 32, 32, True)]
@@ -86,14 +93,17 @@ def test_routing_id_reaches_the_server_and_models_come_from_hello() -> None:
             assert backend.pick_model("small").width == 64
             with pytest.raises(errors.PluginError, match="no model 'ffhq'.*installed: small, tiny"):
                 backend.pick_model("ffhq")
-        with link.Backend(server.address, 2.0) as plain:          # the default did not stick
-            plain.models()
+        with link.Backend(server.address, 2.0) as next_run:       # a later plug-in run
+            next_run.models()
     finally:
         server.close()
-    assert server.identities[0] == b"gimp-draggan-test1"
-    assert server.identities[1] != b"gimp-draggan-test1"
-    assert link.new_routing_id() != link.new_routing_id()
-    assert link.new_routing_id().startswith("gimp-draggan-")
+    path = identity.token_path()
+    assert path.startswith(fakegimp.GIMP_DIR)                     # GIMP's per-user folder
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    token = open(path).read().strip()
+    assert server.tokens == [token, token] and protocol.TOKEN_PATTERN.fullmatch(token)
+    # the routing id is not kept (it is only an address): each run gets libzmq's own
+    assert server.identities[0] != server.identities[1]
 
 
 @pytest.mark.parametrize("code, words", [

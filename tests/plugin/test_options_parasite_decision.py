@@ -90,8 +90,9 @@ def test_parasite_round_trip_on_a_layer() -> None:
 def test_damaged_records_read_as_none() -> None:
     good = parasite.encode_record(RECORD)
     assert parasite.decode_record(good) == RECORD
-    for bad in (b"", b"{", b"[]", good.replace(b'"v": 1', b'"v": 2'), good.replace(b"128, 64]", b"0, 64]"),
-                good.replace(b'"sess-1"', b'""'), b'{"v": 1}', bytes([0xff, 0xfe])):
+    for bad in (b"", b"{", b"[]", good.replace(b'"v": 2', b'"v": 3'), good.replace(b'"v": 2', b'"v": 1'),
+                good.replace(b"128, 64]", b"0, 64]"), good.replace(b'"sess-1"', b'""'), b'{"v": 2}',
+                bytes([0xff, 0xfe])):
         assert parasite.decode_record(bad) is None, bad
 
 

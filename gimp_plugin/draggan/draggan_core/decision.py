@@ -25,13 +25,20 @@ def normalise_address(address: str) -> str:
     return a.replace("://localhost:", "://127.0.0.1:")
 
 
+OUTDATED = ("inverting anew: this layer's DragGAN session was made by an older plug-in, whose sessions "
+            "cannot be continued; drag again on the new result continues it")
+
+
 def decide(record: SessionRecord | None, layer: Rect, address: str, model: str, pti: bool,
-           points: Sequence[Point]) -> Decision:
+           points: Sequence[Point], outdated: bool = False) -> Decision:
     """Continue when the layer carries a session of the same backend and model, still covers the
     session's crop exactly (not moved or resized), and every new point lies inside that crop.
 
-    model: the model asked for ("" = keep the session's model); points: image coordinates.
+    model: the model asked for ("" = keep the session's model); points: image coordinates;
+    outdated: the layer carries a record of an older plug-in (protocol 1), never continued.
     """
+    if record is None and outdated:
+        return Decision(False, OUTDATED)
     if record is None:
         return Decision(False, "new edit: inverting the photo")
     if normalise_address(record.address) != normalise_address(address):

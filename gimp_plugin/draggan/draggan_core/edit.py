@@ -71,7 +71,7 @@ def single_layer(drawables: list[Any]) -> Any:
 # session ids that mean "nothing kept" (`draggan-backend serve --no-cache` answers "none")
 NO_SESSION = ("", "none")
 
-BackendFactory = Callable[[str, float, str], "link.Backend"]
+BackendFactory = Callable[[str, float], "link.Backend"]
 
 
 def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: Progress,
@@ -90,14 +90,13 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
         selection = None  # selected only beside this layer: the layer has nothing selected
     record = parasite.read_record(layer)
     choice = decision.decide(record, source_rect, opts.backend_address, opts.model, opts.pti,
-                             drag.all_points())
+                             drag.all_points(), outdated=record is None and parasite.read_outdated(layer))
 
     progress.init(f"DragGAN: connecting to {opts.backend_address}")
-    connect = connect or (lambda address, timeout, rid: link.Backend(address, timeout, routing_id=rid,
-                                                                     plugin_config=plugin_config))
-    routing_id = choice.record.routing_id if choice.continue_session and choice.record else ""
-    routing_id = routing_id or link.new_routing_id()
-    with connect(opts.backend_address, float(opts.backend_timeout), routing_id) as backend:
+    # The connection carries the user's identity token (GIMP's config folder), which owns the
+    # sessions on the backend: a later run reaches them, an .xcf holds nothing that would.
+    connect = connect or (lambda address, timeout: link.Backend(address, timeout, plugin_config=plugin_config))
+    with connect(opts.backend_address, float(opts.backend_timeout)) as backend:
         model = backend.pick_model(opts.model or (choice.record.model if choice.continue_session
                                                   and choice.record else ""))
         model_size = (model.width, model.height)
@@ -159,7 +158,7 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
     back_rgb, _ = ops.scale_pixels(image_out.data, None, model_size, (crop.w, crop.h), image_out.channels)
     name = texts.result_layer_name(layer.get_name(), continued, poor)
     new_record = parasite.SessionRecord(opts.backend_address, result.session_id, crop, model.name,
-                                        model_size, bool(opts.pti), routing_id)
+                                        model_size, bool(opts.pti))
     plan = geometry.plan_mask(crop, selection is not None)
     done_text = "continued the previous drag (no re-inversion)" if continued else "inverted and dragged"
     if state["psnr"] is not None and not continued:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import errors
+from . import errors, identity
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Backend:
     """A connection to one backend. Use as a context manager; every method raises PluginError."""
 
     def __init__(self, address: str, timeout_s: float, connect_timeout_s: float = 2.0, retries: int = 2,
-                 routing_id: str = "", plugin_config: dict[str, Any] | None = None) -> None:
+                 plugin_config: dict[str, Any] | None = None, token: str | None = None) -> None:
         self.address = address
         self.timeout_s = float(timeout_s)
         self.protocol, client_module = wire()
@@ -91,22 +91,13 @@ class Backend:
             except Exception as exc:
                 raise explain(exc, address, connect_timeout_s * retries) from None
         try:
-            self._client = self._make_client(client_module, address, kwargs, routing_id)
+            # The user's identity (GIMP's config folder): the backend files this user's sessions
+            # under it, so "drag again" in a later run (a new process) reaches them.
+            kwargs["token"] = token if token is not None else identity.load_token()
+            self._client = client_module.Client(address, **kwargs)
         except Exception as exc:  # the client raises ProtocolError; anything else is a bug shown plainly
             raise explain(exc, address, connect_timeout_s * retries) from None
         self._connect_wait = connect_timeout_s * retries
-
-    @staticmethod
-    def _make_client(client_module: Any, address: str, kwargs: dict[str, Any], routing_id: str) -> Any:
-        """A Client whose connection carries `routing_id` (when given).
-
-        Why: without CURVE keys the backend files sessions under the connection's ZeroMQ routing id,
-        and every plug-in run is a new process with a new connection; the same routing id on the
-        next run lets "drag again" reach the session.
-        """
-        if routing_id:
-            kwargs = dict(kwargs, routing_id=routing_id.encode("ascii"))
-        return client_module.Client(address, **kwargs)
 
     def __enter__(self) -> Backend:
         return self
@@ -195,13 +186,6 @@ def curve_keys(address: str, plugin_config: dict[str, Any]) -> tuple[bytes, byte
         return None
     server_public, client_public, client_secret = (str(v).encode("ascii") for v in values)
     return server_public, client_public, client_secret
-
-
-def new_routing_id() -> str:
-    """A fresh routing id for a new session's connection (ZeroMQ: must not start with a zero byte)."""
-    import uuid
-
-    return "gimp-draggan-" + uuid.uuid4().hex
 
 
 class SessionGone(Exception):

@@ -1,7 +1,12 @@
 """The session record a result layer carries, so that "drag again" can continue the session.
 
 Stored as a GIMP parasite named PARASITE_NAME on the result layer: UTF-8 JSON, persistent (saved
-in XCF) and undoable. It holds no pixels, only where the session lives and which crop it covers.
+in XCF) and undoable. It holds no pixels and no secret: only where the session lives and which crop
+it covers. Who may use the session is the user's identity token, kept in GIMP's config folder
+(identity.py), never in the image: whoever receives the .xcf cannot take the session over.
+
+Version 1 records also held the ZeroMQ routing id that owned the session (protocol 1). They are
+read as "outdated": the next drag on such a layer inverts anew and says why.
 """
 
 from __future__ import annotations
@@ -13,14 +18,13 @@ from typing import Any
 from .geometry import Rect
 
 PARASITE_NAME = "draggan-session"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: no routing id (protocol 2 owns sessions by the user's identity token)
 
 
 @dataclass(frozen=True)
 class SessionRecord:
     """address: backend address; session_id: the backend's session; crop: image coordinates;
-    model: model name; model_size: (width, height); pti: whether the session was made with PTI;
-    routing_id: the ZeroMQ routing id of the connection that owns the session on the backend."""
+    model: model name; model_size: (width, height); pti: whether the session was made with PTI."""
 
     address: str
     session_id: str
@@ -28,7 +32,6 @@ class SessionRecord:
     model: str
     model_size: tuple[int, int]
     pti: bool = False
-    routing_id: str = ""
 
 
 def encode_record(record: SessionRecord) -> bytes:
@@ -40,7 +43,6 @@ def encode_record(record: SessionRecord) -> bytes:
         "model": record.model,
         "model_size": list(record.model_size),
         "pti": record.pti,
-        "routing_id": record.routing_id,
     }
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
@@ -61,13 +63,28 @@ def decode_record(data: bytes | bytearray | list[int] | None) -> SessionRecord |
         address, session_id, model = raw["address"], raw["session_id"], raw["model"]
         if not all(isinstance(s, str) and s for s in (address, session_id, model)):
             return None
-        routing_id = raw.get("routing_id", "")
-        if not isinstance(routing_id, str):
-            return None
-        return SessionRecord(address, session_id, Rect(x, y, w, h), model, (mw, mh), bool(raw.get("pti")),
-                             routing_id)
+        return SessionRecord(address, session_id, Rect(x, y, w, h), model, (mw, mh), bool(raw.get("pti")))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
+
+
+def is_outdated(data: bytes | bytearray | list[int] | None) -> bool:
+    """True for a record an older plug-in wrote (version 1, with a routing id): its session cannot
+    be continued by this plug-in (and is not trusted: anyone with the .xcf had its routing id)."""
+    if data is None:
+        return False
+    try:
+        raw = json.loads(bytes(data).decode("utf-8"))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and isinstance(raw.get("v"), int) and not isinstance(raw.get("v"), bool) \
+        and raw["v"] < RECORD_VERSION
+
+
+def read_outdated(layer: Any) -> bool:
+    """Whether the layer carries a session record of an older plug-in."""
+    parasite = layer.get_parasite(PARASITE_NAME)
+    return parasite is not None and is_outdated(parasite.get_data())
 
 
 def read_record(layer: Any) -> SessionRecord | None:
