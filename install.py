@@ -557,12 +557,63 @@ def ensure_pyzmq(plugin_target: Path, gimp_python: GimpPython | None, pip_python
 TORCH_VERSION = "2.13.0"
 TORCH_INDEX_ENV = "DRAGGAN_TORCH_INDEX"
 VENV_STAMP = "draggan-install.json"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"   # PyTorch's own index of CPU-only wheels
+INDEX_PROBE_TIMEOUT_S = 4.0
 TORCH_NOTES = {
     "linux-cpu": ("PyPI's Linux torch wheel bundles the CUDA libraries (a few GB; it runs on CPU too). For the "
-                  "small CPU-only build pass --torch-index https://download.pytorch.org/whl/cpu"),
+                  f"small CPU-only build pass --torch-index {TORCH_CPU_INDEX}"),
     "win32-cuda": ("PyPI has only the CPU build of torch for Windows: pass --torch-index with the CUDA index that "
                    "pytorch.org/get-started lists for your driver (https://download.pytorch.org/whl/cuXXX)"),
 }
+
+
+def probe_index(url: str, timeout_s: float = INDEX_PROBE_TIMEOUT_S) -> str | None:
+    """None when the package index at `url` answers an HTTP request within `timeout_s` seconds,
+    else why not. The whole probe (name lookup included) is bounded: it runs in a daemon thread.
+    Proxies come from the environment, as for pip."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/torch/", timeout=timeout_s) as reply:
+                reply.read(1)
+            outcome.append(None)
+        except urllib.error.HTTPError as exc:   # it answered: reachable (pip reports any real problem)
+            outcome.append(None if exc.code < 500 else f"HTTP {exc.code}")
+        except Exception as exc:                # URLError, OSError, timeouts, bad URLs
+            outcome.append(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}")
+
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(timeout_s + 0.5)
+    if not outcome:
+        return f"no answer within {timeout_s:.0f} s"
+    return outcome[0]
+
+
+def torch_index_for(torch: str, platform: str, explicit: str | None,
+                    probe: Callable[[str], str | None] = probe_index) -> tuple[str | None, list[str]]:
+    """The index torch is installed from, and lines for the user (pure but for `probe`).
+
+    An explicit index (--torch-index, $DRAGGAN_TORCH_INDEX) always wins, unprobed. A CPU build on
+    Linux comes from PyTorch's CPU index (PyPI's Linux wheel is the multi-GB CUDA build) when that
+    index answers within seconds; otherwise from pip's configured index (PyPI), and the user is told.
+    Elsewhere PyPI's wheel already is the right build: no index is given.
+    """
+    if explicit:
+        return explicit, []
+    if torch != "cpu" or platform.startswith(("win", "darwin")):
+        return None, []
+    why = probe(TORCH_CPU_INDEX)
+    if why is None:
+        return TORCH_CPU_INDEX, [f"torch (CPU build) comes from PyTorch's CPU index {TORCH_CPU_INDEX}"]
+    return None, [f"PyTorch's CPU index {TORCH_CPU_INDEX} cannot be reached ({why}); falling back to pip's "
+                  "configured index (PyPI), whose Linux torch wheel bundles the CUDA libraries (a few GB; it runs "
+                  "on CPU too). Pass --torch-index URL to choose another index"]
 
 
 def nvidia_gpu_present(which: Callable[[str], str | None] = shutil.which,
@@ -596,12 +647,12 @@ def pip_commands(python: str, torch: str, platform: str, repo: Path, torch_index
     torch: "cpu" or "cuda" (the full backend), or "none" (a client-only venv for --remote: pyzmq and
     the project without its heavy dependencies, enough for `draggan-backend keys`).
 
-    Decision (documented in README): torch is pinned to TORCH_VERSION and installed first from the
-    configured index (PyPI by default): on our machines that is the local CPU wheel, on PyPI it is
-    the CUDA build on Linux, the CPU build on Windows and the MPS build on macOS. `torch_index`
-    (--torch-index or $DRAGGAN_TORCH_INDEX) replaces the index for torch only, e.g.
-    https://download.pytorch.org/whl/cpu (small CPU build) or .../whl/cuXXX (CUDA on Windows). The
-    project comes second, so pip keeps that torch (it satisfies torch>=2.1).
+    Decision (documented in README): torch is pinned to TORCH_VERSION and installed first, from
+    `torch_index` when given (for torch only), else from pip's configured index (PyPI by default: the
+    CUDA build on Linux, the CPU build on Windows and the MPS build on macOS). `torch_index_for`
+    picks the index: the user's --torch-index / $DRAGGAN_TORCH_INDEX, else PyTorch's CPU index for a
+    CPU build on Linux when it answers. The project comes second, so pip keeps that torch (it
+    satisfies torch>=2.1).
     """
     target = f"{repo}[{','.join(extras)}]" if extras else str(repo)
     project = ["-e", target] if editable else [target]
@@ -673,8 +724,12 @@ def health_code(torch: str) -> str:
 def ensure_backend_venv(venv: Path, repo: Path, torch: str, torch_index: str | None, editable: bool,
                         extras: Sequence[str], system_site_packages: bool, out: Callable[[str], None],
                         run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
-                        platform: str = sys.platform, base_python: str = sys.executable) -> bool:
-    """Create/update the venv; returns False when it was already installed (nothing run but a check)."""
+                        platform: str = sys.platform, base_python: str = sys.executable,
+                        probe: Callable[[str], str | None] = probe_index) -> bool:
+    """Create/update the venv; returns False when it was already installed (nothing run but a check).
+
+    The stamp records the index the user asked for (`torch_index`, None = the default choice), so a
+    later run with the same request does not probe the network again."""
     py = venv_python(venv, platform)
     stamp = install_stamp(repo, torch, torch_index, editable, extras, system_site_packages)
     what = "client tools (no torch)" if torch == "none" else f"torch {TORCH_VERSION} {torch}"
@@ -693,7 +748,12 @@ def ensure_backend_venv(venv: Path, repo: Path, torch: str, torch_index: str | N
         if r.returncode != 0 or not py.is_file():
             raise InstallError(f"could not create the venv {venv} (exit {r.returncode}). On Debian/Ubuntu install "
                                "the venv module first: sudo apt install python3-venv")
-    commands, notes = pip_commands(str(py), torch, platform, repo, torch_index, editable, extras)
+    index, index_notes = torch_index_for(torch, platform, torch_index, probe) if torch != "none" else (None, [])
+    for note in index_notes:
+        out(f"note: {note}")
+    commands, notes = pip_commands(str(py), torch, platform, repo, index, editable, extras)
+    if index and not torch_index:
+        notes = []   # the default CPU index was taken: the hint about it is moot
     for note in notes:
         out(f"note: {note}")
     for cmd in commands:
@@ -876,8 +936,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--torch", default="auto", choices=["auto", "cpu", "cuda"],
                    help="torch build: auto = CUDA when nvidia-smi finds a GPU, else CPU")
     b.add_argument("--torch-index", metavar="URL", default=os.environ.get(TORCH_INDEX_ENV) or None,
-                   help=f"package index for torch only, e.g. https://download.pytorch.org/whl/cpu "
-                        f"(default: pip's configured index; ${TORCH_INDEX_ENV} sets it too)")
+                   help=f"package index for torch only, e.g. https://download.pytorch.org/whl/cu124 (default: "
+                        f"{TORCH_CPU_INDEX} for a CPU build on Linux when it answers within seconds, else "
+                        f"pip's configured index; ${TORCH_INDEX_ENV} sets it too)")
     b.add_argument("--no-editable", action="store_true",
                    help="install a copy of the project instead of an editable install of this clone")
     b.add_argument("--system-site-packages", action="store_true",
@@ -906,6 +967,7 @@ class Context:
     which: Callable[[str], str | None] = shutil.which
     repo: Path = REPO
     base_python: str = sys.executable
+    probe_index: Callable[[str], str | None] = probe_index
 
 
 def target_plugin_dirs(args: argparse.Namespace, ctx: Context) -> list[GimpProfile]:
@@ -968,7 +1030,8 @@ def main(argv: Iterable[str] | None = None, out: Callable[[str], None] = say, ct
                                      ctx.platform)
             extras = ("test",) if args.dev else ()
             ensure_backend_venv(args.venv, ctx.repo, torch, args.torch_index, not args.no_editable, extras,
-                                args.system_site_packages, out, ctx.run, ctx.platform, ctx.base_python)
+                                args.system_site_packages, out, ctx.run, ctx.platform, ctx.base_python,
+                                ctx.probe_index)
 
         # 2. The plug-in, into every GIMP 3 profile (or the folders given).
         profiles = target_plugin_dirs(args, ctx)

@@ -3,6 +3,8 @@ the whole main() flow on a fake machine (home folder, GIMP profile, recorded com
 
 from __future__ import annotations
 
+import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +71,12 @@ def test_stamp_logic(install, fake_repo: Path) -> None:
 
 
 class FakeMachine:
-    """Records commands; `python -m venv` makes the venv's python (a link to this Python), pip succeeds,
-    everything else (health checks, probes, backend.models) really runs."""
+    """Records commands; `python -m venv` makes the venv's python (a script that runs this Python), pip
+    succeeds, everything else (health checks, probes, backend.models) really runs.
+
+    A script, not a symlink: when this Python is itself a venv's (README's flow runs the tests in the
+    .venv that install.py made), a link to it outside that venv finds no pyvenv.cfg and loses the
+    venv's packages; `exec` keeps the real path, so the packages stay."""
 
     def __init__(self, pip_rc: int = 0) -> None:
         self.commands: list[list[str]] = []
@@ -82,7 +88,8 @@ class FakeMachine:
         if cmd[1:3] == ["-m", "venv"]:
             py = Path(cmd[-1]) / "bin" / "python"
             py.parent.mkdir(parents=True)
-            py.symlink_to(sys.executable)
+            py.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+            py.chmod(0o755)
             return subprocess.CompletedProcess(cmd, 0, "", "")
         if cmd[1:4] == ["-m", "pip", "install"]:
             return subprocess.CompletedProcess(cmd, self.pip_rc, "", "")
@@ -100,8 +107,16 @@ def machine(install, fake_repo: Path, tmp_path: Path):
     home = tmp_path / "home"
     (home / ".config/GIMP/3.0").mkdir(parents=True)
     fake = FakeMachine()
+    probed: list[str] = []
+
+    def unreachable(url: str) -> str:
+        probed.append(url)
+        return "no answer within 4 s"
+
     ctx = install.Context(platform="linux", home=home, env={}, root=tmp_path / "root", run=fake,
-                          which=lambda _n: None, repo=fake_repo, base_python=sys.executable)
+                          which=lambda _n: None, repo=fake_repo, base_python=sys.executable,
+                          probe_index=unreachable)
+    fake.probed = probed
     return ctx, fake, home
 
 
@@ -110,7 +125,10 @@ def test_full_install_then_already_installed(install, machine, tmp_path: Path) -
     venv = tmp_path / "venv"
     lines: list[str] = []
     assert install.main(["--venv", str(venv)], out=lines.append, ctx=ctx) == 0, lines
-    assert [c[4:] for c in fake.pip()] == [["torch==2.13.0"], ["-e", str(ctx.repo)]]
+    assert [c[4:] for c in fake.pip()] == [["torch==2.13.0"], ["-e", str(ctx.repo)]]   # CPU index unreachable
+    assert fake.probed == ["https://download.pytorch.org/whl/cpu"]
+    assert any(line.startswith("note: PyTorch's CPU index https://download.pytorch.org/whl/cpu cannot be "
+                               "reached (no answer within 4 s); falling back") for line in lines)
     plugins = home / ".config/GIMP/3.0/plug-ins"
     assert (plugins / "draggan/draggan.py").is_file()
     assert any("[GIMP 3.0, native]" in line for line in lines)
@@ -120,9 +138,10 @@ def test_full_install_then_already_installed(install, machine, tmp_path: Path) -
     assert stamp["torch"] == "cpu" and stamp["staged_into"] == [str(plugins)]
 
     fake.commands.clear()
+    fake.probed.clear()
     lines.clear()
     assert install.main(["--venv", str(venv)], out=lines.append, ctx=ctx) == 0
-    assert fake.pip() == []
+    assert fake.pip() == [] and fake.probed == []          # nothing to install: no network probe either
     assert lines[0] == f"backend already installed in {venv} (torch 2.13.0 cpu); nothing to do"
 
     # The project changes its dependencies: the next run installs again.
@@ -172,6 +191,7 @@ def test_torch_index_env_and_flags(install, machine, tmp_path: Path, monkeypatch
                         out=lambda _l: None, ctx=ctx) == 0
     assert [c[4:] for c in fake.pip()] == [
         ["torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu"], [f"{ctx.repo}[test]"]]
+    assert fake.probed == []                                  # an explicit index is not probed
     staged = ctx.home / ".config/GIMP/3.0/plug-ins/draggan"
     assert (staged / "draggan_core").is_symlink()            # --dev links
 
@@ -232,3 +252,52 @@ def test_model_file_through_install(install, machine, tmp_path: Path, monkeypatc
     lines: list[str] = []
     assert install.main([*args, "--model", "lhq-256"], out=lines.append, ctx=ctx) == 1   # a manual download
     assert lines[-1].startswith("error: downloading model lhq-256 failed: see the message above")
+
+
+def test_cpu_build_uses_the_cpu_index_when_it_answers(install, machine, tmp_path: Path) -> None:
+    ctx, fake, _home = machine
+    ctx.probe_index = lambda url: None
+    lines: list[str] = []
+    assert install.main(["--venv", str(tmp_path / "v"), "--skip-pyzmq"], out=lines.append, ctx=ctx) == 0
+    assert [c[4:] for c in fake.pip()] == [
+        ["torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu"], ["-e", str(ctx.repo)]]
+    assert not any("bundles the CUDA libraries" in line for line in lines)
+    assert install.read_stamp(tmp_path / "v")["torch_index"] == ""       # the default choice, not a pin
+
+
+def test_torch_index_choice_as_data(install) -> None:
+    cpu = "https://download.pytorch.org/whl/cpu"
+    up: list[str] = []
+
+    def reachable(url: str) -> None:
+        up.append(url)
+
+    assert install.torch_index_for("cpu", "linux", None, reachable) == (cpu, [f"torch (CPU build) comes from "
+                                                                              f"PyTorch's CPU index {cpu}"])
+    assert up == [cpu]
+    index, notes = install.torch_index_for("cpu", "linux", None, lambda _u: "URLError: refused")
+    assert index is None and "cannot be reached (URLError: refused); falling back" in notes[0]
+    assert install.torch_index_for("cpu", "linux", "https://mirror/simple", reachable) == ("https://mirror/simple", [])
+    assert install.torch_index_for("cuda", "linux", None, reachable) == (None, [])       # PyPI's Linux wheel
+    assert install.torch_index_for("cpu", "win32", None, reachable) == (None, [])        # PyPI: CPU already
+    assert install.torch_index_for("cpu", "darwin", None, reachable) == (None, [])
+    assert up == [cpu]                                     # probed only for the Linux CPU choice
+
+
+def test_index_probe_against_a_closed_local_port(install) -> None:
+    """The fallback decision is fast: a refused connection is known at once, silence after the timeout."""
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]            # closed again when the block ends: nothing listens there
+    start = time.monotonic()
+    why = install.probe_index(f"http://127.0.0.1:{port}/whl/cpu", timeout_s=2.0)
+    assert why is not None and "refused" in why.lower(), why
+    assert time.monotonic() - start < 2.5
+    with socket.socket() as silent:          # listens but never answers: the timeout bounds the probe
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        start = time.monotonic()
+        why = install.probe_index(f"http://127.0.0.1:{silent.getsockname()[1]}/whl/cpu", timeout_s=1.0)
+        assert why is not None and time.monotonic() - start < 2.0, why
