@@ -302,15 +302,14 @@ class Client:
             event = message["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._auth_failure = ""
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and message.get("value") == 300:
-                self._auth_failure = ("the server has too many connections right now (its --max-peers); "
-                                      "try again in a moment")
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.keys is None:
-                self._auth_failure = ("the server refused the connection: it requires CURVE keys and this "
-                                      "client has none; set up keys as docs/remote.md describes")
+                # a server without CURVE refuses a handshake only past its --max-peers
+                self._auth_failure = ("the server refused the connection: it has too many connections "
+                                      "right now (its --max-peers); try again in a moment")
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._auth_failure = ("the server refused this client's key (it is not on the server's "
-                                      "allow-list); add it with `draggan-backend keys allow` on the server")
+                                      "allow-list; add it with `draggan-backend keys allow` on the server), "
+                                      "or it has too many connections right now (its --max-peers)")
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 if self.keys is None:
                     self._auth_failure = ("the server requires CURVE keys and this client has none; set up "

@@ -151,8 +151,9 @@ _CANCEL_REASONS = {
     "disconnected": "the edit was cancelled: the client's connection closed",
 }
 
-# ZAP status codes (RFC 27): 300 = temporary failure (too many connections), 400 = refused.
-ZAP_TOO_MANY = b"300"
+# ZAP status code (RFC 27) for a refused handshake. libzmq closes the connection at once only for
+# 400 (a 300 "temporary failure" leaves it pending), so too many connections get 400 too.
+ZAP_TOO_MANY = b"400"
 ZAP_DENIED = b"400"
 
 
