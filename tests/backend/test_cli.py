@@ -38,7 +38,7 @@ def test_models_lists_the_registry(capsys: pytest.CaptureFixture, tmp_path: Path
     monkeypatch.setenv("DRAGGAN_MODELS_DIR", str(tmp_path))
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "faces-128" in out and "ffhq-512" in out and "not installed" in out
+    assert "faces-128" in out and "ffhq-512" in out and ("not installed" in out or "manual" in out)
 
 
 def test_serve_refuses_an_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -52,3 +52,64 @@ def test_serve_refuses_an_unknown_model(tmp_path: Path, capsys: pytest.CaptureFi
                                          ("1000", 1000), ("2 GiB", 2 << 30)])
 def test_sizes(text: str, value: int) -> None:
     assert _parse_bytes(text) == value
+
+
+def _status(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "backend.cli", "status", *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_status_with_nothing_listening_fails_within_five_seconds() -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    out = _status("--address", f"tcp://127.0.0.1:{port}")
+    assert out.returncode == 1 and time.monotonic() - started < 5.0
+    assert "no answer" in out.stderr
+
+
+def test_status_and_models_against_a_real_server(tiny_model: Path, tmp_path: Path) -> None:
+    from backend import keys
+
+    from .test_server_restart import free_port
+
+    keys_dir = tmp_path / "keys"
+    keys.init(keys_dir)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([PYTHON, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}", "--curve",
+                             "--keys-dir", str(keys_dir), "--model", f"tiny={tiny_model}", "--device", "cpu",
+                             "--no-cache"], cwd=REPO, env=subprocess_env(), stderr=log.open("w"), text=True)
+    try:
+        address = f"tcp://127.0.0.1:{port}"
+        for _ in range(120):  # the server imports torch first
+            out = _status("--address", address, "--keys-dir", str(keys_dir))
+            if out.returncode == 0:
+                break
+        assert out.returncode == 0, out.stderr + log.read_text()
+        text = out.stdout
+        for words in ("protocol 2", "device   : cpu", "tiny (32x32, loaded)", "auth     : curve",
+                      "queue    : 0 running, 0 waiting (limit 4)", "16 connections"):
+            assert words in text, text
+        plain = _status("--address", address, "--timeout", "1")  # a CURVE server refuses a keyless client
+        assert plain.returncode != 0
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    models = subprocess.run([PYTHON, "-m", "backend.cli", "models"], cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert models.returncode == 0 and "faces-128" in models.stdout
+    assert "manual downloads" in models.stdout and "--model-file PATH human-512" in models.stdout
+    listed = subprocess.run([PYTHON, "-m", "backend.models", "list"], cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert listed.stdout.strip() in models.stdout  # the same table as install.py --list-models
+    helped = subprocess.run([PYTHON, "-m", "backend.cli", "models", "--help"], cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert "install.py --list-models" in helped.stdout and "manual" in helped.stdout
