@@ -32,20 +32,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parent
 PLUGIN_NAME = "draggan"                      # GIMP loads PLUG-IN-DIR/draggan/draggan.py
 PLUGIN_SOURCE = REPO / "gimp_plugin" / PLUGIN_NAME
-WIRE_PACKAGE = "draggan_wire"                # backend/protocol.py + backend/client.py, staged
-WIRE_FILES = ("protocol.py", "client.py")
+WIRE_PACKAGE = "draggan_wire"                # backend/{protocol,client,relay_bridge}.py, staged
+WIRE_FILES = ("protocol.py", "client.py", "relay_bridge.py")
 VENDOR_DIR = "vendor"                        # pyzmq unpacked here when GIMP's Python lacks it
 CONFIG_FILE = "draggan.json"                 # the plug-in's config (written by --remote)
+RELAY_FILE = "relay.json"                    # the backend venv's Python, for the pyzmq relay
 STAGE_MANIFEST = ".draggan-install.json"     # marks a folder as ours (uninstall removes only those)
 # Kept across a re-staging: they are not copied from the repo but made on this machine.
-PRESERVED_ON_RESTAGE = (VENDOR_DIR, CONFIG_FILE)
+PRESERVED_ON_RESTAGE = (VENDOR_DIR, CONFIG_FILE, RELAY_FILE)
 SKIPPED_NAMES = ("__pycache__", ".pytest_cache", ".mypy_cache")
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
 WIRE_INIT_TEXT = '''"""The DragGAN wire protocol and client, staged here by install.py from the backend.
 
-protocol.py and client.py are copies (or, after `install.py --dev`, links) of backend/protocol.py
-and backend/client.py. Do not edit them here: re-run install.py instead.
+protocol.py, client.py and relay_bridge.py are copies (or, after `install.py --dev`, links) of the
+files of the same names in backend/. Do not edit them here: re-run install.py instead.
 """
 
 import os as _os
@@ -57,7 +58,7 @@ _VENDOR = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__fil
 if _os.path.isdir(_VENDOR) and _VENDOR not in _sys.path:
     _sys.path.append(_VENDOR)
 
-__all__ = ["protocol", "client"]
+__all__ = ["protocol", "client", "relay_bridge"]
 '''
 
 
@@ -497,6 +498,14 @@ def decide_pyzmq(probe: Mapping[str, Any], probe_with_vendor: Mapping[str, Any] 
                                    f"{abi} wheel for {tags[0]}", tuple(args))
 
 
+def write_relay_record(plugin_target: Path, python: Path) -> str:
+    """Record in the staged plug-in (relay.json) the Python that runs the relay bridge when GIMP's
+    own Python has no pyzmq: the backend venv's, which has it. Returns that path."""
+    path = str(Path(python).absolute())
+    (plugin_target / RELAY_FILE).write_text(json.dumps({"python": path}, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
 def unpack_wheel(wheel: Path, dest: Path) -> list[str]:
     """Unpack a wheel (a zip) into `dest`, refusing paths that leave it; returns top-level names."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -752,8 +761,8 @@ def ensure_backend_venv(venv: Path, repo: Path, torch: str, torch_index: str | N
     for note in index_notes:
         out(f"note: {note}")
     commands, notes = pip_commands(str(py), torch, platform, repo, index, editable, extras)
-    if index and not torch_index:
-        notes = []   # the default CPU index was taken: the hint about it is moot
+    if index_notes:
+        notes = []   # the index choice was explained above: the generic hint would repeat it
     for note in notes:
         out(f"note: {note}")
     for cmd in commands:
@@ -1050,6 +1059,9 @@ def main(argv: Iterable[str] | None = None, out: Callable[[str], None] = say, ct
             for line in lines:
                 out(line)
             staged.append(profile.plugins_dir)
+            relay_python = None
+            if not args.plugin_only:
+                relay_python = write_relay_record(report.target, venv_python(args.venv, ctx.platform))
 
             # 3. pyzmq for the Python this GIMP runs plug-ins with.
             if args.skip_pyzmq or (args.plugin_only and not args.gimp_python):
@@ -1059,7 +1071,10 @@ def main(argv: Iterable[str] | None = None, out: Callable[[str], None] = say, ct
                            else find_gimp_python(profile.kind, ctx.platform, ctx.home, ctx.env, ctx.root, ctx.which))
             action, message = ensure_pyzmq(report.target, gimp_python, _python_for_models(args, ctx), ctx.run)
             out(f"pyzmq: {message}")
-            if action in ("failed", "impossible"):
+            if action in ("failed", "impossible") and relay_python:
+                out(f"pyzmq: the plug-in will relay through the backend venv's Python instead ({relay_python} "
+                    f"runs a small bridge; recorded in {report.target / RELAY_FILE})")
+            elif action in ("failed", "impossible"):
                 out("warning: the plug-in will say that pyzmq is missing until this is fixed (see README, "
                     "Troubleshooting)")
         if staged and read_stamp(args.venv) is not None:

@@ -28,7 +28,7 @@ def install():
 
 @pytest.fixture()
 def fake_repo(tmp_path: Path) -> Path:
-    """A minimal repo tree with the plug-in folder and the two wire files (plus caches to skip)."""
+    """A minimal repo tree with the plug-in folder and the three wire files (plus caches to skip)."""
     repo = tmp_path / "repo"
     plugin = repo / "gimp_plugin" / "draggan"
     (plugin / "draggan_core").mkdir(parents=True)
@@ -41,4 +41,5 @@ def fake_repo(tmp_path: Path) -> Path:
     (repo / "backend").mkdir()
     (repo / "backend" / "protocol.py").write_text("VERSION = 1\n")
     (repo / "backend" / "client.py").write_text("from . import protocol\n")
+    (repo / "backend" / "relay_bridge.py").write_text("MAX_FRAMES = 64\n")
     return repo

@@ -22,6 +22,7 @@ def test_stage_layout_and_exec_bit(install, fake_repo: Path, tmp_path: Path) -> 
     assert report.files == [
         "draggan.py", "draggan_core/__init__.py", "draggan_core/points.py",
         "draggan_wire/__init__.py", "draggan_wire/client.py", "draggan_wire/protocol.py",
+        "draggan_wire/relay_bridge.py",
     ]
     assert os.stat(target / "draggan.py").st_mode & stat.S_IXUSR
     assert not (target / "draggan_core" / "__pycache__").exists()

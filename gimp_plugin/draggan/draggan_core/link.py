@@ -39,7 +39,15 @@ def import_pyzmq() -> Any:
     try:
         import zmq
     except ImportError as exc:
-        raise errors.pyzmq_missing(str(exc)) from None
+        from . import relay  # no pyzmq here (GIMP for Windows): relay through the backend venv's Python
+
+        try:
+            relayed = relay.install()
+        except relay.ZMQError as relay_exc:
+            raise errors.pyzmq_missing(f"{exc}; the relay failed too: {relay_exc}") from None
+        if relayed is None:
+            raise errors.pyzmq_missing(str(exc)) from None
+        return relayed
     return zmq
 
 
