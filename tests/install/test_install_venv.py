@@ -3,6 +3,7 @@ the whole main() flow on a fake machine (home folder, GIMP profile, recorded com
 
 from __future__ import annotations
 
+import json
 import shlex
 import socket
 import subprocess
@@ -136,6 +137,10 @@ def test_full_install_then_already_installed(install, machine, tmp_path: Path) -
     assert lines[-1].startswith("  in GIMP (restart it first):")
     stamp = install.read_stamp(venv)
     assert stamp["torch"] == "cpu" and stamp["staged_into"] == [str(plugins)]
+    # the venv's Python is recorded for the plug-in's pyzmq relay, and survives a --plugin-only restage
+    assert json.loads((plugins / "draggan/relay.json").read_text()) == {"python": str(venv / "bin/python")}
+    assert install.main(["--plugin-only", "--gimp-dir", str(plugins)], out=lines.append, ctx=ctx) == 0
+    assert (plugins / "draggan/relay.json").is_file()
 
     fake.commands.clear()
     fake.probed.clear()

@@ -129,6 +129,7 @@ class Bridge:
                     if kind == b"recv":
                         self._inbox[sid].append(frames)
                         self.relayed["in"] += 1
+                        self.relayed[_message_type(frames)] += 1
                     elif kind == b"event":
                         self._events[sid].append(frames)
                     elif kind in (b"opened", b"error"):
@@ -211,6 +212,22 @@ class Bridge:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _message_type(frames: list[bytes]) -> str:
+    """The protocol message type in a relayed message's header frame (for the relay's log line)."""
+    try:
+        return "type:" + str(json.loads(frames[0])["type"]) if frames and len(frames[0]) < 8192 else "type:?"
+    except (ValueError, KeyError, TypeError):
+        return "type:?"
+
+
+def _say_goodbye() -> None:
+    if _bridge is not None:
+        counts = sorted((k[5:], n) for k, n in _bridge.relayed.items() if k.startswith("type:"))
+        sys.stderr.write(f"DragGAN relay: sent {_bridge.relayed['out']}, received {_bridge.relayed['in']} messages ("
+                         + ", ".join(f"{k} {n}" for k, n in counts) + ")\n")
+        sys.stderr.flush()
 
 
 _bridge: Bridge | None = None
@@ -365,7 +382,11 @@ def install() -> types.ModuleType | None:
     Python without pyzmq shows now, as a clear error). None when no Python is recorded."""
     if bridge_python() is None:
         return None
-    bridge()                      # raises ZMQError with the bridge's own words when it cannot start
+    b = bridge()                  # raises ZMQError with the bridge's own words when it cannot start
+    sys.stderr.write(f"DragGAN: GIMP's Python has no pyzmq; relaying through {b.python} (pyzmq {b.version})\n")
+    import atexit
+
+    atexit.register(_say_goodbye)
     zmq = module()
     sys.modules["zmq"] = zmq
     sys.modules["zmq.utils"] = zmq.utils           # type: ignore[attr-defined]
