@@ -217,8 +217,15 @@ class Server:
         self._start_error: BaseException | None = None
         self.endpoint = config.bind  # the resolved endpoint after binding (port 0 -> real port)
         import zmq
+        from zmq.auth import load_certificates
+        from zmq.utils import z85
+        from zmq.utils.monitor import parse_monitor_message
 
         self._zmq = zmq
+        # imported once here: the loop and the ZAP thread never import while serving
+        self._load_certificates = load_certificates
+        self._z85_encode = z85.encode
+        self._parse_monitor = parse_monitor_message
         self._ctx = zmq.Context()
         self._allowed_keys: set[bytes] = set()
         self._allow_mtime = -1.0
@@ -277,18 +284,14 @@ class Server:
             mtime = 0.0
         if force or mtime != self._allow_mtime:
             self._allow_mtime = mtime
-            from zmq.auth import load_certificates
-
             try:
-                self._allowed_keys = set(load_certificates(directory))
+                self._allowed_keys = set(self._load_certificates(directory))
             except OSError:
                 self._allowed_keys = set()
             log.info("CURVE allow-list loaded from %s (%d client keys)", directory, len(self._allowed_keys))
 
     def _drain_monitor(self) -> None:
         """Read the socket monitor's events (any thread): which fds are open, which just closed."""
-        from zmq.utils.monitor import parse_monitor_message
-
         zmq = self._zmq
         with self._monitor_lock:
             if self._monitor is None:
@@ -300,7 +303,7 @@ class Server:
                     return
                 except zmq.ZMQError:
                     return
-                event = parse_monitor_message(frames)
+                event = self._parse_monitor(frames)
                 fd = int(event["value"])
                 if event["event"] == zmq.EVENT_ACCEPTED:
                     self._live_fds.add(fd)
@@ -312,8 +315,6 @@ class Server:
     def _zap_main(self) -> None:
         """ZAP handler (RFC 27): refuse connections past ``max_peers``; with CURVE, keys that are not
         on the allow-list. The owner of a CURVE connection is its public key (ZAP User-Id)."""
-        from zmq.utils import z85
-
         zmq = self._zmq
         zap = self._zap
         while not self._stop.is_set():
@@ -333,7 +334,7 @@ class Server:
                 status, text = ZAP_TOO_MANY, b"too many connections"
                 self.stats["refused:max_peers"] += 1
             elif mechanism == b"CURVE":
-                key = z85.encode(request[6]) if len(request) > 6 and len(request[6]) == 32 else b""
+                key = self._z85_encode(request[6]) if len(request) > 6 and len(request[6]) == 32 else b""
                 self._reload_allow_list()
                 if key and key in self._allowed_keys:
                     user = key
