@@ -98,6 +98,42 @@ class ModelInfo:
     notes: str = ""
 
 
+# --------------------------------------------------------------------------------------------
+# "Poor inversion" thresholds, per model (sent to the plug-in in the model's metadata)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PoorInversion:
+    """A reconstruction is "poor" (the picture is far from what the model can draw) when its
+    ST-LPIPS (VGG, shift-tolerant) is above ``stlpips`` or its PSNR below ``psnr_db``."""
+
+    stlpips: float
+    psnr_db: float
+    source: str
+
+
+# Official models: not calibrated here (no GPU, no downloads on our machines). The values the
+# plug-in always used, typical of GAN inversions of in-domain photos at 256-1024 px.
+DEFAULT_POOR_INVERSION = PoorInversion(0.35, 16.0, "default for official models (not calibrated)")
+CALIBRATION_SUFFIX = ".calibration.json"   # backend/data/<name>.calibration.json, made by
+                                           # benchmarks/calibrate_poor_inversion.py
+
+
+def calibration_file(name: str) -> Path:
+    return EMBEDDED_MODEL_FILE.parent / f"{name}{CALIBRATION_SUFFIX}"
+
+
+def poor_inversion(name: str) -> PoorInversion:
+    """The thresholds for model `name`: its committed calibration (the embedded default model has
+    one, measured on its own samples and renders against out-of-domain photos), else the default."""
+    try:
+        data = json.loads(calibration_file(name).read_text(encoding="utf-8"))
+        return PoorInversion(float(data["poor_stlpips"]), float(data["poor_psnr_db"]),
+                             f"calibrated ({calibration_file(name).name}, {data.get('date', '?')})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_POOR_INVERSION
+
+
 class ModelError(Exception):
     """Base class for registry and download errors (the message says what to do)."""
 

@@ -122,7 +122,7 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
         def on_progress(message: Any) -> None:
             if message.inversion is not None:
                 state["psnr"], state["stlpips"] = message.inversion.psnr, message.inversion.stlpips
-            progress.text(texts.progress_text(message, str(state["mode"])))
+            progress.text(texts.progress_text(message, str(state["mode"]), texts.model_limits(model)))
             progress.update(texts.progress_fraction(message, bool(state["continued"])))
 
         progress.text(f"DragGAN: {choice.reason}")
@@ -146,7 +146,8 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
     if result.inversion is not None:
         state["psnr"], state["stlpips"] = result.inversion.psnr, result.inversion.stlpips
     continued = bool(state["continued"])
-    poor = (not continued) and texts.is_poor(state["psnr"], state["stlpips"])
+    limits = texts.model_limits(model)   # the model's own thresholds from the backend, else defaults
+    poor = (not continued) and texts.is_poor(state["psnr"], state["stlpips"], limits)
     if continued and record is not None and texts.POOR_SUFFIX in layer.get_name():
         poor = True  # the session still comes from that poor inversion
     image_out = result.image
@@ -162,7 +163,7 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
     plan = geometry.plan_mask(crop, selection is not None)
     done_text = "continued the previous drag (no re-inversion)" if continued else "inverted and dragged"
     if state["psnr"] is not None and not continued:
-        done_text += "; " + texts.quality_text(float(state["psnr"]), float(state["stlpips"] or 0.0))
+        done_text += "; " + texts.quality_text(float(state["psnr"]), float(state["stlpips"] or 0.0), limits)
     progress.text(f"DragGAN: {done_text}")
 
     image.undo_group_start()

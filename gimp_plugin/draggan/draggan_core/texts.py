@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-# A reconstruction is "poor" (the photo is far from the model's domain) when either holds.
+# A reconstruction is "poor" (the photo is far from the model's domain) when either holds. The
+# limits are per model: the backend sends them with each model (calibrated for the default model,
+# backend/models.py); these are the fallback for a backend that sends none.
 # ST-LPIPS (VGG scale) of a good GAN inversion is around 0.1-0.25; PSNR around 20-30 dB.
 POOR_STLPIPS = 0.35
 POOR_PSNR_DB = 16.0
@@ -13,15 +15,24 @@ LAYER_SUFFIX = "DragGAN"
 POOR_SUFFIX = "poor inversion: try PTI or another model"
 
 
-def is_poor(psnr: float | None, stlpips: float | None) -> bool:
-    if stlpips is not None and stlpips > POOR_STLPIPS:
+def model_limits(model: Any) -> tuple[float, float]:
+    """(ST-LPIPS above which, PSNR dB below which) an inversion with `model` is poor: the model's
+    own limits from the backend when it sent them, else the defaults."""
+    stlpips = getattr(model, "poor_stlpips", None)
+    psnr = getattr(model, "poor_psnr_db", None)
+    return (float(stlpips) if stlpips else POOR_STLPIPS, float(psnr) if psnr else POOR_PSNR_DB)
+
+
+def is_poor(psnr: float | None, stlpips: float | None, limits: tuple[float, float] | None = None) -> bool:
+    max_stlpips, min_psnr = limits or (POOR_STLPIPS, POOR_PSNR_DB)
+    if stlpips is not None and stlpips > max_stlpips:
         return True
-    return psnr is not None and psnr < POOR_PSNR_DB
+    return psnr is not None and psnr < min_psnr
 
 
-def quality_text(psnr: float, stlpips: float) -> str:
+def quality_text(psnr: float, stlpips: float, limits: tuple[float, float] | None = None) -> str:
     verdict = "poor — the photo is far from what the model can draw; try PTI or another model" \
-        if is_poor(psnr, stlpips) else "good"
+        if is_poor(psnr, stlpips, limits) else "good"
     return f"reconstruction {verdict} (PSNR {psnr:.1f} dB, ST-LPIPS {stlpips:.3f})"
 
 
@@ -46,7 +57,7 @@ PHASE_WORDS = {
 }
 
 
-def progress_text(message: Any, mode_text: str) -> str:
+def progress_text(message: Any, mode_text: str, limits: tuple[float, float] | None = None) -> str:
     """One status-bar line for a protocol Progress message (phase, step/total, position, quality)."""
     phase = PHASE_WORDS.get(message.phase, message.phase)
     parts = [f"DragGAN: {phase}"]
@@ -55,7 +66,7 @@ def progress_text(message: Any, mode_text: str) -> str:
     elif message.total:
         parts.append(f"step {message.step}/{message.total}")
     if message.inversion is not None:
-        parts.append(quality_text(message.inversion.psnr, message.inversion.stlpips))
+        parts.append(quality_text(message.inversion.psnr, message.inversion.stlpips, limits))
     parts.append(mode_text)
     return " — ".join(parts)
 

@@ -1,0 +1,25 @@
+"""The poor-inversion verdict uses the model's own thresholds (sent by the backend), with defaults
+for a backend or model that sends none."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from draggan_core import texts
+
+
+def test_model_limits_come_from_the_model_else_defaults() -> None:
+    assert texts.model_limits(SimpleNamespace(name="x")) == (texts.POOR_STLPIPS, texts.POOR_PSNR_DB)
+    assert texts.model_limits(SimpleNamespace(poor_stlpips=0.0, poor_psnr_db=0.0)) == (0.35, 16.0)
+    assert texts.model_limits(SimpleNamespace(poor_stlpips=0.12, poor_psnr_db=20.5)) == (0.12, 20.5)
+
+
+def test_the_issues_out_of_domain_figures_are_poor_under_calibrated_limits() -> None:
+    # issue 17: two out-of-domain crops scored (ST-LPIPS, PSNR) = (0.14, 19.0) and (0.31, 16.4):
+    # under the old constants neither was flagged.
+    for stlpips, psnr in ((0.14, 19.0), (0.31, 16.4)):
+        assert not texts.is_poor(psnr, stlpips)
+        assert texts.is_poor(psnr, stlpips, (0.12, 20.0))
+    assert not texts.is_poor(23.0, 0.08, (0.12, 20.0))              # an in-domain fit stays good
+    line = texts.quality_text(19.0, 0.14, (0.12, 20.0))
+    assert line.startswith("reconstruction poor") and "ST-LPIPS 0.140" in line
