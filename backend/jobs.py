@@ -88,6 +88,16 @@ def registry_models(extra: Mapping[str, Path]) -> list[tuple[str, Path | None, b
     return [(m.name, m.path, m.installed, m.width, m.height) for m in models.available_models(extra)]
 
 
+def registry_poor_inversion(name: str) -> tuple[float, float]:
+    """(ST-LPIPS, PSNR dB) "poor inversion" thresholds of model ``name`` for ``welcome``."""
+    try:
+        from . import models
+    except ImportError:
+        return 0.0, 0.0
+    poor = models.poor_inversion(name)
+    return poor.stlpips, poor.psnr_db
+
+
 def registry_resolve(name: str, extra: Mapping[str, Path]) -> Path:
     try:
         from . import models
@@ -144,8 +154,10 @@ class ModelPool:
                 if not installed:
                     continue
                 width, height = self._sizes.get(name, (width, height))
+                poor = registry_poor_inversion(name)
                 out.append(protocol.ModelEntry(name=name, width=width, height=height,
-                                               loaded=name in self._loaded))
+                                               loaded=name in self._loaded, poor_stlpips=poor[0],
+                                               poor_psnr_db=poor[1]))
         return out
 
     def installed_names(self) -> list[str]:

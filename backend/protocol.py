@@ -741,12 +741,16 @@ class Purge:
 @dataclass
 class ModelEntry:
     """A model the server can use: output ``width`` x ``height`` pixels (0 x 0 = not known until it
-    is first loaded), ``loaded`` = in memory now (no ``loading`` phase)."""
+    is first loaded), ``loaded`` = in memory now (no ``loading`` phase). ``poor_stlpips`` /
+    ``poor_psnr_db``: the model's "poor inversion" thresholds (ST-LPIPS above / PSNR below; 0 = not
+    sent, the client's defaults apply), calibrated per model in backend/models.py."""
 
     name: str
     width: int
     height: int
     loaded: bool
+    poor_stlpips: float = 0.0
+    poor_psnr_db: float = 0.0
 
 
 @dataclass
@@ -797,6 +801,8 @@ class Welcome:
                     width=_int(m, "width", path, 0, 1 << 16),
                     height=_int(m, "height", path, 0, 1 << 16),
                     loaded=_bool(m, "loaded", path, False),
+                    poor_stlpips=_float(m, "poor_stlpips", path, 0.0, 100.0, 0.0),
+                    poor_psnr_db=_float(m, "poor_psnr_db", path, 0.0, 1000.0, 0.0),
                 )
             )
         limits = f.get("limits") or {}

@@ -23,3 +23,31 @@ def test_the_issues_out_of_domain_figures_are_poor_under_calibrated_limits() -> 
     assert not texts.is_poor(23.0, 0.08, (0.12, 20.0))              # an in-domain fit stays good
     line = texts.quality_text(19.0, 0.14, (0.12, 20.0))
     assert line.startswith("reconstruction poor") and "ST-LPIPS 0.140" in line
+
+
+def test_welcome_carries_each_models_thresholds_to_the_plugin() -> None:
+    from draggan_wire import protocol
+
+    sys_path_repo()
+    from backend import jobs, models
+
+    welcome = protocol.Welcome(server="t", protocol=protocol.PROTOCOL_VERSION, device="cpu", models=[
+        protocol.ModelEntry("faces-128", 128, 128, True, 0.12, 20.5), protocol.ModelEntry("old", 64, 64, False)])
+    env = protocol.decode(protocol.encode(welcome, "r1"), allowed=protocol.REPLY_TYPES)
+    got = env.message.models
+    assert (got[0].poor_stlpips, got[0].poor_psnr_db) == (0.12, 20.5)
+    assert texts.model_limits(got[0]) == (0.12, 20.5)
+    assert texts.model_limits(got[1]) == (texts.POOR_STLPIPS, texts.POOR_PSNR_DB)   # none sent: defaults
+    # the server fills them from the model registry (the default model's committed calibration)
+    poor = models.poor_inversion(models.DEFAULT_MODEL)
+    assert jobs.registry_poor_inversion(models.DEFAULT_MODEL) == (poor.stlpips, poor.psnr_db)
+    assert jobs.registry_poor_inversion("ffhq-512") == (0.35, 16.0)
+
+
+def sys_path_repo() -> None:
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)

@@ -20,6 +20,8 @@ class ModelChoice:
     width: int
     height: int
     loaded: bool
+    poor_stlpips: float = 0.0     # the model's "poor inversion" thresholds from welcome (0 = defaults)
+    poor_psnr_db: float = 0.0
 
 
 def wire() -> tuple[Any, Any]:
@@ -123,7 +125,8 @@ class Backend:
                 welcome = self._client.hello()
             except Exception as exc:
                 raise explain(exc, self.address, self._connect_wait) from None
-            self._models = [ModelChoice(m.name, m.width, m.height, m.loaded) for m in welcome.models]
+            self._models = [ModelChoice(m.name, m.width, m.height, m.loaded, getattr(m, "poor_stlpips", 0.0),
+                                        getattr(m, "poor_psnr_db", 0.0)) for m in welcome.models]
             if not self._models:
                 raise errors.PluginError(
                     f"DragGAN: the backend at {self.address} serves no models. Install one on the server "
