@@ -24,7 +24,7 @@ import torch
 
 import stylegan2
 from training import faces
-from training.detector import load_detector
+from training.detector import KeypointDetector, load_detector
 from training.train_generator import params_for_z
 
 
@@ -50,8 +50,14 @@ def generate(G: stylegan2.Generator, z: np.ndarray, batch: int = 32) -> np.ndarr
 
 
 def evaluate(model: Path, n: int, seed: int) -> dict[str, float]:
-    G = stylegan2.load_generator(model)
-    det = load_detector()
+    """Model-card figures of the generator file ``model`` on ``n`` samples of z seed ``seed``."""
+    return evaluate_generator(stylegan2.load_generator(model), n, seed)
+
+
+def evaluate_generator(G: stylegan2.Generator, n: int, seed: int, det: KeypointDetector | None = None
+                       ) -> dict[str, float]:
+    """Figures for an in-memory generator (learning curves evaluate snapshots this way)."""
+    det = det if det is not None else load_detector()
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, G.z_dim)).astype(np.float32)
     gen = generate(G, z)

@@ -80,14 +80,97 @@ def to_tensor(imgs: np.ndarray) -> torch.Tensor:
 
 
 def _producer(seed: int, start_batch: int, batch: int, size: int, z_dim: int, out: Any) -> None:
-    """Worker process: renders batches for consecutive batch indices, deterministic per index."""
+    """Worker process: renders batches for consecutive batch indices, deterministic per index.
+
+    Puts ``(index, z [batch, z_dim], images uint8 [batch, size, size, 3], keypoints [batch, K, 2])``.
+    """
+    # The trainer's SIGTERM handler (inherited through fork when main() ran before in this
+    # process) would make terminate() a no-op here.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     torch.set_num_threads(1)
     index = start_batch
     while True:
         rng = np.random.default_rng([seed, index])
         z = rng.standard_normal((batch, z_dim)).astype(np.float32)
-        out.put((index, z, target_batch(z, size)))
+        imgs, kps = faces.render_batch(params_for_z(z), size=size)
+        out.put((index, z, imgs, kps))
         index += 1
+
+
+def synthesis_pyramid(G: torch.nn.Module, ws: torch.Tensor, noise_mode: str, max_res: int | None = None
+                      ) -> dict[int, torch.Tensor]:
+    """The skip generator's image after each block: ``{resolution: [N, 3, r, r]}`` (training only).
+
+    In the skip architecture the image is a sum of every block's upsampled ToRGB output, so the
+    partial sum after the r² block is the coarse image the later blocks refine.  Supervising it
+    against the downsampled target (multi-scale supervision) teaches layout before detail;
+    ``max_res`` stops after that block (a cheaper, lower-resolution phase).
+    """
+    synthesis = G.synthesis
+    images: dict[int, torch.Tensor] = {}
+    x = img = None
+    for block, block_ws in zip(synthesis.blocks(), synthesis._split_ws(ws)):
+        # Non-fused modulated conv: grouped-conv backward is slow (NVIDIA trains this way too).
+        x, img = block(x, img, block_ws, noise_mode=noise_mode, fused_modconv=False)
+        assert img is not None
+        images[block.resolution] = img
+        if max_res is not None and block.resolution >= max_res:
+            break
+    return images
+
+
+def keypoint_weight_map(kps: np.ndarray, size: int, sigma: float, amplitude: float) -> torch.Tensor:
+    """Per-pixel loss weight ``[N, 1, size, size]``: 1 + ``amplitude`` near the renderer's keypoints.
+
+    ``kps [N, K, 2]`` are (x, y) pixels at ``size``.  Eyes, brows, nose, mouth and chin are small
+    (a few % of the image) but they are what drags move, so their error counts ``1 + amplitude``
+    times as much; ``sigma`` (pixels) sets the size of each bump.
+    """
+    coords = torch.arange(size, dtype=torch.float32)
+    kp = torch.from_numpy(np.asarray(kps, dtype=np.float32))
+    dx = coords.view(1, 1, 1, size) - kp[:, :, 0].view(len(kp), -1, 1, 1)
+    dy = coords.view(1, 1, size, 1) - kp[:, :, 1].view(len(kp), -1, 1, 1)
+    bumps = torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2)).amax(dim=1, keepdim=True)
+    return 1.0 + amplitude * bumps
+
+
+def set_mapping_lr_multiplier(state: dict[str, Any], new: float) -> None:
+    """Change the mapping network's equalised-lr multiplier in a checkpoint ``state``, in place,
+    without changing the function it computes.
+
+    Weights are stored at ``1 / lr_multiplier`` scale and multiplied by it at run time, so stored
+    tensors (and their Adam first/second moments, by the inverse factor and its square) are rescaled.
+    """
+    old = float(state["config"]["mapping_kwargs"].get("lr_multiplier", 0.01))
+    if old == new:
+        return
+    scale = old / new
+    param_names = [name for name, _ in stylegan2.Generator(**state["config"]).named_parameters()]
+    state["config"]["mapping_kwargs"]["lr_multiplier"] = new
+    for key in ("G", "G_ema"):
+        for name, tensor in state[key].items():
+            if name.startswith("mapping.fc"):
+                state[key][name] = tensor * scale
+    opt = state.get("optimizer")
+    if opt is not None:
+        # Adam's state is indexed by the parameter's position in G.parameters().
+        for idx, name in enumerate(param_names):
+            if name.startswith("mapping.fc") and idx in opt["state"]:
+                st = opt["state"][idx]
+                if "exp_avg" in st:
+                    st["exp_avg"] = st["exp_avg"] / scale
+                if "exp_avg_sq" in st:
+                    st["exp_avg_sq"] = st["exp_avg_sq"] / scale ** 2
+
+
+def weighted_l1(img: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean absolute error, optionally weighted per pixel by ``weight [N, 1, H, W]`` (normalised by
+    the weights' mean, so the loss scale stays that of plain L1)."""
+    err = (img - target).abs()
+    if weight is None:
+        return err.mean()
+    return (err * weight).mean() / weight.mean()
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -132,6 +215,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="'none' (default) pins every noise strength at 0: the target is deterministic, and "
                     "noise inputs only add texture the render does not have")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast for the forward pass (AMX/AVX512-BF16 CPUs: 1.3-1.7x per step)")
+    ap.add_argument("--multiscale-weight", type=float, default=0.0,
+                    help="weight of the L1 loss of each intermediate skip image (16² ... half resolution) "
+                    "against the area-downsampled target")
+    ap.add_argument("--keypoint-weight", type=float, default=0.0,
+                    help="extra L1 weight near the renderer's 16 keypoints (weight map 1 + this)")
+    ap.add_argument("--keypoint-sigma", type=float, default=3.0, help="keypoint bump size, pixels at 128²")
+    ap.add_argument("--max-res", type=int, default=None,
+                    help="train only the blocks up to this resolution (a cheaper low-resolution phase)")
+    ap.add_argument("--mapping-lr-mult", type=float, default=None,
+                    help="change the mapping network's lr multiplier (the checkpoint is rescaled, "
+                    "same function)")
+    ap.add_argument("--cpu-minutes", type=float, default=None,
+                    help="stop after this much CPU time of the training process (all its threads)")
+    ap.add_argument("--snapshot-cpu-minutes", type=float, default=None,
+                    help="save G and G_ema to snap-cpuNNN.pt every this many CPU minutes (learning curves)")
     ap.add_argument("--checkpoint-minutes", type=float, default=10.0)
     ap.add_argument("--sample-minutes", type=float, default=15.0)
     ap.add_argument("--log-every", type=int, default=20)
@@ -150,9 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     source = ckpt_path if ckpt_path.is_file() else args.resume_from
 
     config = copy.deepcopy(DEFAULT_CONFIG)
+    if args.mapping_lr_mult is not None:
+        config["mapping_kwargs"]["lr_multiplier"] = args.mapping_lr_mult
     state: dict[str, Any] | None = None
     if source is not None:
         state = torch.load(source, weights_only=True, map_location="cpu")
+        if args.mapping_lr_mult is not None:
+            set_mapping_lr_multiplier(state, args.mapping_lr_mult)
         config = state["config"]
         print(f"resuming from {source} at iteration {state['iteration']}", flush=True)
     G = stylegan2.Generator(**config)
@@ -201,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     # Stop cleanly (checkpoint, samples, export) on SIGTERM/SIGINT: background jobs of a
     # non-interactive shell ignore SIGINT, so KeyboardInterrupt alone is not enough.
     stop_requested = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous_handlers:
         signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
 
+    cpu_start = time.process_time()
+    next_snapshot = 0.0 if args.snapshot_cpu_minutes is not None else float("inf")
     start = run_start = time.time()  # start: wall-time accounting (reset at checkpoints); run_start: --minutes
     last_ckpt = last_sample = start
     window: list[tuple[float, float]] = []
@@ -214,23 +321,50 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if time.time() - run_start >= args.minutes * 60 or stop_requested:
                 break
+            cpu_minutes = (time.process_time() - cpu_start) / 60
+            if args.cpu_minutes is not None and cpu_minutes >= args.cpu_minutes:
+                break
+            if args.snapshot_cpu_minutes is not None and cpu_minutes >= next_snapshot:
+                save_checkpoint(run_dir / f"snap-cpu{int(round(next_snapshot)):03d}.pt",
+                                dict(config=config, G=G.state_dict(), G_ema=G_ema.state_dict(),
+                                     iteration=iteration, images_seen=images_seen, cpu_minutes=cpu_minutes))
+                next_snapshot += args.snapshot_cpu_minutes
             try:
-                index, z_np, imgs = batches.get(timeout=120)
+                index, z_np, imgs, kps = batches.get(timeout=120)
             except queue.Empty:
                 print("data worker stalled; stopping", file=sys.stderr, flush=True)
                 break
             assert index == iteration, (index, iteration)
             z = torch.from_numpy(z_np)
             target = to_tensor(imgs)
-            ws = G.mapping(z, update_emas=True)
-            # Non-fused modulated conv: grouped-conv backward is slow (NVIDIA trains this way too).
-            img = G.synthesis(ws, noise_mode=args.noise_mode, fused_modconv=False)
-            l1 = F.l1_loss(img, target)
+            weight = (keypoint_weight_map(kps, size, args.keypoint_sigma * size / 128, args.keypoint_weight)
+                      if args.keypoint_weight > 0 else None)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                ws = G.mapping(z, update_emas=True)
+                pyramid = synthesis_pyramid(G, ws, args.noise_mode, max_res=args.max_res)
+            pyramid = {res: im.float() for res, im in pyramid.items()}
+            top = max(pyramid)
+            img = pyramid[top]
+            tgt_top = F.adaptive_avg_pool2d(target, top) if top < size else target
+            w_top = (F.adaptive_avg_pool2d(weight, top) if top < size else weight) if weight is not None else None
+            l1 = weighted_l1(img, tgt_top, w_top)
+            loss = l1
+            if args.multiscale_weight > 0:
+                for res, im in pyramid.items():
+                    if 16 <= res < top:
+                        w_res = F.adaptive_avg_pool2d(weight, res) if weight is not None else None
+                        loss = loss + args.multiscale_weight * weighted_l1(im, F.adaptive_avg_pool2d(target, res),
+                                                                           w_res)
             # ST-LPIPS at half resolution on the first ``lpips_images`` of the batch: its stride-1
             # anti-aliased first layers cost as much as the generator at 128².
             k = args.lpips_images
-            perceptual = lpips(F.avg_pool2d(img[:k], 2), F.avg_pool2d(target[:k], 2)).mean()
-            loss = l1 + args.lpips_weight * perceptual
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                if top >= 64:
+                    perceptual = lpips(F.adaptive_avg_pool2d(img[:k], 64), F.adaptive_avg_pool2d(tgt_top[:k], 64))
+                else:
+                    perceptual = lpips(img[:k], tgt_top[:k])
+                perceptual = perceptual.float().mean()
+            loss = loss + args.lpips_weight * perceptual
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -260,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
                 last_sample = now
     finally:
         worker.terminate()
+        worker.join(timeout=10)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
         wall_seconds += time.time() - start
         start = time.time()
         checkpoint()

@@ -1,0 +1,96 @@
+"""The default model's training levers: multi-scale pyramid, keypoint weight map, lr-multiplier
+rescaling, weighted L1, and a short end-to-end run that resumes, snapshots and exports."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import stylegan2
+from training import faces
+from training.train_generator import (
+    keypoint_weight_map,
+    main,
+    set_mapping_lr_multiplier,
+    synthesis_pyramid,
+    weighted_l1,
+)
+
+TINY = dict(z_dim=faces.NUM_PARAMS, w_dim=16, img_resolution=32, img_channels=3,
+            mapping_kwargs=dict(num_layers=2, lr_multiplier=0.1, w_avg_beta=0.995),
+            synthesis_kwargs=dict(channel_base=256, channel_max=16, num_fp16_res=0, conv_clamp=None))
+
+
+def test_pyramid_ends_in_the_generators_image_and_has_every_block():
+    torch.manual_seed(0)
+    G = stylegan2.Generator(**copy.deepcopy(TINY)).eval()
+    ws = G.mapping(torch.randn(2, G.z_dim))
+    pyramid = synthesis_pyramid(G, ws, "none")
+    assert sorted(pyramid) == [4, 8, 16, 32]
+    assert all(img.shape == (2, 3, r, r) for r, img in pyramid.items())
+    full = G.synthesis(ws, noise_mode="none", fused_modconv=False)
+    torch.testing.assert_close(pyramid[32], full)
+    # A low-resolution phase stops after its block: no 32² image is computed.
+    assert sorted(synthesis_pyramid(G, ws, "none", max_res=16)) == [4, 8, 16]
+
+
+def test_keypoint_weight_map_peaks_at_the_keypoints_and_is_one_far_away():
+    kps = np.array([[[10.0, 20.0], [40.0, 5.0]]], dtype=np.float32)  # (x, y) pixels
+    weight = keypoint_weight_map(kps, 64, sigma=2.0, amplitude=4.0)
+    assert weight.shape == (1, 1, 64, 64)
+    assert weight[0, 0, 20, 10].item() == pytest.approx(5.0)   # row y=20, column x=10
+    assert weight[0, 0, 5, 40].item() == pytest.approx(5.0)
+    assert weight[0, 0, 60, 60].item() == pytest.approx(1.0, abs=1e-6)
+    assert weight[0, 0, 20, 12].item() == pytest.approx(1 + 4 * np.exp(-4 / 8), rel=1e-5)
+
+
+def test_weighted_l1_uniform_weights_is_plain_l1_and_weights_shift_emphasis():
+    a, b = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    b[..., 0, 0] = 1.0
+    plain = weighted_l1(a, b, None)
+    assert weighted_l1(a, b, torch.full((1, 1, 4, 4), 3.0)).item() == pytest.approx(plain.item())
+    w = torch.ones(1, 1, 4, 4)
+    w[..., 0, 0] = 10.0
+    assert weighted_l1(a, b, w).item() > plain.item()
+
+
+def test_changing_the_mapping_lr_multiplier_keeps_the_function():
+    torch.manual_seed(1)
+    G = stylegan2.Generator(**copy.deepcopy(TINY))
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3)
+    z = torch.randn(3, G.z_dim)
+    G.mapping(z).square().mean().backward()
+    opt.step()
+    state = dict(config=copy.deepcopy(G.config), G=G.state_dict(), G_ema=G.state_dict(),
+                 optimizer=copy.deepcopy(opt.state_dict()))
+    before = G.mapping(z).detach()
+    set_mapping_lr_multiplier(state, 1.0)
+    assert state["config"]["mapping_kwargs"]["lr_multiplier"] == 1.0
+    G2 = stylegan2.Generator(**state["config"])
+    G2.load_state_dict(state["G"])
+    torch.testing.assert_close(G2.mapping(z), before, rtol=1e-5, atol=1e-6)
+    # Adam's first moment of a mapping weight scales with the gradient (x10 here).
+    names = [n for n, _ in G.named_parameters()]
+    idx = names.index("mapping.fc0.weight")
+    torch.testing.assert_close(state["optimizer"]["state"][idx]["exp_avg"],
+                               opt.state_dict()["state"][idx]["exp_avg"] * 10)
+
+
+def test_short_run_with_every_lever_resumes_snapshots_and_exports(tmp_path, monkeypatch):
+    # A tiny generator through the real CLI: 2 iterations, then 1 more from the checkpoint.
+    monkeypatch.setattr("training.train_generator.DEFAULT_CONFIG", copy.deepcopy(TINY))
+    run = tmp_path / "run"
+    common = ["--run-dir", str(run), "--batch", "2", "--lpips-images", "1", "--threads", "1",
+              "--multiscale-weight", "0.5", "--keypoint-weight", "4", "--snapshot-cpu-minutes", "100"]
+    assert main(common + ["--iterations", "2"]) == 0
+    assert (run / "snap-cpu000.pt").is_file()
+    out = tmp_path / "g.pt"
+    assert main(common + ["--iterations", "3", "--mapping-lr-mult", "1.0", "--export", str(out),
+                          "--export-weights", "raw"]) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 3
+    G = stylegan2.load_generator(out)
+    assert G.img_resolution == 32
