@@ -4,7 +4,7 @@
 #
 #   GIMP3_ROOT=/opt/gimp3-gui-root GIMP3_EXTRA_PKGS="xvfb xauth x11-apps xdotool netpbm" \
 #       bash ../shared/gimp3/setup.sh
-#   bash gimp_plugin/tools/dialog_screenshot.sh OUTDIR ENDPOINT [PHOTO.png]
+#   bash scripts/gimp_tools/dialog_screenshot.sh OUTDIR ENDPOINT [PHOTO.png]
 #
 # ENDPOINT is a running backend (e.g. tests/gimp/backend_host.py's); it becomes the dialog's
 # default address through draggan.json. Writes OUTDIR/dialog-screen.png, OUTDIR/dialog-report.json.

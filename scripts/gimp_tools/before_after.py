@@ -1,7 +1,7 @@
 """Make the README's before/after picture through the REAL pipeline: a procedural face photo, the
 real backend (`draggan-backend serve`), the real GIMP 3 (the kit's chroot) and the staged plug-in.
 
-    python gimp_plugin/tools/before_after.py --model faces-128 --out docs/images/plugin-before-after.png
+    python scripts/gimp_tools/before_after.py --model faces-128 --out docs/images/plugin-before-after.png
 
 The drags come from the face's own keypoints (training.faces): the mouth corners move out and up
 (a smile) and the chin down. Prints the exact settings and timings; root is needed (the chroot).
