@@ -173,6 +173,26 @@ def weighted_l1(img: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     return (err * weight).mean() / weight.mean()
 
 
+def compact_resumable_state(config: dict[str, Any], G: torch.nn.Module, opt: torch.optim.Optimizer,
+                            **counters: Any) -> dict[str, Any]:
+    """A resumable checkpoint small enough for the repository (about 6 bytes a parameter).
+
+    G's parameters and Adam's moments in bf16 (``load_state_dict`` casts them back to fp32); no
+    G_ema (it restarts from G: we ship the raw weights while runs are short).  Buffers (``w_avg``,
+    filters) stay fp32.  Rounding the weights to bf16 is a one-off relative perturbation of at most
+    2^-9, smaller than one Adam step at our learning rates.
+    """
+    param_names = {name for name, _ in G.named_parameters()}
+    weights = {name: (t.to(torch.bfloat16) if name in param_names else t.clone())
+               for name, t in G.state_dict().items()}
+    opt_state = opt.state_dict()
+    for st in opt_state["state"].values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                st[key] = st[key].to(torch.bfloat16)
+    return dict(config=config, G=weights, G_ema=None, optimizer=opt_state, compact=True, **counters)
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -264,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
     iteration, wall_seconds, images_seen = 0, 0.0, 0
     if state is not None:
-        G.load_state_dict(state["G"])
-        G_ema.load_state_dict(state["G_ema"])
+        G.load_state_dict(state["G"])  # copy_ casts a compact checkpoint's bf16 back to fp32
+        # A compact checkpoint carries no G_ema: the average restarts from G.
+        G_ema.load_state_dict(state["G_ema"] if state.get("G_ema") is not None else G.state_dict())
         if state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
         iteration, wall_seconds = int(state["iteration"]), float(state["wall_seconds"])
@@ -404,17 +425,11 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     sample_grid(G_ema, fixed_z, run_dir / f"samples-{iteration:06d}.png", size)
     if args.save_resumable is not None:
-        # Adam moments in bf16 halve the file; load_state_dict casts them back to fp32.
-        opt_state = opt.state_dict()
-        for st in opt_state["state"].values():
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in st:
-                    st[key] = st[key].to(torch.bfloat16)
         args.save_resumable.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(args.save_resumable, dict(config=config, G=G.state_dict(), G_ema=G_ema.state_dict(),
-                                                  optimizer=opt_state, iteration=iteration,
-                                                  wall_seconds=wall_seconds, images_seen=images_seen))
-        print(f"resumable checkpoint: {args.save_resumable}", flush=True)
+        save_checkpoint(args.save_resumable, compact_resumable_state(
+            config, G, opt, iteration=iteration, wall_seconds=wall_seconds, images_seen=images_seen))
+        size_mb = args.save_resumable.stat().st_size / 1e6
+        print(f"resumable checkpoint: {args.save_resumable} ({size_mb:.1f} MB)", flush=True)
     if args.export is not None:
         meta = dict(
             name="faces-128",

@@ -94,3 +94,24 @@ def test_short_run_with_every_lever_resumes_snapshots_and_exports(tmp_path, monk
     assert state["iteration"] == 3
     G = stylegan2.load_generator(out)
     assert G.img_resolution == 32
+
+
+def test_compact_resumable_checkpoint_is_small_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr("training.train_generator.DEFAULT_CONFIG", copy.deepcopy(TINY))
+    run = tmp_path / "run"
+    compact = tmp_path / "resume.pt"
+    args = ["--run-dir", str(run), "--batch", "2", "--lpips-images", "1", "--threads", "1"]
+    assert main(args + ["--iterations", "2", "--save-resumable", str(compact)]) == 0
+    full = torch.load(run / "checkpoint.pt", weights_only=True)
+    state = torch.load(compact, weights_only=True)
+    assert state["G_ema"] is None and state["iteration"] == 2
+    assert state["G"]["mapping.fc0.weight"].dtype == torch.bfloat16
+    assert state["G"]["mapping.w_avg"].dtype == torch.float32
+    assert compact.stat().st_size < 0.5 * (run / "checkpoint.pt").stat().st_size
+    torch.testing.assert_close(state["G"]["mapping.fc0.weight"].float(), full["G"]["mapping.fc0.weight"],
+                               rtol=2 ** -8, atol=0)
+    # A new run dir resumes from the compact file and continues the iteration count.
+    run2 = tmp_path / "run2"
+    assert main(["--run-dir", str(run2), "--resume-from", str(compact), "--batch", "2", "--lpips-images", "1",
+                 "--threads", "1", "--iterations", "3"]) == 0
+    assert torch.load(run2 / "checkpoint.pt", weights_only=True)["iteration"] == 3
