@@ -303,8 +303,12 @@ class Server:
                     return
                 except zmq.ZMQError:
                     return
-                event = self._parse_monitor(frames)
-                fd = int(event["value"])
+                try:
+                    event = self._parse_monitor(frames)
+                    fd = int(event["value"])
+                except Exception as exc:  # noqa: BLE001 - a bad monitor frame must not kill a serving thread
+                    log.warning("ignoring an unreadable socket-monitor event: %r", exc)
+                    continue
                 if event["event"] == zmq.EVENT_ACCEPTED:
                     self._live_fds.add(fd)
                     self._closed_fds.append(("accepted", fd))  # an fd number reused: older users are gone
