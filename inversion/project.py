@@ -53,77 +53,12 @@ from ._common import (
     tensor_to_uint8,
 )
 from .cache import CacheEntry, LatentCache, cache_key
+from .pti import pivotal_tuning
+from .settings import PRESETS, PerceptualObjective, ProjectionSettings
 
 StepReport = Callable[[int, dict[str, Any]], None]  # (step within the whole run, metrics)
 
 __all__ = ["PRESETS", "ProjectionResult", "ProjectionSettings", "project", "InversionCancelled"]
-
-
-@dataclass(frozen=True)
-class ProjectionSettings:
-    """Every knob of a projection (a preset is one of these). Steps are optimiser steps.
-
-    Projection: ``steps`` Adam steps at peak learning rate ``lr`` with the official schedule
-    (linear rampup over the first ``lr_rampup`` fraction, cosine rampdown over the last
-    ``lr_rampdown`` fraction); latent noise of std ``w_noise_factor * w_std`` decaying
-    quadratically to 0 at ``noise_ramp`` of the run; the first ``w_phase`` fraction optimises a
-    single w shared by all layers, the rest W+. ``search_samples`` > 0: start from the best of
-    that many samples (truncated towards w_avg by ``search_psi``) and w_avg itself.
-    Loss = ST-LPIPS(``lpips_net``, images area-downsampled to ``lpips_max_side``)
-    + ``pixel_weight`` * MSE([-1, 1] images) [+ ``noise_regularization`` * noise penalty].
-
-    Pivotal tuning (only with ``pti=True``): ``pti_steps`` Adam steps at ``pti_lr`` on a copy of
-    the generator, loss = ST-LPIPS + ``pti_pixel_weight`` * MSE, plus every ``pti_locality_every``
-    steps ``pti_locality_weight`` * (same loss between tuned and original generator at a latent
-    ``pti_locality_fraction`` of the way from the pivot to a random sample); stops early when the
-    ST-LPIPS to the photo falls below ``pti_stop_stlpips``.
-    """
-
-    steps: int = 150
-    lr: float = 0.05
-    lr_rampup: float = 0.05
-    lr_rampdown: float = 0.25
-    w_noise_factor: float = 0.05
-    noise_ramp: float = 0.75
-    w_phase: float = 0.2
-    search_samples: int = 8
-    search_psi: float = 0.7
-    pixel_weight: float = 1.0
-    lpips_net: str = "vgg"
-    lpips_max_side: int = 256
-    optimize_noise: bool = False
-    noise_regularization: float = 1e5
-    w_stats_samples: int = 1000
-    seed: int = 0
-    pti_steps: int = 80
-    pti_lr: float = 3e-4
-    pti_pixel_weight: float = 1.0
-    pti_locality_weight: float = 0.1
-    pti_locality_fraction: float = 0.5
-    pti_locality_every: int = 4
-    pti_stop_stlpips: float = 0.02
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.pti_steps < 0 or self.search_samples < 0:
-            raise ValueError("steps, pti_steps and search_samples must be >= 0")
-        if self.lpips_net not in ("vgg", "alex"):
-            raise ValueError(f"lpips_net must be 'vgg' or 'alex', got {self.lpips_net!r}")
-        if not 0.0 <= self.w_phase <= 1.0:
-            raise ValueError(f"w_phase must be in [0, 1], got {self.w_phase}")
-        if self.pti_locality_every < 1:
-            raise ValueError("pti_locality_every must be >= 1")
-
-    def replace(self, **changes: Any) -> ProjectionSettings:
-        return dataclasses.replace(self, **changes)
-
-
-PRESETS: dict[str, ProjectionSettings] = {
-    # Interactive on a GPU: a short search, 150 steps (W then W+), a short PTI when asked.
-    "fast": ProjectionSettings(),
-    # Slower and closer: more samples and steps, longer PTI without early stop.
-    "quality": ProjectionSettings(steps=600, lr=0.05, search_samples=32, w_phase=0.25,
-                                  pti_steps=300, pti_locality_every=1, pti_stop_stlpips=0.0),
-}
 
 
 @dataclass
@@ -206,25 +141,7 @@ def _lr_factor(t: float, settings: ProjectionSettings) -> float:
     return ramp
 
 
-class _Objective:
-    """ST-LPIPS (target features cached) + weighted MSE against one target image."""
-
-    def __init__(self, target: torch.Tensor, net: str, max_side: int, pixel_weight: float) -> None:
-        self.target = target
-        self.max_side = max_side
-        self.pixel_weight = pixel_weight
-        self.metric = shared_stlpips(net, target.device)
-        with torch.no_grad():
-            self.target_features = self.metric.features(resize_for_lpips(target, self.max_side))
-
-    def __call__(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[N] total loss and [N] ST-LPIPS term for images [N, 3, H, W]."""
-        perceptual = self.metric.distance_to(resize_for_lpips(img, self.max_side), self.target_features)
-        pixel = (img - self.target).square().mean(dim=(1, 2, 3))
-        return perceptual + self.pixel_weight * pixel, perceptual
-
-
-def _search_start(G: Any, objective: _Objective, w_avg: torch.Tensor, settings: ProjectionSettings,
+def _search_start(G: Any, objective: PerceptualObjective, w_avg: torch.Tensor, settings: ProjectionSettings,
                   should_cancel: CancelCheck | None) -> torch.Tensor:
     """Best starting w [w_dim]: w_avg or one of ``search_samples`` truncated samples."""
     candidates = [w_avg[None]]
@@ -251,7 +168,7 @@ def _project_latent(
     """Optimise W+ (and optionally noise). Returns (ws [1, num_ws, w_dim], generator to use:
     ``G`` or a weight-sharing copy holding the optimised noise)."""
     device = target.device
-    objective = _Objective(target, settings.lpips_net, settings.lpips_max_side, settings.pixel_weight)
+    objective = PerceptualObjective(target, settings.lpips_net, settings.lpips_max_side, settings.pixel_weight)
     w_avg, w_std = _w_statistics(G, settings.w_stats_samples, settings.seed)
     w_avg = w_avg.to(device)
     w_start = _search_start(G, objective, w_avg, settings, should_cancel)
@@ -383,7 +300,6 @@ def project(
     ws, generator = _project_latent(G, target, settings, report, should_cancel)
     steps_done = settings.steps
     if pti:
-        from .pti import pivotal_tuning
 
         def report_pti(step: int, total: int, metrics: dict[str, Any]) -> None:
             report(settings.steps + step, metrics)

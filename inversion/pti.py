@@ -25,7 +25,7 @@ from ._common import (
     shared_stlpips,
     synthesize,
 )
-from .project import ProjectionSettings, _Objective
+from .settings import PerceptualObjective, ProjectionSettings
 
 __all__ = ["pivotal_tuning"]
 
@@ -76,7 +76,7 @@ def pivotal_tuning(
     params = [p for p in tuned.synthesis.parameters()]
     for p in params:
         p.requires_grad_(True)
-    objective = _Objective(target, settings.lpips_net, settings.lpips_max_side, settings.pti_pixel_weight)
+    objective = PerceptualObjective(target, settings.lpips_net, settings.lpips_max_side, settings.pti_pixel_weight)
     optimizer = torch.optim.Adam(params, lr=settings.pti_lr)
     gen = torch.Generator(device="cpu").manual_seed(settings.seed + 2)
     steps_run = 0
