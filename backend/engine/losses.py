@@ -15,6 +15,8 @@ Motion supervision for a handle ``p`` with target ``t`` (official ``viz/renderer
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -35,8 +37,13 @@ def directions(points: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
 
 def stop_reached(points: torch.Tensor, targets: torch.Tensor, threshold: float) -> bool:
     """Official stop rule: every handle within ``threshold`` pixels of its target (``<=``)."""
+    return bool(stop_reached_tensor(points, targets, threshold))
+
+
+def stop_reached_tensor(points: torch.Tensor, targets: torch.Tensor, threshold: float) -> torch.Tensor:
+    """:func:`stop_reached` as a 0-d bool tensor on the points' device (no host synchronisation)."""
     _, norms = directions(points, targets)
-    return bool((norms <= threshold).all())
+    return (norms <= threshold).all()
 
 
 def supervised_pixels_reference(point: tuple[int, int], radius: int, height: int, width: int) -> tuple[
@@ -47,6 +54,13 @@ def supervised_pixels_reference(point: tuple[int, int], radius: int, height: int
     distance = ((xx - point[0]) ** 2 + (yy - point[1]) ** 2) ** 0.5
     rows, cols = torch.where(distance < radius)
     return rows, cols
+
+
+@functools.lru_cache(maxsize=16)
+def _official_linspaces(height: int, width: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linspace(0, H, H)`` and ``linspace(0, W, W)`` computed on the CPU as the official code does,
+    copied to ``device`` once (not every step: a host-to-device copy waits for the device)."""
+    return (torch.linspace(0, height, height).to(device), torch.linspace(0, width, width).to(device))
 
 
 def supervised_pixels(
@@ -61,8 +75,7 @@ def supervised_pixels(
     the strict ``<`` picks exactly the same pixels.
     """
     device = points.device
-    lin_rows = torch.linspace(0, height, height).to(device)
-    lin_cols = torch.linspace(0, width, width).to(device)
+    lin_rows, lin_cols = _official_linspaces(height, width, str(device))
     offsets = torch.arange(-radius - 1, radius + 2, device=device)
     rows = points[:, 0:1, None] + offsets.view(1, -1, 1)
     cols = points[:, 1:2, None] + offsets.view(1, 1, -1)

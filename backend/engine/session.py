@@ -15,6 +15,19 @@ Step ``k`` (0-based) of a drag: track the handles on the current latent's featur
 handles themselves), report them, stop if every handle is within the stop distance of its target,
 else back-propagate motion supervision (+ mask term) and take one Adam step. ``DragStep.preview``
 and ``DragStep.points`` describe the latent *before* step ``k``'s update, as the official renderer.
+
+Precision (``DragParams.precision``, fast mode only; reference mode is always float32): ``"bf16"``
+runs the truncated synthesis and the previews under ``torch.autocast`` in bfloat16, ``"auto"``
+picks bf16 only where it is fast (see :mod:`inversion.precision`). Tracking, losses, Adam and the
+latent stay float32; :meth:`DragSession.image` is always rendered in float32.
+
+Host synchronisation (``DragParams.sync_every``, fast mode): with ``k = 1`` every step reads its
+tracked points, losses and stop flag back to the host (free on a CPU). With ``k > 1`` (the default
+on CUDA) :meth:`DragSession.run` queues up to ``k`` steps on the device without reading anything
+back: the stop rule is evaluated on the device and, once reached, masks every later update
+(latent and points stay as they were at the stop step); the host reads the batch back when ``k``
+steps are queued, a preview is due or the run ends, and yields the same steps (the ones after a
+stop are discarded), so results are those of ``k = 1``. At most ``k - 1`` wasted steps follow a stop.
 """
 
 from __future__ import annotations
@@ -28,8 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from inversion.precision import PRECISIONS, autocast, resolve_precision
+
 from . import conventions
-from .losses import mask_at_resolution, mask_loss, motion_loss, motion_loss_reference, stop_reached
+from .losses import (
+    mask_at_resolution,
+    mask_loss,
+    motion_loss,
+    motion_loss_reference,
+    stop_reached,
+    stop_reached_tensor,
+)
 from .sources import FullResFeatures, LowResFeatures
 from .synthesis import block_features
 from .tracking import track_points, track_points_reference
@@ -49,6 +71,10 @@ class DragParams:
 
     ``lr_schedule``: optional ``step_index -> learning rate`` (the hook for step-size control;
     ``None`` keeps ``lr`` constant, as the official code).
+
+    ``precision``: ``"fp32"``, ``"bf16"`` or ``"auto"`` (fast mode only, see the module docstring).
+    ``sync_every``: steps between host read-backs in :meth:`DragSession.run` (fast mode); ``0`` = auto:
+    1 on a CPU, ``preview_every`` (or 10 without previews) on other devices.
     """
 
     max_steps: int = 300
@@ -61,6 +87,8 @@ class DragParams:
     feature_block: int = 5
     preview_every: int = 10
     mode: str = "fast"
+    precision: str = "fp32"
+    sync_every: int = 0
     lr_schedule: Callable[[int], float] | None = field(default=None, compare=False)
 
     def validate(self) -> None:
@@ -89,6 +117,9 @@ class DragParams:
         integer("preview_every", 0)
         if self.mode not in MODES:
             raise ValueError(f"params.mode: expected one of {MODES}, got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"params.precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        integer("sync_every", 0)
         if self.lr_schedule is not None and not callable(self.lr_schedule):
             raise ValueError("params.lr_schedule: expected a callable step_index -> lr, or None")
 
@@ -106,7 +137,7 @@ class DragStep:
     loss_mask: float  # unweighted mask term, 0 without a mask
     preview: np.ndarray | None  # uint8 [H, W, 3] of the latent this step tracked on, every preview_every
     done: bool  # stop rule reached: no update was made in this step
-    seconds: float  # wall time of the step, preview included
+    seconds: float  # wall time of the step, preview included (with sync_every > 1: the batch's mean)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -185,6 +216,10 @@ class DragSession:
         self._optimizer = torch.optim.Adam([self._w_opt], lr=params.lr)
         self._points_rc = conventions.handles_to_rowcol(handles)
         self._targets_rc = conventions.targets_to_rowcol(targets)
+        self._points_t = torch.tensor(self._points_rc, dtype=torch.int64, device=self.device)
+        self._targets_t = torch.tensor(self._targets_rc, dtype=torch.float64, device=self.device)
+        self._stopped_t = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._dtype = torch.float32 if params.mode == "reference" else resolve_precision(params.precision, self.device)
         self._fixed_mask = None if fixed_mask is None else fixed_mask.to(self.device)
         self._fixed_mask_low: torch.Tensor | None = None
         self._refs: torch.Tensor | list[torch.Tensor] | None = None
@@ -231,9 +266,28 @@ class DragSession:
             self._image_cache = (self._version, self._render(self.ws))
         return self._image_cache[1]
 
-    def _render(self, ws: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return to_uint8(self.G.synthesis(ws, noise_mode="const"))
+    def _render(self, ws: torch.Tensor, dtype: torch.dtype = torch.float32) -> np.ndarray:
+        return to_uint8(self._render_tensor(ws, dtype))
+
+    def _render_tensor(self, ws: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        with torch.no_grad(), autocast(dtype, self.device):
+            return self.G.synthesis(ws, noise_mode="const").float()
+
+    @property
+    def precision(self) -> torch.dtype:
+        """The dtype the steps run in (``torch.float32`` or ``torch.bfloat16``)."""
+        return self._dtype
+
+    def sync_interval(self) -> int:
+        """Steps :meth:`run` queues between host read-backs (see ``DragParams.sync_every``)."""
+        params = self.params
+        if params.mode == "reference":
+            return 1
+        if params.sync_every > 0:
+            return params.sync_every
+        if self.device.type == "cpu":
+            return 1
+        return params.preview_every if params.preview_every > 0 else 10
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -252,14 +306,41 @@ class DragSession:
         :class:`EditCancelled` there; the latent then stays at the last finished step, so the
         session can continue. ``progress`` (optional) is called with each step before it is yielded.
         """
+        def cancel_due() -> bool:
+            return self._cancel_requested.is_set() or (should_cancel is not None and should_cancel())
+
+        def cancelled() -> EditCancelled:
+            self._cancel_requested.clear()
+            return EditCancelled(f"drag cancelled before step {self._step_index} of {self.params.max_steps}")
+
+        if self.sync_interval() <= 1:
+            while not self.finished:
+                if cancel_due():
+                    raise cancelled()
+                result = self.step()
+                if progress is not None:
+                    progress(result)
+                yield result
+            return
+
+        interval = self.sync_interval()
         while not self.finished:
-            if self._cancel_requested.is_set() or (should_cancel is not None and should_cancel()):
-                self._cancel_requested.clear()
-                raise EditCancelled(f"drag cancelled before step {self._step_index} of {self.params.max_steps}")
-            result = self.step()
-            if progress is not None:
-                progress(result)
-            yield result
+            started = time.perf_counter()
+            pending: list[_Pending] = []
+            cancel = False
+            while not self.finished and len(pending) < interval:
+                if cancel_due():
+                    cancel = True
+                    break
+                pending.append(self._queue_step())
+                if pending[-1].preview is not None:
+                    break
+            for result in self._read_back(pending, started):
+                if progress is not None:
+                    progress(result)
+                yield result
+            if cancel and not self.finished:
+                raise cancelled()
 
     def step(self) -> DragStep:
         """Runs one step (see the module docstring). Raises ``RuntimeError`` when already finished."""
@@ -277,7 +358,10 @@ class DragSession:
             image, loss_motion, loss_fix, stop = self._reference_forward(ws)
         else:
             image = None
-            loss_motion, loss_fix, stop = self._fast_forward(ws)
+            tracked, loss_motion, loss_fix, stop_t = self._fast_forward(ws)
+            self._points_t = tracked
+            self._points_rc = [(int(r), int(c)) for r, c in tracked.tolist()]
+            stop = bool(stop_t)
         loss = loss_motion if loss_fix is None else loss_motion + params.lambda_mask * loss_fix
 
         if not stop:
@@ -291,7 +375,7 @@ class DragSession:
         preview = None
         want_preview = params.preview_every > 0 and (index + 1) % params.preview_every == 0
         if want_preview or stop:
-            preview = to_uint8(image.detach()) if image is not None else self._render(ws.detach())
+            preview = to_uint8(image.detach()) if image is not None else self._render(ws.detach(), self._dtype)
         self._step_index += 1
         self._done = stop
         return DragStep(
@@ -325,12 +409,19 @@ class DragSession:
             loss_fix = mask_loss(full, self._initial_features, self._fixed_mask)
         return image, loss_motion, loss_fix, stop
 
-    def _fast_forward(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-        """Synthesis up to the feature block; losses and tracking on the low-resolution map."""
-        block = block_features(self.G.synthesis, ws, self.params.feature_block, fused_modconv=False)
+    def _fast_forward(
+        self, ws: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Synthesis up to the feature block; losses and tracking on the low-resolution map.
+
+        Returns (tracked points ``[P, 2]`` int64, motion loss, mask loss or None, stop flag 0-d bool),
+        all on the device: nothing is read back to the host here.
+        """
+        with autocast(self._dtype, self.device):
+            block = block_features(self.G.synthesis, ws, self.params.feature_block, fused_modconv=False)
+        block = block.float()
         source = LowResFeatures(block, self.height, self.width)
-        points = torch.tensor(self._points_rc, dtype=torch.int64, device=self.device)
-        targets = torch.tensor(self._targets_rc, dtype=torch.float64, device=self.device)
+        points = self._points_t
         if self._refs is None:
             self._initial_features = block.detach()
             with torch.no_grad():
@@ -339,10 +430,85 @@ class DragSession:
                 self._fixed_mask_low = mask_at_resolution(self._fixed_mask, block.shape[2], block.shape[3])
         assert isinstance(self._refs, torch.Tensor) and self._initial_features is not None
         points = track_points(source.detach(), self._refs, points, self.r2_px)
-        self._points_rc = [(int(r), int(c)) for r, c in points.tolist()]
-        stop = stop_reached(points, targets, self.stop_distance)
-        loss_motion = motion_loss(source, points, targets, self.r1_px)
+        stop = stop_reached_tensor(points, self._targets_t, self.stop_distance)
+        loss_motion = motion_loss(source, points, self._targets_t, self.r1_px)
         loss_fix = None
         if self._fixed_mask_low is not None:
             loss_fix = mask_loss(block, self._initial_features, self._fixed_mask_low)
-        return loss_motion, loss_fix, stop
+        return points, loss_motion, loss_fix, stop
+
+    # -- steps queued without host synchronisation (sync_every > 1) ---------------------------------
+
+    def _queue_step(self) -> _Pending:
+        """One fast step whose results stay on the device; masked out once the stop rule was reached."""
+        params = self.params
+        index = self._step_index
+        if params.lr_schedule is not None:
+            for group in self._optimizer.param_groups:
+                group["lr"] = float(params.lr_schedule(index))
+        stopped_before = self._stopped_t
+        ws = conventions.assemble_ws(self._w_opt, self._w0, self.optimize_ws)
+        tracked, loss_motion, loss_fix, stop = self._fast_forward(ws)
+        loss = loss_motion if loss_fix is None else loss_motion + params.lambda_mask * loss_fix
+        stopped_now = stopped_before | stop
+        (grad,) = torch.autograd.grad(loss, [self._w_opt])
+        previous = self._w_opt.detach().clone()
+        self._optimizer.zero_grad(set_to_none=True)
+        self._w_opt.grad = grad
+        self._optimizer.step()
+        self._w_opt.grad = None
+        with torch.no_grad():
+            self._w_opt.copy_(torch.where(stopped_now, previous, self._w_opt))
+        self._version += 1
+        self._points_t = torch.where(stopped_before, self._points_t, tracked)
+        self._stopped_t = stopped_now
+        preview = None
+        if params.preview_every > 0 and (index + 1) % params.preview_every == 0:
+            preview = self._render_tensor(ws.detach(), self._dtype)
+        zero = loss.new_zeros(())
+        scalars = torch.stack([loss.detach(), loss_motion.detach(), zero if loss_fix is None else loss_fix.detach(),
+                               stop.to(loss.dtype), stopped_before.to(loss.dtype)])
+        self._step_index += 1
+        return _Pending(index=index, points=tracked, scalars=scalars, preview=preview)
+
+    def _read_back(self, pending: list[_Pending], started: float) -> list[DragStep]:
+        """Reads a batch of queued steps back in one transfer; drops the steps after a stop."""
+        if not pending:
+            return []
+        count = len(pending)
+        scalars = torch.stack([p.scalars.float() for p in pending]).cpu().tolist()
+        points = torch.stack([p.points for p in pending]).cpu().tolist()
+        final_points = self._points_t.cpu().tolist()
+        seconds = (time.perf_counter() - started) / count
+        steps = []
+        for record, values, tracked in zip(pending, scalars, points):
+            loss, loss_motion, loss_mask, stop, stopped_before = values
+            if stopped_before:
+                break
+            preview = None if record.preview is None else to_uint8(record.preview)
+            done = bool(stop)
+            if done:
+                self._done = True
+                self._step_index = record.index + 1
+                if preview is None:
+                    preview = self._render(self.ws, self._dtype)  # updates after the stop were masked out
+            steps.append(DragStep(
+                index=record.index, total=self.params.max_steps,
+                points=conventions.rowcol_to_xy([(int(r), int(c)) for r, c in tracked]), targets=self.targets,
+                loss=loss, loss_motion=loss_motion, loss_mask=loss_mask if self._fixed_mask_low is not None else 0.0,
+                preview=preview, done=done, seconds=seconds,
+            ))
+            if done:
+                break
+        self._points_rc = [(int(r), int(c)) for r, c in final_points]
+        return steps
+
+
+@dataclass
+class _Pending:
+    """A queued step's results, still on the device."""
+
+    index: int
+    points: torch.Tensor  # [P, 2] int64, tracked in this step
+    scalars: torch.Tensor  # [5]: loss, loss_motion, loss_mask, stop, stopped before this step
+    preview: torch.Tensor | None  # [1, 3, H, W] float, or None
