@@ -54,6 +54,13 @@ def shared_stlpips(net: str, device: torch.device) -> STLPIPS:
         return model
 
 
+def register_stlpips(net: str, device: torch.device | str, model: STLPIPS) -> None:
+    """Use ``model`` as the shared ST-LPIPS ``net`` on ``device`` from now on (e.g. a
+    ``STLPIPS(weights="random")`` where the weights wheel is missing and only timing matters)."""
+    with _lpips_lock:
+        _lpips_nets[(net, str(torch.device(device)))] = model
+
+
 def generator_device(G: Any) -> torch.device:
     for p in G.parameters():
         return p.device

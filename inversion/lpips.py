@@ -229,13 +229,20 @@ class STLPIPS(nn.Module):
     dropout or batch norm, so train/eval mode give identical values.
 
     ``shipped_keys`` lists every key of the shipped state dict; all of them are loaded (strict).
+
+    ``weights="random"`` builds the same shapes without the wheel (seeded random convolutions,
+    binomial blur kernels, positive head weights): its values mean nothing, its cost is the real
+    one, which is what timing on a machine without ``stlpips-pytorch`` needs (``shipped_keys`` is
+    empty then).
     """
 
     input_shift: torch.Tensor
     input_scale: torch.Tensor
 
-    def __init__(self, net: NetName = "vgg") -> None:
+    def __init__(self, net: NetName = "vgg", weights: Literal["shipped", "random"] = "shipped") -> None:
         super().__init__()
+        if weights not in ("shipped", "random"):
+            raise ValueError(f"weights must be 'shipped' or 'random', got {weights!r}")
         if net not in _SPECS:
             raise ValueError(f"net must be 'vgg' or 'alex', got {net!r}")
         self.net_name = net
@@ -247,13 +254,34 @@ class STLPIPS(nn.Module):
             [nn.Parameter(torch.zeros(c)) for c in self.trunk.tap_channels]
         )
         self._min_side = self.trunk.min_side()
-        shipped = load_shipped_state_dict(net)
-        self.shipped_keys: tuple[str, ...] = tuple(shipped)
-        self.load_state_dict(self._translate(shipped), strict=True)
+        self.shipped_keys: tuple[str, ...] = ()
+        if weights == "shipped":
+            shipped = load_shipped_state_dict(net)
+            self.shipped_keys = tuple(shipped)
+            self.load_state_dict(self._translate(shipped), strict=True)
+        else:
+            self._randomise()
         self.requires_grad_(False)
         for layer in self.trunk.layers:
             if isinstance(layer, _BlurDownsample):
                 layer.same_kernel_everywhere = bool((layer.kernel == layer.kernel[:1]).all())
+
+    def _randomise(self) -> None:
+        """Seeded random weights of the shipped shapes (timing only; see the class docstring)."""
+        gen = torch.Generator().manual_seed(0)
+        binomial = torch.tensor([1.0, 2.0, 1.0])
+        kernel = torch.outer(binomial, binomial) / 16
+        with torch.no_grad():
+            for layer in self.trunk.layers:
+                if isinstance(layer, nn.Conv2d):
+                    fan_in = layer.weight[0].numel()
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                    assert layer.bias is not None
+                    layer.bias.zero_()
+                elif isinstance(layer, _BlurDownsample):
+                    layer.kernel.copy_(kernel.expand_as(layer.kernel))
+            for head in self.head_weights:
+                head.copy_(torch.rand(head.shape, generator=gen) / head.numel())
 
     def _translate(self, shipped: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Rename the shipped keys to ours; every shipped key must find a place."""

@@ -23,7 +23,6 @@ so a caller can warn when a photo is far from the model's domain.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import weakref
@@ -53,8 +52,9 @@ from ._common import (
     tensor_to_uint8,
 )
 from .cache import CacheEntry, LatentCache, cache_key
+from .precision import autocast, resolve_precision
 from .pti import pivotal_tuning
-from .settings import PRESETS, PerceptualObjective, ProjectionSettings
+from .settings import PRESETS, PerceptualObjective, ProjectionSettings, settings_key
 
 StepReport = Callable[[int, dict[str, Any]], None]  # (step within the whole run, metrics)
 
@@ -142,7 +142,7 @@ def _lr_factor(t: float, settings: ProjectionSettings) -> float:
 
 
 def _search_start(G: Any, objective: PerceptualObjective, w_avg: torch.Tensor, settings: ProjectionSettings,
-                  should_cancel: CancelCheck | None) -> torch.Tensor:
+                  should_cancel: CancelCheck | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Best starting w [w_dim]: w_avg or one of ``search_samples`` truncated samples."""
     candidates = [w_avg[None]]
     if settings.search_samples > 0:
@@ -153,11 +153,11 @@ def _search_start(G: Any, objective: PerceptualObjective, w_avg: torch.Tensor, s
         candidates.append(w_avg + settings.search_psi * (w - w_avg))
     all_w = torch.cat(candidates)  # [K, w_dim]
     losses = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(dtype, w_avg.device):
         for chunk in all_w.split(8):
             check_cancel(should_cancel, "projection")
             ws = chunk[:, None, :].repeat(1, G.num_ws, 1)
-            losses.append(objective(synthesize(G, ws))[0])
+            losses.append(objective(synthesize(G, ws))[0].float())
     return all_w[int(torch.cat(losses).argmin())]
 
 
@@ -168,10 +168,16 @@ def _project_latent(
     """Optimise W+ (and optionally noise). Returns (ws [1, num_ws, w_dim], generator to use:
     ``G`` or a weight-sharing copy holding the optimised noise)."""
     device = target.device
+    dtype = resolve_precision(settings.precision, device)
     objective = PerceptualObjective(target, settings.lpips_net, settings.lpips_max_side, settings.pixel_weight)
+    early_steps = int(round(settings.early_fraction * settings.steps))
+    early = objective
+    if early_steps > 0:
+        early = PerceptualObjective(target, settings.early_net, settings.early_max_side or settings.lpips_max_side,
+                                    settings.pixel_weight)
     w_avg, w_std = _w_statistics(G, settings.w_stats_samples, settings.seed)
     w_avg = w_avg.to(device)
-    w_start = _search_start(G, objective, w_avg, settings, should_cancel)
+    w_start = _search_start(G, early, w_avg, settings, should_cancel, dtype)
 
     work = G
     noise_maps: list[torch.Tensor] = []
@@ -202,9 +208,10 @@ def _project_latent(
         noise_scale = w_std * settings.w_noise_factor * ramp**2
         w_noise = torch.randn(w_opt.shape, generator=gen).to(device) * noise_scale
         ws = (w_opt + w_noise).expand(1, G.num_ws, G.w_dim)
-        img = synthesize(work, ws)
-        loss, perceptual = objective(img)
-        total = loss.sum()
+        with autocast(dtype, device):
+            img = synthesize(work, ws).float()
+            loss, perceptual = (early if step < early_steps else objective)(img)
+        total = loss.float().sum()
         if noise_maps:
             total = total + settings.noise_regularization * _noise_penalty(noise_maps)
         grads = torch.autograd.grad(total, [w_opt, *noise_maps])
@@ -275,7 +282,7 @@ def project(
 
     key = None
     if cache is not None:
-        key = cache_key(pixels, model_id, {"settings": dataclasses.asdict(settings), "pti": bool(pti)})
+        key = cache_key(pixels, model_id, {"settings": settings_key(settings), "pti": bool(pti)})
         entry = cache.get(key)
         if (entry is not None and tuple(entry.ws.shape) == (1, G.num_ws, G.w_dim)
                 and entry.reconstruction.shape == pixels.shape):

@@ -25,6 +25,7 @@ from ._common import (
     shared_stlpips,
     synthesize,
 )
+from .precision import autocast, resolve_precision
 from .settings import PerceptualObjective, ProjectionSettings
 
 __all__ = ["pivotal_tuning"]
@@ -79,15 +80,17 @@ def pivotal_tuning(
     objective = PerceptualObjective(target, settings.lpips_net, settings.lpips_max_side, settings.pti_pixel_weight)
     optimizer = torch.optim.Adam(params, lr=settings.pti_lr)
     gen = torch.Generator(device="cpu").manual_seed(settings.seed + 2)
+    dtype = resolve_precision(settings.precision, device)
     steps_run = 0
     try:
         for step in range(settings.pti_steps):
             check_cancel(should_cancel, "pivotal tuning")
-            img = synthesize(tuned, pivot)
-            loss, perceptual = objective(img)
-            total = loss.sum()
-            if settings.pti_locality_weight > 0 and step % settings.pti_locality_every == 0:
-                total = total + settings.pti_locality_weight * _locality_loss(G, tuned, pivot, settings, gen)
+            with autocast(dtype, device):
+                img = synthesize(tuned, pivot).float()
+                loss, perceptual = objective(img)
+                total = loss.float().sum()
+                if settings.pti_locality_weight > 0 and step % settings.pti_locality_every == 0:
+                    total = total + settings.pti_locality_weight * _locality_loss(G, tuned, pivot, settings, gen)
             grads = torch.autograd.grad(total, params, allow_unused=True)
             for p, g in zip(params, grads):
                 p.grad = g

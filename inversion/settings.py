@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from ._common import resize_for_lpips, shared_stlpips
+from .precision import PRECISIONS
 
-__all__ = ["PRESETS", "PerceptualObjective", "ProjectionSettings"]
+__all__ = ["PRESETS", "PerceptualObjective", "ProjectionSettings", "settings_key"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,12 @@ class ProjectionSettings:
     steps ``pti_locality_weight`` * (same loss between tuned and original generator at a latent
     ``pti_locality_fraction`` of the way from the pivot to a random sample); stops early when the
     ST-LPIPS to the photo falls below ``pti_stop_stlpips``.
+
+    Speed levers (off by default): the first ``early_fraction`` of the projection steps (and the
+    start search) use the lighter ``early_net`` on images area-downsampled to ``early_max_side``
+    (0 = ``lpips_max_side``); ``precision`` ("fp32", "bf16", "auto": see
+    :mod:`inversion.precision`) runs the generator and the perceptual network under autocast
+    (the final figures are always float32).
     """
 
     steps: int = 150
@@ -60,6 +67,10 @@ class ProjectionSettings:
     pti_locality_fraction: float = 0.5
     pti_locality_every: int = 4
     pti_stop_stlpips: float = 0.02
+    precision: str = "fp32"
+    early_fraction: float = 0.0
+    early_net: str = "alex"
+    early_max_side: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.pti_steps < 0 or self.search_samples < 0:
@@ -70,9 +81,31 @@ class ProjectionSettings:
             raise ValueError(f"w_phase must be in [0, 1], got {self.w_phase}")
         if self.pti_locality_every < 1:
             raise ValueError("pti_locality_every must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.early_fraction <= 1.0:
+            raise ValueError(f"early_fraction must be in [0, 1], got {self.early_fraction}")
+        if self.early_net not in ("vgg", "alex"):
+            raise ValueError(f"early_net must be 'vgg' or 'alex', got {self.early_net!r}")
+        if self.early_max_side < 0:
+            raise ValueError("early_max_side must be >= 0")
 
     def replace(self, **changes: Any) -> ProjectionSettings:
         return dataclasses.replace(self, **changes)
+
+
+# Fields added after the latent cache's first format: left out of the cache key at their defaults,
+# so that entries written before they existed still hit.
+_LATER_FIELDS = {"precision": "fp32", "early_fraction": 0.0, "early_net": "alex", "early_max_side": 0}
+
+
+def settings_key(settings: ProjectionSettings) -> dict[str, Any]:
+    """The settings as they enter the latent cache key."""
+    values = dataclasses.asdict(settings)
+    for name, default in _LATER_FIELDS.items():
+        if values.get(name) == default:
+            values.pop(name)
+    return values
 
 
 PRESETS: dict[str, ProjectionSettings] = {
