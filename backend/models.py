@@ -80,6 +80,7 @@ class ModelSpec:
     sha256: str = ""
     instructions: str = ""
     notes: str = ""
+    alignment: str = "none"   # backend/align.py ALIGNMENTS: "ffhq" = the FFHQ recipe's quad at the model's size
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ModelInfo:
     source: str
     kind: str = "download"
     notes: str = ""
+    alignment: str = "none"
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +134,15 @@ def poor_inversion(name: str) -> PoorInversion:
                              f"calibrated ({calibration_file(name).name}, {data.get('date', '?')})")
     except (OSError, ValueError, KeyError, TypeError):
         return DEFAULT_POOR_INVERSION
+
+
+def model_alignment(name: str, option: str = "auto") -> str:
+    """The alignment to use for model `name` under the user's option: "off" -> "none"; "auto" -> the
+    registry entry's alignment ("none" for models without one, custom files included)."""
+    if option not in ("auto", "off"):
+        raise ValueError(f"align option must be 'auto' or 'off', got {option!r}")
+    spec = REGISTRY.get(name)
+    return "none" if option == "off" or spec is None else spec.alignment
 
 
 class ModelError(Exception):
@@ -177,7 +188,8 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec(
         name="ffhq-512", filename="stylegan2-ffhq-512x512.pkl", width=512, height=512, kind="download",
         licence=_LICENCE_NVIDIA_ADA + " Training images: FFHQ (Flickr), CC BY-NC-SA 4.0.",
-        source="NVIDIA StyleGAN2 (ADA, PyTorch), human faces FFHQ 512x512", url=_NGC + "stylegan2-ffhq-512x512.pkl"),
+        source="NVIDIA StyleGAN2 (ADA, PyTorch), human faces FFHQ 512x512", url=_NGC + "stylegan2-ffhq-512x512.pkl",
+        alignment="ffhq"),
     ModelSpec(
         name="afhqcat-512", filename="stylegan2-afhqcat-512x512.pkl", width=512, height=512, kind="download",
         licence=_LICENCE_NVIDIA_ADA + " Training images: AFHQ cats, CC BY-NC 4.0.",
@@ -297,7 +309,7 @@ def available_models(extra: Mapping[str, Path] | None = None, folder: Path | Non
         out.append(ModelInfo(name=spec.name, path=path, installed=bool(path and path.is_file()),
                              width=spec.width, height=spec.height, licence=spec.licence,
                              source=spec.url or spec.source, kind=spec.kind,
-                             notes=spec.notes or spec.instructions))
+                             notes=spec.notes or spec.instructions, alignment=spec.alignment))
     for name, entry in sorted(recorded.items()):
         if name in REGISTRY:
             continue

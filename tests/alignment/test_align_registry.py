@@ -1,0 +1,27 @@
+"""The model registry's alignment field (issue 19, step b)."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend import align, models
+
+
+def test_alignment_per_model() -> None:
+    assert models.REGISTRY["ffhq-512"].alignment == "ffhq"
+    assert models.REGISTRY[models.DEFAULT_MODEL].alignment == "none"   # faces-128: see docs/alignment.md
+    for spec in models.REGISTRY.values():
+        assert spec.alignment in align.ALIGNMENTS
+        if spec.name != "ffhq-512":
+            assert spec.alignment == "none", spec.name
+    infos = {m.name: m for m in models.available_models(folder=models.Path("/nonexistent-models-dir"))}
+    assert infos["ffhq-512"].alignment == "ffhq" and infos["lions-512"].alignment == "none"
+
+
+def test_auto_and_off() -> None:
+    assert models.model_alignment("ffhq-512") == "ffhq"
+    assert models.model_alignment("ffhq-512", "off") == "none"
+    assert models.model_alignment("faces-128", "auto") == "none"
+    assert models.model_alignment("my-custom-model", "auto") == "none"   # no registry entry: none
+    with pytest.raises(ValueError):
+        models.model_alignment("ffhq-512", "on")
