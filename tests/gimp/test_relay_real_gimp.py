@@ -75,7 +75,14 @@ def drive(gimp3_run, backend, tmp_path_factory):
     report = json.loads((io / "report.json").read_text())
     assert report["ok"], report.get("exception")
     jobs_file = folder / "jobs.jsonl"
-    jobs = [json.loads(line) for line in jobs_file.read_text().splitlines()] if jobs_file.exists() else []
+    # The backend logs a job when it ends; the killed job's abort may still be on its way when GIMP
+    # exits (a loaded machine), so wait for both entries for a bounded time.
+    deadline = time.monotonic() + 30
+    while True:
+        jobs = [json.loads(line) for line in jobs_file.read_text().splitlines()] if jobs_file.exists() else []
+        if len(jobs) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     relay_line = next((ln for ln in output.splitlines() if ln.startswith("DragGAN relay: sent")), "")
     print(f"relay run: edit {report['edit']}; cancel {report['cancel']}; "
           f"jobs {[(j['outcome'][:60], j['seconds']) for j in jobs]}; {relay_line}")
