@@ -124,7 +124,7 @@ class MTCNN(nn.Module):
         a = np.asarray(image)
         if a.ndim != 3 or a.shape[2] < 3 or a.dtype != np.uint8:
             raise ValueError("image must be uint8 [H, W, 3]")
-        img = torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1)[None].float()
+        img = torch.from_numpy(np.array(a[..., :3])).permute(2, 0, 1)[None].float()
         H, W = a.shape[:2]
         m = 12.0 / min_size
         min_side = min(H, W) * m
