@@ -1,7 +1,8 @@
 """Seconds per drag step and peak memory: reference mode (the official step) vs fast mode.
 
 Random-weight generators of the official shapes (z_dim = w_dim = 512, 8 mapping layers):
-256² (channel_base 16384, channel_max 512) and 512² (channel_base 32768, channel_max 512, FFHQ-512).
+256² (channel_base 16384, channel_max 512), 512² (channel_base 32768, channel_max 512, FFHQ-512) and
+1024² (FFHQ-1024); 64² (channel_max 64) is a seconds-long configuration for dry runs.
 
 Every measurement runs in its own child process, so its peak RSS (``ru_maxrss``) belongs to that
 configuration alone; the children of one run are interleaved (reference, fast, reference, fast, ...)
@@ -14,6 +15,8 @@ Usage::
     python benchmarks/drag_step.py --resolutions 512 --points 1 --variants reference fast fast-fused \\
         fast-fullres fast-untruncated                      # one lever switched off at a time
     python benchmarks/drag_step.py --mask                  # with a mask (fixed outside a centred disk)
+    python benchmarks/drag_step.py --device cuda --resolutions 256 512 1024 --precisions fp32 bf16 \
+        --json out.json                                    # fast mode in fp32 and bf16 (reference: fp32 only)
 
 Variants: ``reference`` and ``fast`` are the engine's modes. The ablations switch one fast-mode lever
 off: ``fast-fused`` (fused modulated convolutions), ``fast-fullres`` (features upsampled to image
@@ -33,7 +36,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {256: dict(channel_base=16384, channel_max=512), 512: dict(channel_base=32768, channel_max=512)}
+# benchmarks/inversion.py would shadow the inversion package that the engine imports
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+CONFIGS = {64: dict(channel_base=2048, channel_max=64), 256: dict(channel_base=16384, channel_max=512),
+           512: dict(channel_base=32768, channel_max=512), 1024: dict(channel_base=32768, channel_max=512)}
 VARIANTS = ("reference", "fast", "fast-fused", "fast-fullres", "fast-untruncated")
 
 
@@ -85,7 +91,13 @@ def child(args: argparse.Namespace) -> None:
         mask = (((yy - resolution / 2) ** 2 + (xx - resolution / 2) ** 2) <= (0.35 * resolution) ** 2)
         mask = mask.astype(np.float32)
     mode = "reference" if variant == "reference" else "fast"
-    params = DragParams(max_steps=args.warmup + args.steps, preview_every=0, mode=mode)
+    # CPU: every step read back (per-step times). Other devices: the timed steps are queued as one
+    # batch without host synchronisation (the engine's default there) and timed together.
+    queued = device.type != "cpu" and mode == "fast"
+    # official settings (block 5, r1 3, r2 12); the 64² dry-run generator has 5 blocks and needs r1 >= 8
+    params = DragParams(max_steps=args.warmup + args.steps, preview_every=0, mode=mode, precision=args.precision,
+                        sync_every=args.steps if queued else 1, feature_block=min(5, G.synthesis.num_blocks - 1),
+                        r1=max(3.0, 512 / resolution))
 
     def sync() -> None:
         if device.type == "cuda":
@@ -100,14 +112,27 @@ def child(args: argparse.Namespace) -> None:
     seconds = []
     sync()
     started = time.perf_counter()
+    for _ in range(args.warmup):
+        assert not session.step().done
+        sync()
+        now = time.perf_counter()
+        seconds.append(now - started)
+        started = now
+    if queued:
+        steps = list(session.run())
+        sync()
+        assert len(steps) == args.steps and not any(step.done for step in steps)
+        seconds += [(time.perf_counter() - started) / args.steps] * args.steps
     for step in session.run():
         sync()
         now = time.perf_counter()
         seconds.append(now - started)
         started = now
         assert not step.done
+    assert len(seconds) == args.warmup + args.steps
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    result = dict(variant=variant, resolution=resolution, points=args.points, mask=bool(args.mask),
+    result = dict(variant=variant, precision=args.precision, resolution=resolution, points=args.points,
+                  mask=bool(args.mask),
                   step_seconds=seconds[args.warmup:], peak_rss=peak_rss, baseline_rss=baseline_rss,
                   threads=torch.get_num_threads(), device=str(device))
     if device.type == "cuda":
@@ -120,8 +145,9 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_child(args: argparse.Namespace, variant: str, resolution: int, points: int) -> dict:
+def run_child(args: argparse.Namespace, variant: str, resolution: int, points: int, precision: str = "fp32") -> dict:
     command = [sys.executable, __file__, "--child", "--variant", variant, "--resolution", str(resolution),
+               "--precision", precision,
                "--points", str(points), "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--threads", str(args.threads), "--device", args.device] + (["--mask"] if args.mask else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPO))
@@ -147,6 +173,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mask", action="store_true", help="edit with a mask (fixed outside a centred disk)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto"],
+                        help="precisions of the fast variants (reference mode is always fp32)")
+    parser.add_argument("--json", help="also write every child's result and the table rows to this file")
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="fast", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--resolution", type=int, default=256, help=argparse.SUPPRESS)
@@ -156,18 +186,20 @@ def main() -> None:
         child(args)
         return
 
-    results: dict[tuple[str, int, int], list[dict]] = {}
-    total = args.rounds * len(args.resolutions) * len(args.points) * len(args.variants)
+    runs = [(v, "fp32") if v == "reference" else (v, p) for v in args.variants for p in args.precisions]
+    runs = list(dict.fromkeys(runs))
+    results: dict[tuple[str, str, int, int], list[dict]] = {}
+    total = args.rounds * len(args.resolutions) * len(args.points) * len(runs)
     done = 0
     for round_index in range(args.rounds):
         for resolution in args.resolutions:
             for points in args.points:
-                variants = args.variants if round_index % 2 == 0 else list(reversed(args.variants))
-                for variant in variants:
-                    result = run_child(args, variant, resolution, points)
-                    results.setdefault((variant, resolution, points), []).append(result)
+                order = runs if round_index % 2 == 0 else list(reversed(runs))
+                for variant, precision in order:
+                    result = run_child(args, variant, resolution, points, precision)
+                    results.setdefault((variant, precision, resolution, points), []).append(result)
                     done += 1
-                    print(f"[{done}/{total}] {variant} {resolution}² {points} pt: steps "
+                    print(f"[{done}/{total}] {variant} {precision} {resolution}² {points} pt: steps "
                           + " ".join(f"{s:.3f}" for s in result["step_seconds"])
                           + f" s, peak RSS {gib(result['peak_rss'])} GiB", file=sys.stderr, flush=True)
 
@@ -177,28 +209,40 @@ def main() -> None:
           f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     peak_key = "peak_cuda" if args.device.startswith("cuda") else "peak_rss"
     base_key = "baseline_cuda" if args.device.startswith("cuda") else "baseline_rss"
-    header = (f"{'res':>4} {'pts':>3} {'variant':<17} {'s/step (median)':>15} {'min':>7} {'max':>7} "
+    header = (f"{'res':>4} {'pts':>3} {'variant':<22} {'s/step (median)':>15} {'min':>7} {'max':>7} "
               f"{'peak GiB':>8} {'peak-base':>9} {'image s':>7}  {'speed-up':>8} {'mem ratio':>9} {'(-base)':>7}")
     print(header)
     print("-" * len(header))
+    rows = []
     for resolution in args.resolutions:
         for points in args.points:
             base = None
-            for variant in args.variants:
-                runs = results[(variant, resolution, points)]
-                steps = [s for run in runs for s in run["step_seconds"]]
+            for variant, precision in runs:
+                children = results[(variant, precision, resolution, points)]
+                steps = [s for run in children for s in run["step_seconds"]]
                 median = statistics.median(steps)
-                peak = statistics.median(run[peak_key] for run in runs)
-                above = statistics.median(run[peak_key] - run[base_key] for run in runs)
-                image = statistics.median(run["image_seconds"] for run in runs)
+                peak = statistics.median(run[peak_key] for run in children)
+                above = statistics.median(run[peak_key] - run[base_key] for run in children)
+                image = statistics.median(run["image_seconds"] for run in children)
+                name = variant if variant == "reference" else f"{variant} {precision}"
+                rows.append(dict(resolution=resolution, points=points, variant=variant, precision=precision,
+                                 median_s=median, min_s=min(steps), max_s=max(steps), peak_bytes=peak,
+                                 peak_above_start_bytes=above, image_s=image,
+                                 speedup=(base[0] / median) if base else None,
+                                 peak_ratio=(peak / base[1]) if base else None))
                 if variant == "reference":
                     base = (median, peak, above)
                 ratio = f"{base[0] / median:7.2f}x" if base else ""
                 memory = f"{peak / base[1]:8.2f}  {above / base[2]:7.2f}" if base else ""
-                print(f"{resolution:>4} {points:>3} {variant:<17} {median:>15.3f} {min(steps):>7.3f} "
+                print(f"{resolution:>4} {points:>3} {name:<22} {median:>15.3f} {min(steps):>7.3f} "
                       f"{max(steps):>7.3f} {gib(peak):>8} {gib(above):>9} {image:>7.3f}  {ratio:>8} {memory}")
     print("speed-up = reference median / variant median; mem ratio = variant peak / reference peak "
           "(whole process), (-base) the same for peak-base; peak-base = peak minus the RSS before the session started")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(
+            device=args.device, threads=args.threads, rounds=args.rounds, steps=args.steps, warmup=args.warmup,
+            mask=bool(args.mask), load_average=load, rows=rows,
+            children=[r for rs in results.values() for r in rs]), indent=1))
 
 
 if __name__ == "__main__":
