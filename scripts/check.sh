@@ -12,10 +12,16 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-if ! "$PY" -c "import pytest, ruff, mypy, torch, zmq" 2>/dev/null; then
+if ! "$PY" -c "import pytest, ruff, mypy, torch, zmq, skimage" 2>/dev/null; then
   echo "check.sh: installing the test extras into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0" || exit 1
   "$PY" -m pip install -q -e ".[test]" || exit 1
+fi
+# The face-landmark tests compare our MTCNN with the weights shipped in facenet-pytorch's wheel,
+# which pins an old torch: it is installed without its dependencies and never imported.
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('facenet_pytorch') is None)" 2>/dev/null; then
+  echo "check.sh: installing facenet-pytorch's MTCNN weights (--no-deps)" >&2
+  "$PY" -m pip install -q --no-deps "facenet-pytorch==2.6.0" || exit 1
 fi
 status=0
 echo "== ruff"; "$PY" -m ruff check . || status=1
