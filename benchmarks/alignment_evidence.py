@@ -1,0 +1,137 @@
+"""Issue 19 evidence: does aligning a face crop (backend/align.py) help the faces-128 inversion?
+
+Procedural faces (training/faces.py, held-out seed 77) are rotated (up to +-45 deg), scaled down
+(to a third) and shifted inside a larger canvas with Pillow. The renderer's exact keypoints are the
+landmark oracle (eye centres = eye-corner midpoints, mouth corners). Each canvas is projected with
+the plug-in's default preset ("fast", no PTI; ``--steps`` overrides the step count for all
+conditions alike) in three framings:
+
+* ``canvas``: the whole canvas scaled to 128x128 (an axis-aligned crop that is not face-fitted);
+* ``box``: the axis-aligned square with the FFHQ quad's centre and size (face-fitted, but the roll
+  is not undone);
+* ``aligned``: the FFHQ quad mapped onto the quad of faces-128's average face (backend/align.py).
+
+Reported: ST-LPIPS (VGG) and PSNR of the reconstruction against its own 128x128 input (what the
+plug-in's poor-inversion warning sees), and the PSNR of the reconstruction pasted back into the
+canvas over the pixels inside the face quad (the same pixels for every framing).
+
+    python3 benchmarks/alignment_evidence.py --steps 100 --out docs/alignment-evidence.json \
+        --figure docs/images/align-faces-128.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import stylegan2  # noqa: E402
+from backend import align as A  # noqa: E402
+from backend import models  # noqa: E402
+from inversion import project  # noqa: E402
+from inversion.settings import PRESETS  # noqa: E402
+from tests.alignment import canvas  # noqa: E402
+from training import faces  # noqa: E402
+
+RENDER = 256
+CANVAS = 384
+# (angle degrees, scale, centre in the canvas)
+CASES = [(40.0, 0.5, (230.0, 160.0)), (-45.0, 1 / 3, (120.0, 250.0)), (25.0, 0.75, (190.0, 200.0)),
+         (-20.0, 1 / 3, (270.0, 110.0))]
+
+
+def framings(big: np.ndarray, quad: np.ndarray, size: int) -> dict[str, A.Alignment]:
+    tmpl = A.faces_template_quad(size)
+    c, side = quad.mean(0), float(np.hypot(*(quad[3] - quad[0])))
+    box = np.array([c + [-side / 2, -side / 2], c + [-side / 2, side / 2], c + [side / 2, side / 2],
+                    c + [side / 2, -side / 2]])
+    whole = np.array([[-0.5, -0.5], [-0.5, CANVAS - 0.5], [CANVAS - 0.5, CANVAS - 0.5], [CANVAS - 0.5, -0.5]])
+    return {"canvas": A.quad_transform(whole, size, size), "box": A.quad_transform(box, size, size, tmpl),
+            "aligned": A.quad_transform(quad, size, size, tmpl)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", type=int, default=len(CASES))
+    ap.add_argument("--steps", type=int, default=0, help="projection steps (0: the fast preset's)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "alignment-evidence.json")
+    ap.add_argument("--figure", type=Path, default=REPO / "docs" / "images" / "align-faces-128.png")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    G = stylegan2.load_generator(models.EMBEDDED_MODEL_FILE, device="cpu")
+    size = int(G.img_width)
+    settings = PRESETS["fast"]
+    if args.steps:
+        settings = dataclasses.replace(settings, steps=args.steps)
+    params = faces.sample_params(np.random.default_rng(77), len(CASES))
+    rows, tiles = [], []
+    for i, (angle, scale, centre) in enumerate(CASES[: args.cases]):
+        img, kp = faces.render(params[i], RENDER)
+        m = canvas.similarity(angle, scale, centre, ((RENDER - 1) / 2, (RENDER - 1) / 2))
+        fill = tuple(int(v) for v in np.round(img[:4, :4].reshape(-1, 3).mean(0)))
+        big = canvas.place(img, m, (CANVAS, CANVAS), fill=fill)  # type: ignore[arg-type]
+        quad = A.ffhq_quad(A.keypoints_to_landmarks(canvas.apply(m, kp)))
+        face_px = A.quad_transform(quad, size, size).produced_area(CANVAS, CANVAS)
+        row: dict = {"case": i, "angle": angle, "scale": round(scale, 3), "centre": list(centre)}
+        tile = [big]
+        for name, al in framings(big, quad, size).items():
+            frame, valid = al.warp_image(big)
+            t0 = time.process_time()
+            res = project(G, frame, settings=settings, pti=False)
+            back, mask = al.unwarp_image(res.reconstruction, CANVAS, CANVAS)
+            sel = face_px & mask
+            row[name] = {"stlpips": round(float(res.stlpips), 4), "psnr": round(float(res.psnr), 2),
+                         "face_psnr_canvas": round(A.psnr_masked(back, big, sel), 2),
+                         "face_coverage": round(float(sel.sum() / face_px.sum()), 3),
+                         "cpu_s": round(time.process_time() - t0, 1)}
+            print(f"case {i} ({angle:+.0f} deg, x{scale:.2f}) {name:>8}: ST-LPIPS {res.stlpips:.3f} "
+                  f"PSNR {res.psnr:5.2f} dB, face PSNR in canvas {row[name]['face_psnr_canvas']:5.2f} dB",
+                  flush=True)
+            tile += [frame, res.reconstruction]
+            if name == "aligned":
+                pasted = big.copy()
+                pasted[mask] = back[mask]
+                tile.append(pasted)
+        rows.append(row)
+        tiles.append(tile)
+        summary = {name: {k: round(float(np.mean([r[name][k] for r in rows])), 3)
+                          for k in ("stlpips", "psnr", "face_psnr_canvas")} for name in ("canvas", "box", "aligned")}
+        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": models.sha256_file(
+            models.EMBEDDED_MODEL_FILE)[:16], "steps": settings.steps, "preset": "fast", "pti": False,
+            "threads": args.threads, "cases": rows, "mean": summary}, indent=1) + "\n", encoding="utf-8")
+        figure(tiles, args.figure, quads=None)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def figure(tiles: list[list[np.ndarray]], path: Path, quads: object = None) -> None:
+    """One row per case: canvas | canvas input, recon | box input, recon | aligned input, recon |
+    aligned recon pasted back into the canvas. Each cell 192x192."""
+    cell = 192
+    heads = ["tilted face (canvas)", "unaligned: whole canvas", "its inversion", "unaligned: face box",
+             "its inversion", "aligned (FFHQ quad)", "its inversion", "pasted back"]
+    sheet = Image.new("RGB", (cell * len(heads), 20 + cell * len(tiles)), (255, 255, 255))
+    d = ImageDraw.Draw(sheet)
+    for k, h in enumerate(heads):
+        d.text((k * cell + 4, 4), h, fill=(0, 0, 0))
+    for r, tile in enumerate(tiles):
+        for k, im in enumerate(tile):
+            sheet.paste(Image.fromarray(im).resize((cell, cell), Image.Resampling.LANCZOS), (k * cell, 20 + r * cell))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
