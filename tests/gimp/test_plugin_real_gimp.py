@@ -9,7 +9,6 @@ registered procedure (menu, arguments). The plug-in is staged with
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -49,31 +48,6 @@ def _stage(tmp: Path) -> Path:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     return plugins
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    """The real backend (tests/gimp/backend_host.py) in a subprocess; yields (endpoint, folder)."""
-    folder = tmp_path_factory.mktemp("backend")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gimp" / "backend_host.py"), "--dir",
-                             str(folder), "--max-seconds", "900"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        for _ in range(600):
-            if (folder / "endpoint").is_file() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not (folder / "endpoint").is_file():
-            proc.kill()
-            pytest.fail("the backend did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
-        yield (folder / "endpoint").read_text().strip(), folder
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ the backend aborts the job. Not checkable here: Windows' binary stdio and its co
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,30 +22,6 @@ from PIL import Image
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("relay-backend")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gimp" / "backend_host.py"), "--dir",
-                             str(folder), "--max-seconds", "900"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        for _ in range(600):
-            if (folder / "endpoint").is_file() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not (folder / "endpoint").is_file():
-            proc.kill()
-            pytest.fail("the backend did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
-        yield (folder / "endpoint").read_text().strip(), folder
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
