@@ -10,16 +10,21 @@ the ST-LPIPS scale.
 
 from ._common import InversionCancelled
 from .cache import CacheEntry, LatentCache
+from .encoder import LatentEncoder, load_encoder
 from .project import PRESETS, ProjectionResult, ProjectionSettings, project
 from .pti import pivotal_tuning
+from .settings import ENCODER_PRESETS
 
 __all__ = [
+    "ENCODER_PRESETS",
     "PRESETS",
     "CacheEntry",
     "InversionCancelled",
     "LatentCache",
+    "LatentEncoder",
     "ProjectionResult",
     "ProjectionSettings",
     "pivotal_tuning",
+    "load_encoder",
     "project",
 ]

@@ -54,7 +54,7 @@ from ._common import (
 from .cache import CacheEntry, LatentCache, cache_key
 from .precision import autocast, resolve_precision
 from .pti import pivotal_tuning
-from .settings import PRESETS, PerceptualObjective, ProjectionSettings, settings_key
+from .settings import ENCODER_PRESETS, PRESETS, PerceptualObjective, ProjectionSettings, settings_key
 
 StepReport = Callable[[int, dict[str, Any]], None]  # (step within the whole run, metrics)
 
@@ -163,21 +163,32 @@ def _search_start(G: Any, objective: PerceptualObjective, w_avg: torch.Tensor, s
 
 def _project_latent(
     G: Any, target: torch.Tensor, settings: ProjectionSettings, report: StepReport,
-    should_cancel: CancelCheck | None,
+    should_cancel: CancelCheck | None, start_ws: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Any]:
-    """Optimise W+ (and optionally noise). Returns (ws [1, num_ws, w_dim], generator to use:
-    ``G`` or a weight-sharing copy holding the optimised noise)."""
+    """Optimise W+ (and optionally noise). ``start_ws`` [1, num_ws, w_dim]: start there in W+
+    (an encoder's prediction) instead of searching a w. Returns (ws [1, num_ws, w_dim], generator
+    to use: ``G`` or a weight-sharing copy holding the optimised noise)."""
     device = target.device
     dtype = resolve_precision(settings.precision, device)
-    objective = PerceptualObjective(target, settings.lpips_net, settings.lpips_max_side, settings.pixel_weight)
     early_steps = int(round(settings.early_fraction * settings.steps))
-    early = objective
+    early_side = settings.early_max_side or settings.lpips_max_side
+    # Only build the networks that will run: the main one is skipped when every step is "early".
+    objective = early = None
+    if early_steps < settings.steps or (early_steps == 0 and start_ws is None):
+        objective = PerceptualObjective(target, settings.lpips_net, settings.lpips_max_side, settings.pixel_weight)
     if early_steps > 0:
-        early = PerceptualObjective(target, settings.early_net, settings.early_max_side or settings.lpips_max_side,
-                                    settings.pixel_weight)
+        early = PerceptualObjective(target, settings.early_net, early_side, settings.pixel_weight)
     w_avg, w_std = _w_statistics(G, settings.w_stats_samples, settings.seed)
     w_avg = w_avg.to(device)
-    w_start = _search_start(G, early, w_avg, settings, should_cancel, dtype)
+    if start_ws is None:
+        search_objective = early if early is not None else objective
+        assert search_objective is not None
+        w_start = _search_start(G, search_objective, w_avg, settings, should_cancel, dtype)
+        w_opt = w_start[None, None, :].clone().requires_grad_(True)  # single w, broadcast
+    else:
+        if tuple(start_ws.shape) != (1, G.num_ws, G.w_dim):
+            raise ValueError(f"start_ws must be [1, {G.num_ws}, {G.w_dim}], got {tuple(start_ws.shape)}")
+        w_opt = start_ws.detach().to(device).float().clone().requires_grad_(True)
 
     work = G
     noise_maps: list[torch.Tensor] = []
@@ -193,7 +204,6 @@ def _project_latent(
 
     gen = torch.Generator(device="cpu").manual_seed(settings.seed + 1)
     w_phase_steps = int(round(settings.w_phase * settings.steps))
-    w_opt = w_start[None, None, :].clone().requires_grad_(True)  # single w, broadcast
     optimizer = torch.optim.Adam([w_opt, *noise_maps], betas=(0.9, 0.999), lr=settings.lr)
     for step in range(settings.steps):
         check_cancel(should_cancel, "projection")
@@ -210,7 +220,9 @@ def _project_latent(
         ws = (w_opt + w_noise).expand(1, G.num_ws, G.w_dim)
         with autocast(dtype, device):
             img = synthesize(work, ws).float()
-            loss, perceptual = (early if step < early_steps else objective)(img)
+            step_objective = early if step < early_steps else objective
+            assert step_objective is not None
+            loss, perceptual = step_objective(img)
         total = loss.float().sum()
         if noise_maps:
             total = total + settings.noise_regularization * _noise_penalty(noise_maps)
@@ -256,6 +268,7 @@ def project(
     cache: LatentCache | None = None,
     model_id: str | None = None,
     settings: ProjectionSettings | None = None,
+    encoder: torch.nn.Module | None = None,
 ) -> ProjectionResult:
     """Project ``image`` (numpy uint8 [H, W, 3] RGB, exactly the generator's output size) into W+.
 
@@ -267,6 +280,10 @@ def project(
     raises :class:`InversionCancelled`. ``cache``: a :class:`LatentCache`; the key is (pixels,
     ``model_id``, settings, pti); ``model_id`` defaults to a fingerprint of ``G``.
 
+    ``encoder``: a :class:`inversion.encoder.LatentEncoder` trained for ``G``; its prediction is
+    the start (no search, no W phase) and a named preset means its :data:`ENCODER_PRESETS` entry
+    (far fewer steps). It joins the cache key (``encoder.fingerprint`` when set, else its weights).
+
     ``G`` is never modified. Raises ValueError for a bad image (wrong size, NaN, not RGB).
     """
     started = time.perf_counter()
@@ -276,13 +293,16 @@ def project(
     if settings is None:
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        settings = PRESETS[preset]
+        settings = (ENCODER_PRESETS if encoder is not None else PRESETS)[preset]
     if model_id is None:
         model_id = model_fingerprint(G)
 
     key = None
     if cache is not None:
-        key = cache_key(pixels, model_id, {"settings": settings_key(settings), "pti": bool(pti)})
+        key_fields: dict[str, Any] = {"settings": settings_key(settings), "pti": bool(pti)}
+        if encoder is not None:  # absent otherwise, so entries made before encoders existed still hit
+            key_fields["encoder"] = getattr(encoder, "fingerprint", None) or model_fingerprint(encoder)
+        key = cache_key(pixels, model_id, key_fields)
         entry = cache.get(key)
         if (entry is not None and tuple(entry.ws.shape) == (1, G.num_ws, G.w_dim)
                 and entry.reconstruction.shape == pixels.shape):
@@ -304,7 +324,12 @@ def project(
         if progress is not None:
             progress(step, total_steps, metrics)
 
-    ws, generator = _project_latent(G, target, settings, report, should_cancel)
+    start_ws = None
+    if encoder is not None:
+        check_cancel(should_cancel, "projection")
+        with torch.no_grad():
+            start_ws = encoder(target).float()
+    ws, generator = _project_latent(G, target, settings, report, should_cancel, start_ws)
     steps_done = settings.steps
     if pti:
 

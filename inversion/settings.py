@@ -15,7 +15,7 @@ import torch
 from ._common import resize_for_lpips, shared_stlpips
 from .precision import PRECISIONS
 
-__all__ = ["PRESETS", "PerceptualObjective", "ProjectionSettings", "settings_key"]
+__all__ = ["ENCODER_PRESETS", "PRESETS", "PerceptualObjective", "ProjectionSettings", "settings_key"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,16 @@ PRESETS: dict[str, ProjectionSettings] = {
     "fast": ProjectionSettings(),
     # Slower and closer: more samples and steps, longer PTI without early stop.
     "quality": ProjectionSettings(steps=600, lr=0.05, search_samples=32, w_phase=0.25,
+                                  pti_steps=300, pti_locality_every=1, pti_stop_stlpips=0.0),
+}
+
+# The same presets when the model has an encoder (``inversion.encoder``): the encoder's W+ is the
+# start, so there is no start search and no W phase, little latent noise, and far fewer steps;
+# "fast" refines with the light AlexNet ST-LPIPS at 64² (the final figures stay VGG at <= 256).
+ENCODER_PRESETS: dict[str, ProjectionSettings] = {
+    "fast": ProjectionSettings(steps=20, lr=0.01, lr_rampup=0.0, w_noise_factor=0.0, w_phase=0.0,
+                               search_samples=0, early_fraction=1.0, early_net="alex", early_max_side=64),
+    "quality": ProjectionSettings(steps=300, lr=0.02, w_noise_factor=0.01, w_phase=0.0, search_samples=0,
                                   pti_steps=300, pti_locality_every=1, pti_stop_stlpips=0.0),
 }
 
