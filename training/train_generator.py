@@ -79,8 +79,10 @@ def to_tensor(imgs: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def _producer(seed: int, start_batch: int, batch: int, size: int, z_dim: int, out: Any) -> None:
-    """Worker process: renders batches for consecutive batch indices, deterministic per index.
+def _producer(seed: int, start_batch: int, batch: int, size: int, z_dim: int, out: Any, stride: int = 1) -> None:
+    """Worker process: renders the batches of indices ``start_batch, start_batch + stride, ...``,
+    each deterministic per index (so N workers with offsets 0..N-1 and stride N make the same data
+    as one worker).
 
     Puts ``(index, z [batch, z_dim], images uint8 [batch, size, size, 3], keypoints [batch, K, 2])``.
     """
@@ -95,7 +97,48 @@ def _producer(seed: int, start_batch: int, batch: int, size: int, z_dim: int, ou
         z = rng.standard_normal((batch, z_dim)).astype(np.float32)
         imgs, kps = faces.render_batch(params_for_z(z), size=size)
         out.put((index, z, imgs, kps))
-        index += 1
+        index += stride
+
+
+class BatchFeed:
+    """``workers`` renderer processes (a GPU needs many CPU cores' worth of renders), batches handed
+    out in index order whatever order the workers finish them in."""
+
+    def __init__(self, seed: int, start: int, batch: int, size: int, z_dim: int, workers: int) -> None:
+        ctx = mp.get_context("fork")
+        self.queue: Any = ctx.Queue(maxsize=max(4, 2 * workers))
+        self.pending: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.next_index = start
+        self.workers = [ctx.Process(target=_producer, args=(seed, start + k, batch, size, z_dim, self.queue, workers),
+                                    daemon=True) for k in range(workers)]
+        for worker in self.workers:
+            worker.start()
+
+    def get(self, timeout: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """(index, z, images, keypoints) of the next index; raises queue.Empty after ``timeout`` s
+        without any batch arriving, RuntimeError at once when a renderer process has died."""
+        waited = 0.0
+        while self.next_index not in self.pending:
+            try:
+                index, z, imgs, kps = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                dead = [w for w in self.workers if not w.is_alive()]
+                if dead:
+                    raise RuntimeError(f"a renderer process died (exit code {dead[0].exitcode})") from None
+                waited += 1.0
+                if waited >= timeout:
+                    raise
+                continue
+            self.pending[index] = (z, imgs, kps)
+        z, imgs, kps = self.pending.pop(self.next_index)
+        self.next_index += 1
+        return self.next_index - 1, z, imgs, kps
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.terminate()
+        for worker in self.workers:
+            worker.join(timeout=10)
 
 
 def synthesis_pyramid(G: torch.nn.Module, ws: torch.Tensor, noise_mode: str, max_res: int | None = None
@@ -203,9 +246,10 @@ def sample_grid(G: torch.nn.Module, z: torch.Tensor, path: Path, size: int) -> N
     """Save generated samples (top rows) above their procedural targets (bottom rows)."""
     from PIL import Image
 
+    device = next(G.parameters()).device
     with torch.no_grad():
-        img = G.synthesis(G.mapping(z), noise_mode="const")
-    gen = (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        img = G.synthesis(G.mapping(z.to(device)), noise_mode="const").float()
+    gen = (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     tgt = target_batch(z.numpy(), size)
     n = len(z)
     cols = 8
@@ -235,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="'none' (default) pins every noise strength at 0: the target is deterministic, and "
                     "noise inputs only add texture the render does not have")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the renderers stay on CPU)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="renderer processes feeding the trainer (a GPU needs many: about 100 images/s each)")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast for the forward pass (AMX/AVX512-BF16 CPUs: 1.3-1.7x per step)")
     ap.add_argument("--multiscale-weight", type=float, default=0.0,
@@ -279,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             set_mapping_lr_multiplier(state, args.mapping_lr_mult)
         config = state["config"]
         print(f"resuming from {source} at iteration {state['iteration']}", flush=True)
-    G = stylegan2.Generator(**config)
-    G_ema = stylegan2.Generator(**config)
+    device = torch.device(args.device)
+    G = stylegan2.Generator(**config).to(device)
+    G_ema = stylegan2.Generator(**config).to(device)
     opt = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
     iteration, wall_seconds, images_seen = 0, 0.0, 0
     if state is not None:
@@ -305,18 +353,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from inversion.lpips import STLPIPS
 
-    lpips = STLPIPS(net="alex").eval()
+    lpips = STLPIPS(net="alex").eval().to(device)
     fixed_z = torch.from_numpy(np.random.default_rng([args.seed, 10**6]).standard_normal((16, G.z_dim))
                                .astype(np.float32))
     n_params = sum(p.numel() for p in G.parameters())
     print(f"G: {n_params / 1e6:.2f} M parameters, {G.num_ws} ws, {size}x{size}; batch {args.batch}, "
-          f"{args.threads} threads", flush=True)
+          f"{args.threads} threads, {device}, {args.workers} renderer process(es)", flush=True)
 
-    ctx = mp.get_context("fork")
-    batches: Any = ctx.Queue(maxsize=4)
-    worker = ctx.Process(target=_producer, args=(args.seed, iteration, args.batch, size, G.z_dim, batches),
-                         daemon=True)
-    worker.start()
+    feed = BatchFeed(args.seed, iteration, args.batch, size, G.z_dim, max(1, args.workers))
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, dict(config=config, G=G.state_dict(), G_ema=G_ema.state_dict(),
@@ -334,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     next_snapshot = 0.0 if args.snapshot_cpu_minutes is not None else float("inf")
     start = run_start = time.time()  # start: wall-time accounting (reset at checkpoints); run_start: --minutes
     last_ckpt = last_sample = start
-    window: list[tuple[float, float]] = []
+    window: list[tuple[torch.Tensor, torch.Tensor]] = []
     t_log = time.time()
     try:
         while True:
@@ -351,16 +395,16 @@ def main(argv: list[str] | None = None) -> int:
                                      iteration=iteration, images_seen=images_seen, cpu_minutes=cpu_minutes))
                 next_snapshot += args.snapshot_cpu_minutes
             try:
-                index, z_np, imgs, kps = batches.get(timeout=120)
+                index, z_np, imgs, kps = feed.get(timeout=120)
             except queue.Empty:
                 print("data worker stalled; stopping", file=sys.stderr, flush=True)
                 break
             assert index == iteration, (index, iteration)
-            z = torch.from_numpy(z_np)
-            target = to_tensor(imgs)
-            weight = (keypoint_weight_map(kps, size, args.keypoint_sigma * size / 128, args.keypoint_weight)
+            z = torch.from_numpy(z_np).to(device)
+            target = to_tensor(imgs).to(device)
+            weight = (keypoint_weight_map(kps, size, args.keypoint_sigma * size / 128, args.keypoint_weight).to(device)
                       if args.keypoint_weight > 0 else None)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 ws = G.mapping(z, update_emas=True)
                 pyramid = synthesis_pyramid(G, ws, args.noise_mode, max_res=args.max_res)
             pyramid = {res: im.float() for res, im in pyramid.items()}
@@ -379,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             # ST-LPIPS at half resolution on the first ``lpips_images`` of the batch: its stride-1
             # anti-aliased first layers cost as much as the generator at 128².
             k = args.lpips_images
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 if top >= 64:
                     perceptual = lpips(F.adaptive_avg_pool2d(img[:k], 64), F.adaptive_avg_pool2d(tgt_top[:k], 64))
                 else:
@@ -396,10 +440,11 @@ def main(argv: list[str] | None = None) -> int:
                     b_ema.copy_(b)
             iteration += 1
             images_seen += len(z)
-            window.append((l1.item(), perceptual.item()))
+            # detached tensors, read at log time: no host sync per step on a GPU
+            window.append((l1.detach(), perceptual.detach()))
             now = time.time()
             if iteration % args.log_every == 0:
-                l1_mean, lp_mean = np.mean(window, axis=0)
+                l1_mean, lp_mean = torch.stack([torch.stack(pair) for pair in window]).float().mean(0).tolist()
                 window.clear()
                 rate = args.log_every / (now - t_log)
                 t_log = now
@@ -414,8 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                 sample_grid(G_ema, fixed_z, run_dir / f"samples-{iteration:06d}.png", size)
                 last_sample = now
     finally:
-        worker.terminate()
-        worker.join(timeout=10)
+        feed.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         wall_seconds += time.time() - start
@@ -436,15 +480,16 @@ def main(argv: list[str] | None = None) -> int:
             description="StyleGAN2 trained supervised on the procedural faces of training/faces.py",
             iterations=iteration, images_seen=images_seen, batch=args.batch,
             training_minutes=round(wall_seconds / 60, 1), lr=args.lr, lpips_weight=args.lpips_weight,
-            ema_beta=args.ema_beta, hardware=f"{platform.processor() or platform.machine()}, "
-            f"{args.threads} CPU threads", torch=torch.__version__,
+            ema_beta=args.ema_beta, hardware=(torch.cuda.get_device_name(device) if device.type == "cuda" else
+                                              f"{platform.processor() or platform.machine()}, "
+                                              f"{args.threads} CPU threads"), torch=torch.__version__,
             z_semantics="render params = faces.z_to_params(normalize_2nd_moment(z))",
             command="python -m training.train_generator " + " ".join(argv if argv is not None else sys.argv[1:]),
         )
         args.export.parent.mkdir(parents=True, exist_ok=True)
         meta["weights"] = args.export_weights
         exported = G_ema if args.export_weights == "ema" else G.eval().requires_grad_(False)
-        stylegan2.save_generator(exported, args.export, meta=meta)
+        stylegan2.save_generator(exported.cpu(), args.export, meta=meta)
         print(f"exported {args.export_weights} weights to {args.export}: {json.dumps(meta)}", flush=True)
     return 0
 

@@ -4,6 +4,7 @@ rescaling, weighted L1, and a short end-to-end run that resumes, snapshots and e
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +116,53 @@ def test_compact_resumable_checkpoint_is_small_and_resumes(tmp_path, monkeypatch
     assert main(["--run-dir", str(run2), "--resume-from", str(compact), "--batch", "2", "--lpips-images", "1",
                  "--threads", "1", "--iterations", "3"]) == 0
     assert torch.load(run2 / "checkpoint.pt", weights_only=True)["iteration"] == 3
+
+
+def test_several_renderer_workers_give_the_same_batches_in_order():
+    # A GPU run is fed by many renderer processes: the batches must not depend on how many.
+    from training.train_generator import BatchFeed
+
+    feeds = [BatchFeed(seed=5, start=3, batch=2, size=32, z_dim=faces.NUM_PARAMS, workers=n) for n in (1, 3)]
+    try:
+        got = [[feed.get(timeout=60) for _ in range(5)] for feed in feeds]
+    finally:
+        for feed in feeds:
+            feed.close()
+    assert [index for index, *_ in got[1]] == [3, 4, 5, 6, 7]
+    for (i1, z1, im1, kp1), (i3, z3, im3, kp3) in zip(*got):
+        assert i1 == i3
+        np.testing.assert_array_equal(z1, z3)
+        np.testing.assert_array_equal(im1, im3)
+        np.testing.assert_array_equal(kp1, kp3)
+    assert not np.array_equal(got[0][0][1], got[0][1][1])  # consecutive batches differ
+
+
+def test_a_dead_renderer_is_an_error_not_a_hang():
+    from training.train_generator import BatchFeed
+
+    feed = BatchFeed(seed=5, start=0, batch=2, size=8, z_dim=faces.NUM_PARAMS, workers=2)  # size 8: renderer refuses
+    try:
+        with pytest.raises(RuntimeError, match="renderer process died"):
+            feed.get(timeout=60)
+    finally:
+        feed.close()
+
+
+def test_gpu_run_script_dry_run_on_cpu(tmp_path):
+    # training/gpu_run.sh is what a lent GPU runs once: its dry run goes through every step on CPU.
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OUT=str(tmp_path / "out"), RUN_DIR=str(tmp_path / "run"), MINUTES="0.02",
+               EVAL_N="16")
+    proc = subprocess.run(["bash", str(repo / "training" / "gpu_run.sh"), "--dry-run"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = tmp_path / "out"
+    for name in ("renderer.txt", "train.log", "eval.txt", "faces128-resume.pt", "faces-128-candidate.pt"):
+        assert (out / name).is_file(), name
+    assert "images/s" in (out / "renderer.txt").read_text()
+    assert "kp_error_generated_mean_px" in (out / "eval.txt").read_text()
+    assert all(f.stat().st_size < 16 * 2**20 for f in out.iterdir())  # the device's limit per file
+    assert stylegan2.load_generator(out / "faces-128-candidate.pt").img_resolution == 128
