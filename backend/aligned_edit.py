@@ -22,7 +22,8 @@ import numpy as np
 
 from backend.align import Alignment, FaceLandmarks, choose_face, ffhq_quad, quad_transform
 
-__all__ = ["NoFace", "PreparedEdit", "prepare", "paste_back", "progress_text"]
+__all__ = ["NoFace", "PreparedEdit", "prepare", "prepare_box", "box_alignment", "map_points", "paste_back",
+           "paste_back_cut", "progress_text"]
 
 LandmarkFn = Callable[[np.ndarray], list[FaceLandmarks]]
 
@@ -49,10 +50,31 @@ class PreparedEdit:
     face: FaceLandmarks | None
 
 
+# MTCNN takes ~3 s on a 2048 px crop on a CPU, under 1 s at 1024: larger crops are searched at
+# 1024 px (a face must then be >= 40 crop px wide at 2048, MTCNN's 20 px minimum, far below what
+# is worth aligning) and the landmarks scaled back.
+DETECT_MAX_SIDE = 1024
+
+
 def _default_landmarks(image: np.ndarray) -> list[FaceLandmarks]:
     from backend.landmarks import detect_faces
 
-    return detect_faces(image)
+    H, W = image.shape[:2]
+    scale = max(H, W) / DETECT_MAX_SIDE
+    if scale <= 1.0:
+        return detect_faces(image)
+    from PIL import Image as PILImage
+
+    small = np.asarray(PILImage.fromarray(np.ascontiguousarray(image[..., :3])).resize(
+        (max(1, round(W / scale)), max(1, round(H / scale))), PILImage.Resampling.BOX))
+    sx, sy = W / small.shape[1], H / small.shape[0]
+    out = []
+    for f in detect_faces(small):
+        # pixel-centre coordinates: x_big + 0.5 = (x_small + 0.5) * s
+        pts = (f.array() + 0.5) * np.array([sx, sy]) - 0.5
+        box = None if f.box is None else (f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy)
+        out.append(FaceLandmarks.from_array(pts, box, f.score))
+    return out
 
 
 def prepare(crop: np.ndarray, model_width: int, model_height: int, handles: Sequence[Sequence[float]],
@@ -76,17 +98,91 @@ def prepare(crop: np.ndarray, model_width: int, model_height: int, handles: Sequ
         if face is None:
             raise NoFace("no face found in the crop: editing without alignment")
         al = quad_transform(ffhq_quad(face), model_width, model_height, template)
+    return _warp_inputs(crop, al, handles, targets, mask, face)
+
+
+# The unaligned path on a native crop mimics the plug-in's automatic crop (geometry.plan_crop):
+# the points' bounding box with a margin of a quarter of its larger side (at least 16 px), grown to
+# the model's aspect and at least the model's own size where the crop allows.
+BOX_MARGIN_FRACTION = 0.25
+BOX_MIN_MARGIN_PX = 16.0
+
+
+def box_alignment(points: Any, crop_width: int, crop_height: int, model_width: int,
+                  model_height: int) -> Alignment:
+    """The unaligned transform for a native crop: an axis-aligned, model-shaped box around
+    ``points`` ([N, 2], x then y, crop pixels) inside the crop, scaled to the model's size (no
+    rotation). Used when no face is found, so the edit still runs on the same crop and pastes back exactly."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    x0, y0 = pts.min(0) + 0.5  # pixel-centre -> continuous coordinates (pixel i spans i..i+1)
+    x1, y1 = pts.max(0) + 0.5
+    margin = max(BOX_MIN_MARGIN_PX, BOX_MARGIN_FRACTION * max(x1 - x0, y1 - y0))
+    aspect = model_width / model_height
+    w = max(x1 - x0 + 2 * margin, (y1 - y0 + 2 * margin) * aspect, float(model_width))
+    w = min(w, float(crop_width), crop_height * aspect)   # the largest model-shaped box in the crop
+    h = w / aspect
+    bx = min(max((x0 + x1) / 2 - w / 2, 0.0), crop_width - w)
+    by = min(max((y0 + y1) / 2 - h / 2, 0.0), crop_height - h)
+    s = w / model_width   # crop pixels per model pixel (the same on y: the box has the model's aspect)
+    # model pixel-centre u -> continuous bx + (u + 0.5) s -> crop pixel-centre bx + (u + 0.5) s - 0.5
+    matrix = np.array([[s, 0.0, bx + 0.5 * s - 0.5], [0.0, s, by + 0.5 * s - 0.5]])
+    return Alignment(matrix, int(model_width), int(model_height))
+
+
+def prepare_box(crop: np.ndarray, model_width: int, model_height: int, handles: Sequence[Sequence[float]],
+                targets: Sequence[Sequence[float]], mask: np.ndarray | None = None) -> PreparedEdit:
+    """:func:`prepare` without a face: the model-shaped box of :func:`box_alignment` around the
+    points (``face`` None). The box lies inside the crop, so nothing is padded."""
+    crop = np.asarray(crop)
+    H, W = crop.shape[:2]
+    al = box_alignment(np.concatenate([np.asarray(handles, np.float64).reshape(-1, 2),
+                                       np.asarray(targets, np.float64).reshape(-1, 2)]),
+                       W, H, model_width, model_height)
+    return _warp_inputs(crop, al, handles, targets, mask, None)
+
+
+def _warp_inputs(crop: np.ndarray, al: Alignment, handles: Sequence[Sequence[float]],
+                 targets: Sequence[Sequence[float]], mask: np.ndarray | None,
+                 face: FaceLandmarks | None) -> PreparedEdit:
+    H, W = crop.shape[:2]
     image, valid = al.warp_image(crop)
+    h, t = map_points(al, handles, targets)
+    m = None if mask is None else al.warp_mask(np.asarray(mask) > 0.5).astype(np.float32)
+    return PreparedEdit(image, valid, h, t, m, al, W, H, face)
+
+
+def map_points(al: Alignment, handles: Sequence[Sequence[float]],
+               targets: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Crop-pixel handles and targets -> model pixels [N, 2] each; ValueError (naming the point)
+    when one falls outside the model's frame."""
     h = al.to_model(handles)
     t = al.to_model(targets)
     for name, pts in (("handle", h), ("target", t)):
-        bad = (pts[:, 0] < 0) | (pts[:, 0] > model_width - 1) | (pts[:, 1] < 0) | (pts[:, 1] > model_height - 1)
+        bad = (pts[:, 0] < 0) | (pts[:, 0] > al.width - 1) | (pts[:, 1] < 0) | (pts[:, 1] > al.height - 1)
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"{name} {i} lies outside the aligned face frame; move it onto the face "
                              "or turn alignment off")
-    m = None if mask is None else al.warp_mask(np.asarray(mask) > 0.5).astype(np.float32)
-    return PreparedEdit(image, valid, h, t, m, al, W, H, face)
+    return h, t
+
+
+def paste_back_cut(al: Alignment, crop_width: int, crop_height: int,
+                   result: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`paste_back` (the model-frame ``result`` uint8 [h, w, 3] through ``al`` into a crop of
+    ``crop_width x crop_height``) cut to the produced area's bounding box: (uint8 [bh, bw, 4], (x, y)
+    crop pixels of its top-left pixel). Alpha is 255 exactly on the produced area. Only the box is
+    resampled, so a 2048 px crop costs no more than the face in it."""
+    produced = al.produced_area(crop_width, crop_height)
+    ys, xs = np.nonzero(produced)
+    if len(xs) == 0:
+        raise ValueError("the aligned face frame covers no pixel of the crop")
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    m = al.matrix.copy()
+    m[:, 2] -= (x0, y0)   # the same transform into the box's own pixel grid
+    box = Alignment(m, al.width, al.height)
+    rgb, area = box.unwarp_image(result, x1 - x0, y1 - y0)
+    alpha = np.where(area, 255, 0).astype(np.uint8)
+    return np.concatenate([rgb, alpha[..., None]], axis=2), (x0, y0)
 
 
 def paste_back(prepared: PreparedEdit, result: np.ndarray) -> np.ndarray:

@@ -98,6 +98,15 @@ def registry_poor_inversion(name: str) -> tuple[float, float]:
     return poor.stlpips, poor.psnr_db
 
 
+def registry_alignment(name: str) -> str:
+    """The alignment kind of model ``name`` in the registry ("none" without an entry)."""
+    try:
+        from . import models
+    except ImportError:
+        return "none"
+    return models.model_alignment(name, "auto")
+
+
 def registry_resolve(name: str, extra: Mapping[str, Path]) -> Path:
     try:
         from . import models
@@ -318,6 +327,11 @@ class HeldSession:
     inversion: protocol.InversionQuality | None
     image_id: str
     params: protocol.EditParams
+    # a session made from a native crop (protocol 3): the transform between the model's frame and
+    # the crop (backend.align.Alignment.to_dict, reused by "drag again") and the crop's size
+    alignment: dict[str, Any] | None = None
+    crop_size: tuple[int, int] | None = None
+    aligned: str = "none"  # "ffhq" when a face was aligned, "none" for the unaligned box
 
 
 class OwnerCache:
@@ -379,8 +393,13 @@ class EditRunner:
                  cache_bytes: int = 1 << 30, max_sessions: int = 8, max_images: int = 8,
                  retention_s: float = 3600.0, loader: Callable[[Path, str], Any] | None = None,
                  inversion_steps: int | None = None, max_sessions_total: int = 32,
-                 max_images_total: int = 64) -> None:
+                 max_images_total: int = 64, alignments: Mapping[str, str] | None = None,
+                 landmarks: Callable[[np.ndarray], list[Any]] | None = None) -> None:
         self.device = resolve_device(device)
+        # model name -> alignment kind, over the registry's (tests and embedders serve tiny files
+        # as face models); landmarks: image -> faces (default MTCNN, backend/landmarks.py)
+        self.alignments = dict(alignments or {})
+        self.landmarks = landmarks
         self.inversion_steps = inversion_steps  # None = the presets' own step counts
         self.cache = cache
         # per owner (max_sessions, max_images) and for all owners together (the *_total caps)
@@ -404,7 +423,12 @@ class EditRunner:
     # Runner interface ------------------------------------------------------------------------
 
     def models(self) -> list[protocol.ModelEntry]:
-        return self.pool.entries()
+        return [dataclasses.replace(e, alignment=self.alignment_of(e.name)) for e in self.pool.entries()]
+
+    def alignment_of(self, model: str) -> str:
+        """Model ``model``'s alignment kind ("none" | "ffhq")."""
+        kind = self.alignments.get(model)
+        return kind if kind is not None else registry_alignment(model)
 
     def memory(self) -> tuple[int, int]:
         return device_memory(self.device)
@@ -482,6 +506,8 @@ class EditRunner:
             pixels = self.images.get(owner, req.image_id)
             if pixels is None:
                 raise self._unknown_image(req.image_id)
+        if req.align == "auto" and self.alignment_of(req.model) != "none":
+            return self._edit_native(owner, req, G, pixels, emit, should_cancel, started)
         if pixels.shape[:2] != (height, width):
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 f"fields.image: the image is {pixels.shape[1]}x{pixels.shape[0]} but model "
@@ -515,12 +541,110 @@ class EditRunner:
                                image_id=image_id, inversion=quality, steps=steps,
                                seconds=time.monotonic() - started)
 
+    def _edit_native(self, owner: str, req: protocol.Edit, G: Any, pixels: np.ndarray, emit: Emit,
+                     should_cancel: ShouldCancel, started: float) -> protocol.Result:
+        """An ``align="auto"`` edit of a native crop (protocol 3) for a model with an alignment: find
+        the face, warp crop/points/mask into the model's frame, invert and drag there, and answer
+        RGBA in the crop's frame (alpha = the produced area) at its offset."""
+        from backend import aligned_edit
+        from backend.engine import DragSession
+        from backend.landmarks import LandmarksUnavailable
+
+        width, height = int(G.img_width), int(G.img_height)
+        H, W = pixels.shape[:2]
+        mask = self._mask(req.mask, W, H)
+        _check_points(req.handles, W, H, "fields.handles")
+        _check_points(req.targets, W, H, "fields.targets")
+        emit(protocol.Progress(phase="inversion", step=0, total=0,
+                               text=f"looking for the face in the {W}x{H} crop (alignment)"))
+        prepared: aligned_edit.PreparedEdit | None = None
+        try:
+            prepared = aligned_edit.prepare(pixels, width, height, req.handles, req.targets, mask,
+                                            landmarks=self.landmarks)
+            note = aligned_edit.progress_text(prepared)
+        except aligned_edit.NoFace:
+            note = aligned_edit.progress_text(None)
+        except LandmarksUnavailable as exc:  # the MTCNN weights are not installed: say so, edit unaligned
+            note = f"face alignment unavailable ({exc}); editing without alignment"
+        if prepared is None:
+            prepared = aligned_edit.prepare_box(pixels, width, height, req.handles, req.targets, mask)
+        kind = self.alignment_of(req.model) if prepared.face is not None else "none"
+        log.info("native %dx%d crop for '%s': %s", W, H, req.model, note)
+        emit(protocol.Progress(phase="inversion", step=0, total=0, text=note))
+        if should_cancel():
+            raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
+
+        projection = self._project(owner, G, prepared.image, req.params, emit, should_cancel)
+        quality = protocol.InversionQuality(psnr=float(projection.psnr), stlpips=float(projection.stlpips),
+                                            from_cache=bool(projection.from_cache))
+        emit(protocol.Progress(phase="inversion", step=int(projection.steps), total=int(projection.steps),
+                               inversion=quality, text=f"inversion done; {note}"))
+        handles = [(float(x), float(y)) for x, y in prepared.handles]
+        targets = [(float(x), float(y)) for x, y in prepared.targets]
+        session = DragSession(projection.generator, projection.ws, handle_points=handles,
+                              target_points=targets, mask=prepared.mask,
+                              params=_drag_params(req.params, projection.generator))
+        steps = self._drag(session, emit, should_cancel, quality, prepared.alignment)
+        image_id = ""
+        if self.cache:
+            image_id = req.image_id or hashlib.sha256(owner.encode() + pixels.tobytes()).hexdigest()[:32]
+            self.images.put(owner, pixels, key=image_id)
+            session_id = self.sessions.put(owner, HeldSession(
+                req.model, session, quality, image_id, req.params, alignment=prepared.alignment.to_dict(),
+                crop_size=(W, H), aligned=kind))
+        else:
+            session_id = "none"
+        return self._crop_result(session, prepared.alignment, (W, H), session_id, image_id, quality, steps,
+                                 started, kind, note)
+
+    def _crop_result(self, session: Any, alignment: Any, crop_size: tuple[int, int], session_id: str,
+                     image_id: str, quality: protocol.InversionQuality | None, steps: int, started: float,
+                     kind: str, note: str) -> protocol.Result:
+        from backend import aligned_edit
+
+        W, H = crop_size
+        rgba, offset = aligned_edit.paste_back_cut(alignment, W, H, session.image())
+        points = [(float(x), float(y)) for x, y in alignment.to_crop(session.points)]
+        return protocol.Result(image=rgb_to_image(rgba), points=points, session_id=session_id,
+                               image_id=image_id, inversion=quality, steps=steps,
+                               seconds=time.monotonic() - started, frame="crop", offset=offset,
+                               alignment=kind, note=note)
+
+    def _continue_native(self, held: HeldSession, req: protocol.Continue, emit: Emit,
+                         should_cancel: ShouldCancel, started: float) -> protocol.Result:
+        """Drag again on a session made from a native crop: the stored transform maps the new
+        crop-pixel points and mask into the model's frame (the same face frame as the first drag)."""
+        from backend import aligned_edit
+        from backend.align import Alignment
+
+        assert held.alignment is not None and held.crop_size is not None
+        al = Alignment.from_dict(held.alignment)
+        W, H = held.crop_size
+        session = held.session
+        mask = self._mask(req.mask, W, H)
+        _check_points(req.handles, W, H, "fields.handles")
+        _check_points(req.targets, W, H, "fields.targets")
+        handles, targets = aligned_edit.map_points(al, req.handles, req.targets)
+        model_mask = None if mask is None else al.warp_mask(mask > 0.5).astype(np.float32)
+        params = req.params or held.params
+        session.set_points([(float(x), float(y)) for x, y in handles], [(float(x), float(y)) for x, y in targets],
+                           model_mask, params=_drag_params(params, session.G))
+        held.params = params
+        note = ("reusing the previous drag's face alignment" if held.aligned != "none"
+                else "reusing the previous drag's crop (no face was aligned)")
+        emit(protocol.Progress(phase="drag", step=0, total=0, text=note))
+        steps = self._drag(session, emit, should_cancel, held.inversion, al)
+        return self._crop_result(session, al, (W, H), req.session_id, held.image_id, held.inversion, steps,
+                                 started, held.aligned, note)
+
     def _continue(self, owner: str, req: protocol.Continue, emit: Emit,
                   should_cancel: ShouldCancel) -> protocol.Result:
         started = time.monotonic()
         held: HeldSession | None = self.sessions.get(owner, req.session_id)
         if held is None:
             raise self._unknown_session(req.session_id)
+        if held.alignment is not None:
+            return self._continue_native(held, req, emit, should_cancel, started)
         session = held.session
         mask = self._mask(req.mask, session.width, session.height)
         params = req.params or held.params
@@ -577,7 +701,9 @@ class EditRunner:
         return result
 
     def _drag(self, session: Any, emit: Emit, should_cancel: ShouldCancel,
-              quality: protocol.InversionQuality | None) -> int:
+              quality: protocol.InversionQuality | None, alignment: Any = None) -> int:
+        """Run the drag, reporting progress; ``alignment``: points are reported in the native crop's
+        pixels (previews stay in the model's frame: they are only a glance)."""
         from backend.engine import EditCancelled
 
         steps = 0
@@ -585,7 +711,9 @@ class EditRunner:
             for step in session.run(should_cancel=should_cancel):
                 steps = step.index + 1
                 preview = rgb_to_image(step.preview) if step.preview is not None else None
-                emit(protocol.Progress(phase="drag", step=steps, total=step.total, points=step.points,
+                points = step.points if alignment is None else \
+                    [(float(x), float(y)) for x, y in alignment.to_crop(step.points)]
+                emit(protocol.Progress(phase="drag", step=steps, total=step.total, points=points,
                                        loss=_maybe_float(step.loss), preview=preview,
                                        text="done: handles reached their targets" if step.done else ""))
         except EditCancelled:

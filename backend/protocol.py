@@ -36,9 +36,11 @@ Message table (client -> server)
 =========  =====================================================================================
 hello      client (str), protocol (int)                       -> ``welcome`` or ``error``
 edit       model (name), image (spec) | image_id (str), handles, targets ([[x, y], ...] float
-           pixels), mask (spec, uint8 H x W, 255 = may move; optional), params (EditParams)
+           pixels), mask (spec, uint8 H x W, 255 = may move; optional), params (EditParams),
+           align ("auto"|"off", default "off"; protocol 3)
                                                               -> ``progress``* then ``result``/``error``
-continue   session_id, handles, targets, mask (optional), params (optional)
+continue   session_id, handles, targets, mask (optional), params (optional); for a session made
+           from a native crop (``result.frame`` "crop") points and mask are in that crop's frame
                                                               -> ``progress``* then ``result``/``error``
 cancel     job (request id of an edit/continue; null = all of this client's jobs) -> ``cancel_ok``
 ping       (no fields)                                        -> ``pong``  (the heartbeat)
@@ -49,16 +51,29 @@ Message table (server -> client)
 --------------------------------
 =========  =====================================================================================
 welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unknown), models
-           [{name, width, height, loaded}], heartbeat_s, instance (random per server start),
+           [{name, width, height, loaded, alignment ("none"|"ffhq")}], heartbeat_s, instance (random per server start),
            auth ("curve"|"none"), cache (bool), queue_limit, running, waiting (jobs now),
            limits {max_message_bytes, max_frame_bytes, max_image_side, max_points, max_peers}
 progress   phase (queued|loading|inversion|drag), step, total, points, loss, position (in queue),
            inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text
-result     image (spec), points, session_id, image_id, inversion (optional), steps, seconds
+result     image (spec), points, session_id, image_id, inversion (optional), steps, seconds,
+           frame ("model"|"crop"), offset ([x, y] crop pixels), alignment ("none"|"ffhq"), note
 error      code (ErrorCode), message (for a person), field (offending field or ""), trace_id
 pong       instance, jobs (request ids of this connection's queued/running jobs)
 cancel_ok  cancelled (int) / purged: images, sessions (ints)
 =========  =====================================================================================
+
+Face alignment (protocol 3): an ``edit`` with ``align="auto"`` for a model whose ``alignment`` is
+"ffhq" carries a *native-resolution* crop of any size up to MAX_IMAGE_SIDE (2048) per side instead
+of a model-sized one (2048 x 2048 RGB is 12 MiB, its mask 4 MiB: inside MAX_MESSAGE_BYTES, and each
+frame inside MAX_FRAME_BYTES = ZMQ_MAXMSGSIZE); handles, targets and mask are in that crop's pixels.
+The server finds the face (the one holding the handles), warps everything into the model's frame,
+inverts and drags there, and answers ``frame="crop"``: an RGBA image in the crop's frame whose alpha
+is 255 exactly on the area the model produced, cut to that area's bounding box, at ``offset`` in
+the crop; ``points`` are crop pixels. No face: the server edits a model-shaped box around the points
+of the same crop (``alignment="none"``) and says so in ``note`` and the progress text. ``continue``
+on such a session reuses the stored transform. Any other edit is as in protocol 2 (model-sized image,
+``frame="model"``).
 
 Heartbeats: while it waits for a job, the client sends ``ping`` at least twice per ``heartbeat_s``
 (from ``welcome``); the server aborts the jobs of a client it has not heard from for two intervals. The
@@ -81,7 +96,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 2  # 2: identity token in every request header; routing ids grant nothing
+# 2: identity token in every request header; routing ids grant nothing.
+# 3: face alignment (issue 19): ``edit.align``; for a model whose ``alignment`` (welcome) is not
+#    "none", an ``align="auto"`` edit sends a native-resolution crop (any size up to MAX_IMAGE_SIDE)
+#    and gets back ``result.frame="crop"`` (RGBA in that crop's frame at ``result.offset``).
+PROTOCOL_VERSION = 3
 
 # ---------------------------------------------------------------------------------------------
 # Limits, checked before any work is done. Both sides set zmq.MAXMSGSIZE to MAX_FRAME_BYTES so that
@@ -106,6 +125,9 @@ PHASES = ("queued", "loading", "inversion", "drag")
 LATENT_SPACES = ("w", "w+")
 INVERSION_PRESETS = ("fast", "quality")
 IMAGE_FORMATS = ("raw", "png")
+ALIGN_OPTIONS = ("auto", "off")  # edit.align: auto = the model's registry alignment; off = none
+ALIGNMENTS = ("none", "ffhq")  # a model's alignment kind (backend/align.py ALIGNMENTS)
+RESULT_FRAMES = ("model", "crop")  # result.frame: the model's output, or RGBA in the sent crop's frame
 
 
 class ErrorCode:
@@ -631,6 +653,9 @@ class Edit:
     mask: Image | PendingImage | None = None
     params: EditParams = field(default_factory=EditParams)
     image_format: str = "raw"  # how to send ``image`` (raw or png); not itself on the wire
+    # "auto": align the face as the model's training data was (a native crop for models whose
+    # alignment is not "none"); "off": the model-sized crop of protocol 2
+    align: str = "off"
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -638,6 +663,7 @@ class Edit:
             "handles": _points_out(self.handles),
             "targets": _points_out(self.targets),
             "params": self.params.to_fields(),
+            "align": self.align,
         }
         if self.image is not None:
             out["image"] = enc.image(_decoded(self.image), self.image_format)
@@ -666,6 +692,7 @@ class Edit:
             image_id=image_id,
             mask=mask,
             params=EditParams.from_fields(f.get("params")),
+            align=_str(f, "align", "fields", "off", choices=ALIGN_OPTIONS),
         )
 
 
@@ -751,6 +778,7 @@ class ModelEntry:
     loaded: bool
     poor_stlpips: float = 0.0
     poor_psnr_db: float = 0.0
+    alignment: str = "none"  # "ffhq": an align="auto" edit sends a native crop (protocol 3)
 
 
 @dataclass
@@ -803,6 +831,7 @@ class Welcome:
                     loaded=_bool(m, "loaded", path, False),
                     poor_stlpips=_float(m, "poor_stlpips", path, 0.0, 100.0, 0.0),
                     poor_psnr_db=_float(m, "poor_psnr_db", path, 0.0, 1000.0, 0.0),
+                    alignment=_str(m, "alignment", path, "none", choices=ALIGNMENTS),
                 )
             )
         limits = f.get("limits") or {}
@@ -903,6 +932,14 @@ class Result:
     inversion: InversionQuality | None = None
     steps: int = 0
     seconds: float = 0.0
+    # "model": ``image`` is the model's output at its size (points: model pixels). "crop" (an aligned
+    # edit of a native crop, protocol 3): ``image`` is RGBA in the sent crop's frame, alpha 255
+    # exactly where the model produced the pixel, cut to that area's bounding box whose top-left
+    # corner is at ``offset`` (x, y crop pixels); points are crop pixels.
+    frame: str = "model"
+    offset: tuple[int, int] = (0, 0)
+    alignment: str = "none"  # "ffhq" when the face was aligned
+    note: str = ""  # the alignment note for a person ("face aligned ...", "no face found ...")
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
         return {
@@ -913,6 +950,10 @@ class Result:
             "inversion": vars(self.inversion) if self.inversion else None,
             "steps": self.steps,
             "seconds": self.seconds,
+            "frame": self.frame,
+            "offset": [int(self.offset[0]), int(self.offset[1])],
+            "alignment": self.alignment,
+            "note": self.note,
         }
 
     @classmethod
@@ -927,7 +968,19 @@ class Result:
             inversion=InversionQuality.from_value(f.get("inversion"), "fields.inversion"),
             steps=_int(f, "steps", "fields", 0, 1 << 30, 0),
             seconds=_float(f, "seconds", "fields", 0.0, 1e9, 0.0),
+            frame=_str(f, "frame", "fields", "model", choices=RESULT_FRAMES),
+            offset=_offset(f.get("offset", [0, 0]), "fields.offset"),
+            alignment=_str(f, "alignment", "fields", "none", choices=ALIGNMENTS),
+            note=_str(f, "note", "fields", ""),
         )
+
+
+def _offset(value: Any, field_name: str) -> tuple[int, int]:
+    """``[x, y]`` whole pixels in 0..MAX_IMAGE_SIDE (where a crop-frame result sits in its crop)."""
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_IMAGE_SIDE for v in value)):
+        raise _bad(field_name, f"expected [x, y] whole pixels in 0..{MAX_IMAGE_SIDE}, got {_show(value)}")
+    return int(value[0]), int(value[1])
 
 
 @dataclass
