@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-peers", type=int, default=16, metavar="N",
                        help="concurrent connections; more are refused during the handshake (default "
                             "%(default)s; bounds the memory held by half-received frames)")
+    serve.add_argument("--no-preload", action="store_true",
+                       help="do not load the first model and the perceptual networks in the background at start "
+                            "(the first edit then waits for them)")
     serve.add_argument("--inversion-steps", type=int, default=None, metavar="N",
                        help="cap the photo projection at N optimiser steps (quick CPU servers, tests); "
                             "default: the presets' own")
@@ -383,6 +386,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)  # before "ready": a stop right after it is clean too
     signal.signal(signal.SIGTERM, on_signal)
     print("\n".join(banner), file=sys.stderr, flush=True)
+    if not args.no_preload:
+        import threading
+
+        # in the background: the server answers hello/status at once, the first edit waits less
+        threading.Thread(target=runner.preload, args=(order[0] if order else None,), name="draggan-preload",
+                         daemon=True).start()
     server.serve_forever(already_bound=True)
     return 0
 

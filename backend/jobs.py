@@ -126,6 +126,12 @@ class LoadedModel:
     G: Any  # stylegan2.Generator
     nbytes: int
     last_used: float
+    encoder: Any = None  # inversion.encoder.LatentEncoder trained for this file, when one ships with it
+
+
+def encoder_path(model_path: Path) -> Path:
+    """Where a model file's W+ encoder lives: ``NAME.encoder.pt`` beside ``NAME.pt``."""
+    return model_path.with_name(model_path.stem + ".encoder.pt")
 
 
 class ModelPool:
@@ -154,6 +160,30 @@ class ModelPool:
         import stylegan2
 
         return stylegan2.load_generator(path, device=self.device)
+
+    def _load_encoder(self, path: Path) -> Any:
+        """The encoder beside model file ``path`` (None without one, or when it was trained for other
+        weights or is unreadable: the projection then starts without it, as before; logged)."""
+        enc = encoder_path(path)
+        if not enc.is_file():
+            return None
+        from inversion.encoder import file_sha256, load_encoder
+
+        try:
+            encoder = load_encoder(enc, file_sha256(path), device=self.device)
+        except (ValueError, OSError) as exc:
+            log.warning("ignoring the encoder %s: %s", enc, exc)
+            return None
+        log.info("W+ encoder %s loaded: inversions start from its prediction", enc.name)
+        return encoder
+
+    def encoder_for(self, G: Any) -> Any:
+        """The encoder loaded with generator ``G`` (None when it has none)."""
+        with self._lock:
+            for entry in self._loaded.values():
+                if entry.G is G:
+                    return entry.encoder
+        return None
 
     def entries(self) -> list[protocol.ModelEntry]:
         """Installed models for ``welcome`` (size 0 x 0 until known)."""
@@ -199,10 +229,11 @@ class ModelPool:
             emit(protocol.Progress(phase="loading", text=f"loading model '{name}'"))
         started = time.monotonic()
         G = self._load_file(path)
+        encoder = self._load_encoder(path) if self._loader is None else None
         nbytes = module_bytes(G)
         with self._lock:
             self._make_room(nbytes)
-            self._loaded[name] = LoadedModel(name, G, nbytes, time.monotonic())
+            self._loaded[name] = LoadedModel(name, G, nbytes, time.monotonic(), encoder)
             self._sizes[name] = (int(G.img_width), int(G.img_height))
         log.info("model '%s' loaded from %s in %.1f s (%.1f MB of weights)", name, path,
                  time.monotonic() - started, nbytes / 1e6)
@@ -419,6 +450,28 @@ class EditRunner:
         dropped = self.sessions.drop_where(lambda held: held.model == name)
         if dropped:
             log.info("dropped %d session(s) of evicted model '%s'", dropped, name)
+
+    def preload(self, name: str | None = None) -> None:
+        """Load what the first edit would otherwise wait for: model ``name`` (the first installed one
+        when None) with its encoder, and the perceptual networks the inversion uses (VGG for the
+        figures, AlexNet for encoder starts). Meant for a background thread at server start; a
+        failure is logged, not raised (the edit that needs it reports it properly)."""
+        started = time.monotonic()
+        try:
+            names = self.pool.installed_names()
+            if name is None and not names:
+                return
+            G = self.pool.get(name or names[0])
+            from inversion._common import generator_device, shared_stlpips
+
+            device = generator_device(G)
+            for net in ("vgg", "alex"):
+                shared_stlpips(net, device)
+        except Exception as exc:  # noqa: BLE001 - a background warm-up must never take the server down
+            log.warning("preloading failed (the first edit will load on demand): %s", exc)
+            return
+        log.info("preloaded model '%s' and the perceptual networks in %.1f s", name or names[0],
+                 time.monotonic() - started)
 
     # Runner interface ------------------------------------------------------------------------
 
@@ -669,7 +722,7 @@ class EditRunner:
 
     def _project(self, owner: str, G: Any, pixels: np.ndarray, params: protocol.EditParams, emit: Emit,
                  should_cancel: ShouldCancel) -> Any:
-        from inversion import PRESETS, InversionCancelled, project
+        from inversion import ENCODER_PRESETS, PRESETS, InversionCancelled, project
 
         def progress(step: int, total: int, metrics: Any) -> None:
             quality = None
@@ -679,10 +732,11 @@ class EditRunner:
                                    loss=_maybe_float(metrics.get("loss")) if isinstance(metrics, dict) else None))
 
         emit(protocol.Progress(phase="inversion", step=0, total=0, text="projecting the photo into the model"))
+        encoder = self.pool.encoder_for(G)
         try:
             settings = None
             if self.inversion_steps is not None:  # a server-wide cap (quick CPU servers, tests)
-                base = PRESETS[params.inversion]
+                base = (ENCODER_PRESETS if encoder is not None else PRESETS)[params.inversion]
                 settings = dataclasses.replace(base, steps=self.inversion_steps,
                                                search_samples=min(base.search_samples, self.inversion_steps),
                                                pti_steps=min(base.pti_steps, self.inversion_steps))
@@ -690,7 +744,7 @@ class EditRunner:
             owner_cache: Any = OwnerCache(self.latent_cache, owner) if self.cache and self.latent_cache else None
             result = project(G, pixels, preset=params.inversion, pti=params.pti, progress=progress,
                              should_cancel=should_cancel, cache=owner_cache,
-                             settings=settings)
+                             settings=settings, encoder=encoder)
         except InversionCancelled:
             raise ProtocolError(ErrorCode.CANCELLED, "cancelled") from None
         if self.latent_cache is not None:

@@ -21,6 +21,13 @@ Examples::
     python benchmarks/edit_time.py --early-fraction 0.8 --steps 60 --search-samples 2   # levers
     python benchmarks/edit_time.py --device cuda --random-stlpips --json out.json
     python benchmarks/edit_time.py --random-model 512 --profiles none --pictures 1      # 512² inversion only
+    python benchmarks/edit_time.py --encoder backend/data/faces-128.encoder.pt             # encoder start
+    python benchmarks/edit_time.py --encoder ... --kind renders    # procedural renders, not the model's samples
+
+``--encoder FILE``: the projection starts from the encoder's W+ (``inversion.encoder``) and a
+preset name means its ``ENCODER_PRESETS`` entry; the encoder's load time is reported with the
+perceptual networks'. ``--kind renders``: the pictures are procedural faces (``training.faces``,
+seed 2026) instead of the model's own samples: in-domain drawings the model never produced.
 
 ``--random-stlpips`` uses randomly initialised ST-LPIPS networks of the shipped shapes (timing
 only; automatic when the ``stlpips-pytorch`` wheel is missing). ``--random-model RES`` uses a
@@ -46,7 +53,7 @@ import torch  # noqa: E402
 
 import stylegan2  # noqa: E402
 from backend.engine import DragParams, DragSession  # noqa: E402
-from inversion import PRESETS, project  # noqa: E402
+from inversion import ENCODER_PRESETS, PRESETS, load_encoder, project  # noqa: E402
 from inversion import _common as common  # noqa: E402
 from inversion.lpips import STLPIPS, load_shipped_state_dict  # noqa: E402
 
@@ -92,7 +99,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def pictures(G: Any, count: int) -> list[np.ndarray]:
+def pictures(G: Any, count: int, kind: str = "samples") -> list[np.ndarray]:
+    if kind == "renders":
+        from training import faces  # only this option needs the renderer
+
+        images, _ = faces.dataset(2026, count, size=G.img_resolution)
+        return [np.ascontiguousarray(image) for image in images]
     device = next(G.parameters()).device
     out = []
     for seed in range(count):
@@ -119,10 +131,10 @@ def drag_params(G: Any, profile: dict[str, int], precision: str, height: int) ->
 
 
 def one_edit(G: Any, picture: np.ndarray, settings: Any, profile: dict[str, int] | None, precision: str,
-             device: torch.device) -> dict[str, Any]:
+             device: torch.device, encoder: Any = None) -> dict[str, Any]:
     sync(device)
     started = time.perf_counter()
-    result = project(G, picture, settings=settings)
+    result = project(G, picture, settings=settings, encoder=encoder)
     sync(device)
     inversion_s = time.perf_counter() - started
     record: dict[str, Any] = dict(inversion_s=inversion_s, stlpips=result.stlpips, psnr=result.psnr,
@@ -163,6 +175,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--random-stlpips", action="store_true")
+    parser.add_argument("--encoder", help="encoder file for this generator (inversion.encoder)")
+    parser.add_argument("--kind", choices=["samples", "renders"], default="samples", help="which in-domain pictures")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
 
@@ -172,23 +186,32 @@ def main() -> None:
     overrides = {name: getattr(args, name) for name in ("steps", "search_samples", "early_fraction", "early_net",
                                                          "early_max_side", "lpips_max_side")
                  if getattr(args, name) is not None}
-    settings = PRESETS[args.preset].replace(precision=args.precision, **overrides)
+    presets = ENCODER_PRESETS if args.encoder else PRESETS
+    settings = presets[args.preset].replace(precision=args.precision, **overrides)
     nets = {settings.lpips_net, "vgg"} | ({settings.early_net} if settings.early_fraction > 0 else set())
     load_s, random_nets = prepare_stlpips(nets, device, args.random_stlpips)
-    images = pictures(G, args.pictures)
-    one_edit(G, images[0], settings.replace(steps=2, search_samples=1), PROFILES["fixed"] if args.profiles != ["none"]
-             else None, args.precision, device)  # warm-up (first-call allocations, w statistics)
+    encoder = None
+    if args.encoder:
+        started = time.perf_counter()
+        encoder = load_encoder(args.encoder, device=device)
+        load_s += time.perf_counter() - started
+    images = pictures(G, args.pictures, args.kind)
+    one_edit(G, images[0], settings.replace(steps=2, search_samples=min(1, settings.search_samples)),
+             PROFILES["fixed"] if args.profiles != ["none"] else None, args.precision, device,
+             encoder)  # warm-up (first-call allocations, w statistics)
 
     report: dict[str, Any] = dict(model=model_name, device=str(device), threads=torch.get_num_threads(),
                                   settings=dataclasses.asdict(settings), random_stlpips=random_nets,
+                                  encoder=args.encoder, kind=args.kind,
                                   stlpips_load_s=load_s, pictures=args.pictures, profiles={})
     print(f"edit time: {model_name}, {device}, {torch.get_num_threads()} threads, precision {args.precision}, "
           f"inversion {settings.steps} steps (early {settings.early_fraction:g} with {settings.early_net}), "
-          f"search {settings.search_samples}; ST-LPIPS nets {'RANDOM (timing only)' if random_nets else 'shipped'}, "
+          f"search {settings.search_samples}, encoder {args.encoder or 'none'}, {args.kind}; "
+          f"ST-LPIPS nets {'RANDOM (timing only)' if random_nets else 'shipped'}, "
           f"loaded in {load_s:.2f} s (before timing)")
     for name in args.profiles:
         profile = PROFILES.get(name)
-        records = [one_edit(G, image, settings, profile, args.precision, device) for image in images]
+        records = [one_edit(G, image, settings, profile, args.precision, device, encoder) for image in images]
 
         def median(key: str, rows: list[dict[str, Any]] = records) -> float | None:
             values = [r[key] for r in rows if r.get(key) is not None]
