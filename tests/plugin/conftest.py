@@ -44,10 +44,11 @@ class FakeBackend:
     image inverted (edit) or the last result brightened (continue), records every call."""
 
     def __init__(self, models: list[tuple[str, int, int]] | None = None, psnr: float = 24.0,
-                 stlpips: float = 0.15) -> None:
+                 stlpips: float = 0.15, aligned: tuple[str, ...] = ()) -> None:
         from draggan_core import link
 
-        self.models_list = [link.ModelChoice(n, w, h, True) for n, w, h in (models or [("tiny", 16, 16)])]
+        self.models_list = [link.ModelChoice(n, w, h, True, alignment="ffhq" if n in aligned else "none")
+                            for n, w, h in (models or [("tiny", 16, 16)])]
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.psnr, self.stlpips = psnr, stlpips
         self.fail_with: Exception | None = None
@@ -56,6 +57,7 @@ class FakeBackend:
         self.address = ""
         self.undo_depth_seen: list[int] = []
         self.session_prefix = "s"
+        self.geometry: dict[str, Any] = {}   # aligned sessions: (produced area, its box)
 
     # the factory edit.run_edit calls
     def __call__(self, address: str, timeout: float) -> FakeBackend:
@@ -84,11 +86,14 @@ class FakeBackend:
     def _note_undo(self) -> None:
         self.undo_depth_seen.extend(img.undo_depth for img in fakegimp.all_images)
 
-    def edit(self, model, rgb, size, handles, targets, mask, params, on_progress, should_cancel):
+    def edit(self, model, rgb, size, handles, targets, mask, params, on_progress, should_cancel, align="off"):
         self._note_undo()
         self.calls.append(("edit", dict(model=model, rgb=rgb, size=size, handles=handles, targets=targets,
-                                        mask=mask, params=params)))
+                                        mask=mask, params=params, align=align)))
         quality = protocol.InversionQuality(self.psnr, self.stlpips)
+        chosen = next(m for m in self.models_list if m.name == model)
+        if align == "auto" and chosen.alignment != "none":
+            return self._aligned(rgb, size, handles, targets, on_progress, quality)
         on_progress(protocol.Progress(phase="inversion", step=5, total=10, inversion=quality))
         on_progress(protocol.Progress(phase="drag", step=3, total=params["max_steps"]))
         if should_cancel():
@@ -100,6 +105,48 @@ class FakeBackend:
         return protocol.Result(image=protocol.Image(w, h, 3, bytes(255 - b for b in rgb)), points=targets,
                                session_id=session, inversion=quality, steps=3)
 
+    # The aligned edit as the server answers it (protocol 3): RGBA in the region's frame, alpha 255 on
+    # the "produced area" -- here a diamond of radius `face_radius` around the first handle, cut where
+    # it runs over the region's edge (the padding of a face near the layer's edge) -- cut to that
+    # area's bounding box at its offset. `no_face`: the unaligned box (a square, all produced).
+    face_radius = 30
+    no_face = False
+
+    def _produced(self, size, centre):
+        w, h = size
+        cx, cy = int(round(centre[0])), int(round(centre[1]))
+        r = self.face_radius
+        inside = [[(abs(x - cx) + abs(y - cy) <= r) if not self.no_face else (abs(x - cx) <= r and abs(y - cy) <= r)
+                   for x in range(w)] for y in range(h)]
+        xs = [x for y in range(h) for x in range(w) if inside[y][x]]
+        ys = [y for y in range(h) for x in range(w) if inside[y][x]]
+        return inside, (min(xs), min(ys), max(xs) + 1, max(ys) + 1)
+
+    def _crop_result(self, size, session, points, quality, value):
+        inside, (x0, y0, x1, y1) = self.geometry[session]
+        w = size[0]
+        out = bytearray()
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                # the server zeroes colour outside the produced area too
+                out += bytes(value(x, y, w)) + b"\xff" if inside[y][x] else b"\x00" * 4
+        note = ("no face found: editing without alignment" if self.no_face
+                else "face aligned (rotated +20 deg, 2.00 crop px per model px)")
+        return protocol.Result(image=protocol.Image(x1 - x0, y1 - y0, 4, bytes(out)), points=points,
+                               session_id=session, inversion=quality, steps=3, frame="crop", offset=(x0, y0),
+                               alignment="none" if self.no_face else "ffhq", note=note)
+
+    def _aligned(self, rgb, size, handles, targets, on_progress, quality):
+        note = ("no face found: editing without alignment" if self.no_face
+                else "face aligned (rotated +20 deg, 2.00 crop px per model px)")
+        on_progress(protocol.Progress(phase="inversion", step=0, total=0, text=note))
+        on_progress(protocol.Progress(phase="inversion", step=5, total=10, inversion=quality))
+        self.sessions += 1
+        session = "none" if self.session_prefix == "none" else f"{self.session_prefix}{self.sessions}"
+        self.geometry[session] = self._produced(size, handles[0])
+        return self._crop_result(size, session, targets, quality,
+                                 lambda x, y, w: [255 - b for b in rgb[(y * w + x) * 3:(y * w + x) * 3 + 3]])
+
     def continue_session(self, session_id, size, handles, targets, mask, params, on_progress, should_cancel,
                          model=""):
         from draggan_core import link
@@ -110,6 +157,8 @@ class FakeBackend:
         if self.session_gone:
             raise link.SessionGone("unknown session")
         on_progress(protocol.Progress(phase="drag", step=1, total=params["max_steps"]))
+        if session_id in self.geometry:
+            return self._crop_result(size, session_id, targets, None, lambda x, y, w: [200, 200, 200])
         w, h = size
         return protocol.Result(image=protocol.Image(w, h, 3, bytes([200]) * (w * h * 3)), points=targets,
                                session_id=session_id, steps=1)

@@ -386,9 +386,26 @@ class Image:
                 sel.set_pixel(xx, yy, bytes([new]))
         return True
 
-    def select_item(self, op: str, item: Channel) -> bool:
-        assert op == "REPLACE"
-        self.selection.data = bytearray(item.data)
+    def select_item(self, op: str, item: Drawable) -> bool:
+        """A channel's values (image-sized), or a layer's alpha at its offsets (GIMP: the item's
+        shape), REPLACE or INTERSECT (minimum) the selection."""
+        log.append(("select_item", op, item.name))
+        if isinstance(item, Layer):
+            shape = bytearray(self.width * self.height)
+            ox, oy = item.offsets
+            for y in range(item.height):
+                for x in range(item.width):
+                    ix, iy = x + ox, y + oy
+                    if 0 <= ix < self.width and 0 <= iy < self.height:
+                        shape[iy * self.width + ix] = item.pixel(x, y)[3]
+        else:
+            shape = bytearray(item.data)
+        if op == "REPLACE":
+            self.selection.data = shape
+        elif op == "INTERSECT":
+            self.selection.data = bytearray(min(a, b) for a, b in zip(self.selection.data, shape))
+        else:
+            raise ValueError(op)
         return True
 
     def scale(self, nw: int, nh: int) -> bool:
@@ -455,6 +472,22 @@ class Selection:
                     row = old[yy * w + max(0, x - steps): yy * w + min(w, x + steps + 1)]
                     best = max(best, max(row))
                 sel.data[y * w + x] = best
+        return True
+
+    @staticmethod
+    def shrink(image: Image, steps: int) -> bool:
+        """Square erosion by `steps` pixels (outside the image counts as unselected)."""
+        log.append(("Selection.shrink", steps))
+        sel = image.selection
+        old = bytes(sel.data)
+        w, h = image.width, image.height
+        for y in range(h):
+            for x in range(w):
+                if x < steps or y < steps or x >= w - steps or y >= h - steps:
+                    sel.data[y * w + x] = 0
+                    continue
+                sel.data[y * w + x] = min(min(old[yy * w + x - steps: yy * w + x + steps + 1])
+                                          for yy in range(y - steps, y + steps + 1))
         return True
 
     @staticmethod

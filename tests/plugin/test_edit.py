@@ -162,7 +162,7 @@ def test_drag_again_continues_the_session_without_inverting(backend: FakeBackend
     assert second.continued and second.crop == first.crop
     # the record holds no secret and no routing id: the identity token (GIMP's folder) owns the session
     raw = json.loads(bytes(first.layer.get_parasite(parasite.PARASITE_NAME).get_data()))
-    assert raw["v"] == 2 and "routing_id" not in raw and "token" not in raw
+    assert raw["v"] == 3 and "routing_id" not in raw and "token" not in raw and raw["frame"] == "model"
     kind, req = backend.calls[-2]
     assert kind == "continue" and req["session_id"] == "s1"
     assert image.layers == [second.layer, first.layer, layer]

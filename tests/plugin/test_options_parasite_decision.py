@@ -26,7 +26,7 @@ def test_registration_follows_the_table_in_order_with_defaults() -> None:
     options.register_arguments(proc, fakegimp.Gimp, fakegimp.GObject, {"backend-address": "tcp://gpu:7000"})
     names = [a[1][0] for a in proc.args]
     assert names == ["path", "backend-address", "model", "max-steps", "latent", "learning-rate",
-                     "mask-strength", "inversion-preset", "pti", "crop-mode", "backend-timeout"]
+                     "mask-strength", "inversion-preset", "pti", "crop-mode", "align", "backend-timeout"]
     by_name = {a[1][0]: a for a in proc.args}
     assert by_name["path"][0] == "add_path_argument" and by_name["path"][1][3] is True   # none_ok
     assert by_name["backend-address"][1][3] == "tcp://gpu:7000"
@@ -35,6 +35,9 @@ def test_registration_follows_the_table_in_order_with_defaults() -> None:
     assert [e[0] for e in args[3].entries] == ["auto", "layer", "selection"]
     kind, args = by_name["max-steps"]
     assert kind == "add_int_argument" and args[3:6] == (1, 5000, 200)
+    kind, args = by_name["align"]   # face alignment (protocol 3): auto by default, off for the old way
+    assert kind == "add_choice_argument" and args[4] == "auto"
+    assert [e[0] for e in args[3].entries] == ["auto", "off"]
 
 
 class FakeConfig:
@@ -90,10 +93,23 @@ def test_parasite_round_trip_on_a_layer() -> None:
 def test_damaged_records_read_as_none() -> None:
     good = parasite.encode_record(RECORD)
     assert parasite.decode_record(good) == RECORD
-    for bad in (b"", b"{", b"[]", good.replace(b'"v": 2', b'"v": 3'), good.replace(b'"v": 2', b'"v": 1'),
-                good.replace(b"128, 64]", b"0, 64]"), good.replace(b'"sess-1"', b'""'), b'{"v": 2}',
-                bytes([0xff, 0xfe])):
+    for bad in (b"", b"{", b"[]", good.replace(b'"v": 3', b'"v": 4'), good.replace(b'"v": 3', b'"v": 2'),
+                good.replace(b'"v": 3', b'"v": 1'), good.replace(b"128, 64]", b"0, 64]"),
+                good.replace(b'"sess-1"', b'""'), b'{"v": 3}', bytes([0xff, 0xfe]),
+                good.replace(b'"frame": "model"', b'"frame": "crop"'),          # crop frame without region
+                good.replace(b'"frame": "model"', b'"frame": "sideways"'),
+                good.replace(b'"frame": "model"', b'"frame": "crop", "region": [0, 0, 0, 5]')):
         assert parasite.decode_record(bad) is None, bad
+    # version 2 (protocol 2) and 1 records are "outdated": the next drag inverts anew and says why
+    assert parasite.is_outdated(good.replace(b'"v": 3', b'"v": 2'))
+    assert parasite.is_outdated(good.replace(b'"v": 3', b'"v": 1')) and not parasite.is_outdated(good)
+
+
+def test_aligned_record_round_trip() -> None:
+    native = parasite.SessionRecord("tcp://127.0.0.1:5555", "sess-2", Rect(30, 40, 50, 60), "ffhq-512",
+                                    (512, 512), False, parasite.FRAME_CROP, Rect(0, 0, 400, 300))
+    back = parasite.decode_record(parasite.encode_record(native))
+    assert back == native and back is not None and back.native and not RECORD.native
 
 
 def test_decision_continue_only_when_everything_matches() -> None:

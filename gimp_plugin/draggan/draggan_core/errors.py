@@ -78,6 +78,15 @@ def points_too_far_apart(span_w: float, span_h: float, crop_w: int, crop_h: int,
     )
 
 
+def points_too_far_apart_to_align(span_w: float, span_h: float, max_side: int) -> PluginError:
+    return PluginError(
+        f"DragGAN: the drag points span {span_w:.0f}x{span_h:.0f} px, but a face is aligned from a "
+        f"region of at most {max_side}x{max_side} px around them. Draw the handles and targets closer "
+        "together (on one face), or set Face alignment to Off.",
+        calling=True,
+    )
+
+
 def points_outside_selection_crop() -> PluginError:
     return PluginError(
         "DragGAN: with crop mode 'selection bounds' every handle and target must lie inside the "

@@ -157,6 +157,38 @@ def plan_crop(points: Sequence[Point], layer: Rect, model_size: tuple[int, int],
     return Rect(x, y, wi, hi)
 
 
+# Face alignment (protocol 3): the plug-in cannot see the face (GIMP's Python has no detector), so
+# it sends the largest region the wire allows around the points, at native resolution; the backend
+# finds the face holding the handles in it (the FFHQ quad is about 4x the eye distance) and answers
+# only the area its model produced. 2048 x 2048 is the protocol's MAX_IMAGE_SIDE: as raw RGB 12 MiB
+# plus a 4 MiB mask, inside the server's ZMQ_MAXMSGSIZE frame limit (2048^2 RGBA + 1/64).
+ALIGN_MAX_SIDE = 2048
+
+
+def plan_native_region(points: Sequence[Point], layer: Rect, max_side: int = ALIGN_MAX_SIDE) -> Rect:
+    """The native-resolution region sent for an aligned edit, in image coordinates: at most
+    `max_side` pixels on each side, inside `layer`, centred on the points (x then y, image pixels)
+    as far as the layer allows, and always covering them. Raises PluginError when the points span
+    more than `max_side`."""
+    if layer.w < MIN_LAYER_SIDE or layer.h < MIN_LAYER_SIDE:
+        raise errors.layer_too_small(layer.w, layer.h)
+    px0, py0, px1, py1 = bounding_box(points)
+    if px1 - px0 > max_side or py1 - py0 > max_side:
+        raise errors.points_too_far_apart_to_align(px1 - px0, py1 - py0, max_side)
+    w, h = min(max_side, layer.w), min(max_side, layer.h)
+    x = _place((px0 + px1) / 2.0, w, layer.x, layer.x2, px0, px1)
+    y = _place((py0 + py1) / 2.0, h, layer.y, layer.y2, py0, py1)
+    return Rect(x, y, w, h)
+
+
+def to_region_points(points: Sequence[Point], region: Rect) -> list[Point]:
+    """Image coordinates -> pixel-centre coordinates of the native region (the backend's crop
+    pixels: the centre of pixel i is i), kept on the region's pixel grid (an anchor on its very
+    edge would otherwise fall half a pixel outside)."""
+    return [(min(max(x - region.x - 0.5, 0.0), region.w - 1.0), min(max(y - region.y - 0.5, 0.0), region.h - 1.0))
+            for x, y in points]
+
+
 def to_model_points(points: Sequence[Point], crop: Rect, model_size: tuple[int, int]) -> list[Point]:
     """Image coordinates -> model pixel coordinates of the scaled crop (floats, x then y).
 

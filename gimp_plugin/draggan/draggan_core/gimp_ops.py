@@ -123,6 +123,54 @@ def insert_result_layer(image: Any, source: Any, name: str, crop: Rect, rgb: byt
     return layer
 
 
+def insert_rgba_layer(image: Any, source: Any, name: str, rect: Rect, rgba: bytes) -> Any:
+    """A new layer of `rect`'s size at its offsets, directly above `source`, holding RGBA bytes as
+    they are (an aligned result: alpha 0 outside the area the model produced)."""
+    layer = Gimp.Layer.new(image, name, rect.w, rect.h, new_layer_type(image), 100.0, Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+    layer.set_offsets(rect.x, rect.y)
+    _set_pixels(layer, rect.w, rect.h, RGBA_U8, rgba)
+    layer.update(0, 0, rect.w, rect.h)
+    return layer
+
+
+def add_produced_mask(image: Any, layer: Any, plan: MaskPlan) -> Any:
+    """Give an aligned result `layer` a mask inside the area the model produced (the layer's alpha):
+    that area shrunk by plan.inset (intersected with the selection grown by plan.grow, if any),
+    feathered by plan.feather, then cut hard to the produced area, so no pixel outside it (the
+    padding of a face near the layer's edge, the corners of a rotated frame) can show. The user's
+    selection is restored afterwards."""
+    Gimp.context_push()
+    try:
+        Gimp.context_set_feather(False)
+        Gimp.context_set_antialias(False)
+        saved = Gimp.Selection.save(image) if selection_bounds(image) is not None else None
+        grown = None
+        if plan.use_selection and saved is not None:
+            if plan.grow > 0:
+                Gimp.Selection.grow(image, plan.grow)
+            grown = Gimp.Selection.save(image)
+        image.select_item(Gimp.ChannelOps.REPLACE, layer)   # a layer's item shape is its alpha
+        if plan.inset > 0:
+            Gimp.Selection.shrink(image, plan.inset)
+        if grown is not None:
+            image.select_item(Gimp.ChannelOps.INTERSECT, grown)
+            image.remove_channel(grown)
+        if plan.feather > 0:
+            Gimp.Selection.feather(image, float(plan.feather))
+        image.select_item(Gimp.ChannelOps.INTERSECT, layer)   # feathering spreads: cut to the area again
+        mask = layer.create_mask(Gimp.AddMaskType.SELECTION)
+        layer.add_mask(mask)
+        if saved is not None:
+            image.select_item(Gimp.ChannelOps.REPLACE, saved)
+            image.remove_channel(saved)
+        else:
+            Gimp.Selection.none(image)
+    finally:
+        Gimp.context_pop()
+    return mask
+
+
 def add_feathered_mask(image: Any, layer: Any, crop: Rect, plan: MaskPlan) -> Any:
     """Give `layer` a mask: the selection grown by plan.grow (or the whole crop), cut to the crop
     inset by plan.inset, feathered by plan.feather. The user's selection is restored afterwards."""

@@ -22,6 +22,7 @@ class ModelChoice:
     loaded: bool
     poor_stlpips: float = 0.0     # the model's "poor inversion" thresholds from welcome (0 = defaults)
     poor_psnr_db: float = 0.0
+    alignment: str = "none"       # "ffhq": with align=auto the plug-in sends a native crop (protocol 3)
 
 
 def wire() -> tuple[Any, Any]:
@@ -126,7 +127,8 @@ class Backend:
             except Exception as exc:
                 raise explain(exc, self.address, self._connect_wait) from None
             self._models = [ModelChoice(m.name, m.width, m.height, m.loaded, getattr(m, "poor_stlpips", 0.0),
-                                        getattr(m, "poor_psnr_db", 0.0)) for m in welcome.models]
+                                        getattr(m, "poor_psnr_db", 0.0), getattr(m, "alignment", "none"))
+                            for m in welcome.models]
             if not self._models:
                 raise errors.PluginError(
                     f"DragGAN: the backend at {self.address} serves no models. Install one on the server "
@@ -158,14 +160,16 @@ class Backend:
 
     def edit(self, model: str, rgb: bytes, size: tuple[int, int], handles: list[tuple[float, float]],
              targets: list[tuple[float, float]], mask: bytes | None, params: dict[str, Any],
-             on_progress: Callable[[Any], None], should_cancel: Callable[[], bool]) -> Any:
-        """Invert `rgb` (model-sized, 3 bytes per pixel) and drag; -> protocol.Result."""
+             on_progress: Callable[[Any], None], should_cancel: Callable[[], bool], align: str = "off") -> Any:
+        """Invert `rgb` (3 bytes per pixel, `size` = (width, height) pixels) and drag; -> protocol.Result.
+        align "off": `rgb` is model-sized; "auto" for a model with an alignment: a native crop (up to
+        2048 px a side) that the backend aligns, answered in the crop's frame (protocol 3)."""
         p = self.protocol
         w, h = size
         request = p.Edit(model=model, handles=handles, targets=targets,
                          image=p.Image(w, h, 3, rgb),
                          mask=None if mask is None else p.Image(w, h, 1, mask),
-                         params=p.EditParams(**params))
+                         params=p.EditParams(**params), align=align)
         return self._run(request, on_progress, should_cancel, model)
 
     def continue_session(self, session_id: str, size: tuple[int, int], handles: list[tuple[float, float]],

@@ -51,6 +51,16 @@ CROP_CHOICES = (
      "The selection's bounding box, grown to the model's shape"),
 )
 
+ALIGN_AUTO = "auto"
+ALIGN_OFF = "off"
+ALIGN_CHOICES = (
+    (ALIGN_AUTO, "Auto (align faces for face models)",
+     "For a model trained on aligned faces (e.g. ffhq-512), the backend finds the face, rotates and "
+     "scales it as in the model's training data, edits there and puts the result back exactly; "
+     "other models are not affected"),
+    (ALIGN_OFF, "Off", "Send the crop as it is, scaled to the model's size"),
+)
+
 ARGUMENTS: tuple[Arg, ...] = (
     Arg("path", "path", "Path with _drag points",
         "Path whose strokes hold handle/target anchor pairs; none = the active path"),
@@ -70,6 +80,9 @@ ARGUMENTS: tuple[Arg, ...] = (
         "Also fine-tune the model on this photo: much closer reconstruction, slower", False),
     Arg("crop-mode", "choice", "Crop: _what the model sees", "Which part of the layer the model sees",
         geometry.CROP_AUTO, choices=CROP_CHOICES),
+    Arg("align", "choice", "Face _alignment",
+        "Align the face as the model's training data was (models without an alignment: off)",
+        ALIGN_AUTO, choices=ALIGN_CHOICES),
     Arg("backend-timeout", "int", "Backend timeo_ut (s)",
         "Give up when the backend says nothing for this long", 30, 1, 3600),
 )
@@ -89,6 +102,7 @@ class Options:
     inversion_preset: str = "fast"
     pti: bool = False
     crop_mode: str = geometry.CROP_AUTO
+    align: str = ALIGN_AUTO
     backend_timeout: int = 30
 
 

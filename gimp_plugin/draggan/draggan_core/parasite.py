@@ -5,8 +5,13 @@ in XCF) and undoable. It holds no pixels and no secret: only where the session l
 it covers. Who may use the session is the user's identity token, kept in GIMP's config folder
 (identity.py), never in the image: whoever receives the .xcf cannot take the session over.
 
-Version 1 records also held the ZeroMQ routing id that owned the session (protocol 1). They are
-read as "outdated": the next drag on such a layer inverts anew and says why.
+Version 1 records also held the ZeroMQ routing id that owned the session (protocol 1); version 2
+records are protocol-2 sessions (no alignment). Both are read as "outdated": a protocol-3 plug-in
+cannot reach a protocol-2 backend, so the next drag on such a layer inverts anew and says why.
+
+Version 3 (protocol 3, face alignment): ``frame`` "crop" marks a session made from a native crop
+``region`` (image coordinates) whose transform the backend keeps; ``crop`` is then the result
+layer's rectangle (the produced area's bounding box).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 from .geometry import Rect
 
 PARASITE_NAME = "draggan-session"
-RECORD_VERSION = 2  # 2: no routing id (protocol 2 owns sessions by the user's identity token)
+RECORD_VERSION = 3  # 2: no routing id (protocol 2); 3: frame + region (protocol 3, face alignment)
+FRAME_MODEL = "model"   # the crop was scaled to the model's size (protocol 2's only way)
+FRAME_CROP = "crop"     # a native crop, aligned (or boxed) by the backend
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,12 @@ class SessionRecord:
     model: str
     model_size: tuple[int, int]
     pti: bool = False
+    frame: str = FRAME_MODEL
+    region: Rect | None = None   # the native crop sent (frame "crop"), image coordinates
+
+    @property
+    def native(self) -> bool:
+        return self.frame == FRAME_CROP
 
 
 def encode_record(record: SessionRecord) -> bytes:
@@ -43,7 +56,10 @@ def encode_record(record: SessionRecord) -> bytes:
         "model": record.model,
         "model_size": list(record.model_size),
         "pti": record.pti,
+        "frame": record.frame,
     }
+    if record.region is not None:
+        data["region"] = list(record.region.as_tuple())
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
 
@@ -63,14 +79,25 @@ def decode_record(data: bytes | bytearray | list[int] | None) -> SessionRecord |
         address, session_id, model = raw["address"], raw["session_id"], raw["model"]
         if not all(isinstance(s, str) and s for s in (address, session_id, model)):
             return None
-        return SessionRecord(address, session_id, Rect(x, y, w, h), model, (mw, mh), bool(raw.get("pti")))
+        frame = raw.get("frame", FRAME_MODEL)
+        region = None
+        if frame == FRAME_CROP:
+            rx, ry, rw, rh = (int(v) for v in raw["region"])
+            if rw <= 0 or rh <= 0:
+                return None
+            region = Rect(rx, ry, rw, rh)
+        elif frame != FRAME_MODEL:
+            return None
+        return SessionRecord(address, session_id, Rect(x, y, w, h), model, (mw, mh), bool(raw.get("pti")),
+                             frame, region)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 
 
 def is_outdated(data: bytes | bytearray | list[int] | None) -> bool:
-    """True for a record an older plug-in wrote (version 1, with a routing id): its session cannot
-    be continued by this plug-in (and is not trusted: anyone with the .xcf had its routing id)."""
+    """True for a record an older plug-in wrote (version 1, with a routing id; version 2, protocol
+    2): its session cannot be continued by this plug-in (a version-1 one is not trusted either:
+    anyone with the .xcf had its routing id)."""
     if data is None:
         return False
     try:

@@ -67,6 +67,9 @@ def progress_text(message: Any, mode_text: str, limits: tuple[float, float] | No
         parts.append(f"step {message.step}/{message.total}")
     if message.inversion is not None:
         parts.append(quality_text(message.inversion.psnr, message.inversion.stlpips, limits))
+    note = getattr(message, "text", "")
+    if note and ("face" in note or "align" in note):   # the backend's alignment notes (protocol 3)
+        parts.append(note)
     parts.append(mode_text)
     return " — ".join(parts)
 
