@@ -3,10 +3,13 @@
     python tests/gimp/backend_host.py --dir DIR [--inversion-steps N] [--max-seconds S]
 
 Writes DIR/tiny.pt (a tiny generator saved with stylegan2.save_generator), serves it as model
-'tiny' with backend.server.Server + backend.jobs.EditRunner (the same objects `draggan-backend
+'tiny' and, flagged ``alignment: ffhq`` (face alignment, protocol 3, with the real MTCNN), as
+'tinyface', with backend.server.Server + backend.jobs.EditRunner (the same objects `draggan-backend
 serve` runs), writes its endpoint to DIR/endpoint once listening, and appends one JSON line per
 finished job to DIR/jobs.jsonl: the request type, the phases the server emitted (so a test can see
-whether it inverted), the outcome and the session id. Stops on SIGTERM or after S seconds at most.
+whether it inverted), the outcome and the session id (and for aligned results: their progress texts, frame, offset,
+size, alignment, note and the SHA-256 of the RGBA bytes sent, so a test can check that GIMP placed
+exactly what the server produced). Stops on SIGTERM or after S seconds at most.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ def main() -> int:
                             channel_max=32, mapping_kwargs={"num_layers": 2})
     stylegan2.save_generator(G, model_path)
 
-    runner = EditRunner(models={"tiny": model_path}, device="cpu", cache=True, cache_dir=None,
-                        inversion_steps=args.inversion_steps)
+    runner = EditRunner(models={"tiny": model_path, "tinyface": model_path}, device="cpu", cache=True,
+                        cache_dir=None, inversion_steps=args.inversion_steps, alignments={"tinyface": "ffhq"})
     jobs_log = args.dir / "jobs.jsonl"
     lock = threading.Lock()
     real_run = runner.run
@@ -55,8 +58,11 @@ def main() -> int:
     def logged_run(owner, request, emit, should_cancel):  # observe, then do exactly what serve does
         phases: list[str] = []
         phase_started: dict[str, float] = {}
+        texts: list[str] = []
 
         def observe(progress: protocol.Progress) -> None:
+            if progress.text and progress.text not in texts:
+                texts.append(progress.text)
             if progress.phase not in phases:
                 phases.append(progress.phase)
                 phase_started[progress.phase] = round(time.monotonic() - started, 2)
@@ -67,7 +73,13 @@ def main() -> int:
                  "targets": [list(p) for p in request.targets], "mask": request.mask is not None}
         try:
             result = real_run(owner, request, observe, should_cancel)
-            entry.update(outcome="result", session_id=result.session_id)
+            entry.update(outcome="result", session_id=result.session_id, frame=result.frame)
+            if result.frame == "crop":
+                import hashlib
+
+                entry.update(offset=list(result.offset), size=[result.image.width, result.image.height],
+                             alignment=result.alignment, note=result.note, texts=texts,
+                             rgba_sha256=hashlib.sha256(result.image.data).hexdigest())
             return result
         except Exception as exc:
             entry.update(outcome=f"{type(exc).__name__}: {exc}")
@@ -83,7 +95,7 @@ def main() -> int:
     tmp = args.dir / "endpoint.tmp"
     tmp.write_text(server.endpoint)
     os.replace(tmp, args.dir / "endpoint")
-    print(f"backend_host: serving 'tiny' at {server.endpoint}", flush=True)
+    print(f"backend_host: serving 'tiny' and 'tinyface' at {server.endpoint}", flush=True)
 
     def warm_up() -> None:
         # Load the perceptual network (the slowest first-time cost of an inversion) while GIMP starts;
