@@ -54,14 +54,15 @@ def evaluate(model: Path, n: int, seed: int) -> dict[str, float]:
     return evaluate_generator(stylegan2.load_generator(model), n, seed)
 
 
-def evaluate_generator(G: stylegan2.Generator, n: int, seed: int, det: KeypointDetector | None = None
-                       ) -> dict[str, float]:
-    """Figures for an in-memory generator (learning curves evaluate snapshots this way)."""
+def evaluate_generator(G: stylegan2.Generator, n: int, seed: int, det: KeypointDetector | None = None,
+                       geometry_scale: float = 1.0) -> dict[str, float]:
+    """Figures for an in-memory generator (learning curves evaluate snapshots this way).
+    ``geometry_scale``: judge against a curriculum's narrower domain (see ``params_for_z``)."""
     det = det if det is not None else load_detector()
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, G.z_dim)).astype(np.float32)
     gen = generate(G, z)
-    renders, true_kps = faces.render_batch(params_for_z(z), size=G.img_resolution)
+    renders, true_kps = faces.render_batch(params_for_z(z, geometry_scale), size=G.img_resolution)
     other, _ = faces.dataset(seed + 1, n, size=G.img_resolution)
 
     with torch.no_grad():

@@ -62,9 +62,24 @@ DEFAULT_CONFIG: dict[str, Any] = dict(
 )
 
 
-def params_for_z(z: np.ndarray) -> np.ndarray:
-    """Renderer parameters that the image of ``z`` [n, NUM_PARAMS] shows (via the normalised z)."""
+# The parameters that place and shape features (pose, face, eyes, brows, nose, mouth); the rest are
+# colours, styles and lighting.  A curriculum can shrink their spread (``geometry_scale``).
+GEOMETRY_PARAMS = [faces.PARAM_NAMES.index(name) for name in (
+    "head_x", "head_y", "head_size", "face_aspect", "jaw_shape", "yaw", "pitch", "roll", "eye_height",
+    "eye_spacing", "eye_size", "eye_open", "eye_tilt", "gaze_x", "gaze_y", "brow_gap", "brow_tilt",
+    "nose_length", "nose_size", "mouth_height", "mouth_width", "mouth_open", "smile", "lip_thickness")]
+
+
+def params_for_z(z: np.ndarray, geometry_scale: float = 1.0) -> np.ndarray:
+    """Renderer parameters that the image of ``z`` [n, NUM_PARAMS] shows (via the normalised z).
+
+    ``geometry_scale`` < 1 (a curriculum's early domain, never the model's meaning of z): the
+    normalised z of the geometry parameters is multiplied by it, so faces vary less in shape and
+    pose around the middle of each range while colours and styles keep their full spread."""
     zt = normalize_2nd_moment(torch.from_numpy(np.asarray(z, dtype=np.float32))).numpy()
+    if geometry_scale != 1.0:
+        zt = zt.copy()
+        zt[:, GEOMETRY_PARAMS] *= geometry_scale
     return faces.z_to_params(zt)
 
 
@@ -79,7 +94,8 @@ def to_tensor(imgs: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def _producer(seed: int, start_batch: int, batch: int, size: int, z_dim: int, out: Any, stride: int = 1) -> None:
+def _producer(seed: int, start_batch: int, batch: int, size: int, z_dim: int, out: Any, stride: int = 1,
+              geometry_scale: float = 1.0) -> None:
     """Worker process: renders the batches of indices ``start_batch, start_batch + stride, ...``,
     each deterministic per index (so N workers with offsets 0..N-1 and stride N make the same data
     as one worker).
@@ -95,7 +111,7 @@ def _producer(seed: int, start_batch: int, batch: int, size: int, z_dim: int, ou
     while True:
         rng = np.random.default_rng([seed, index])
         z = rng.standard_normal((batch, z_dim)).astype(np.float32)
-        imgs, kps = faces.render_batch(params_for_z(z), size=size)
+        imgs, kps = faces.render_batch(params_for_z(z, geometry_scale), size=size)
         out.put((index, z, imgs, kps))
         index += stride
 
@@ -104,12 +120,14 @@ class BatchFeed:
     """``workers`` renderer processes (a GPU needs many CPU cores' worth of renders), batches handed
     out in index order whatever order the workers finish them in."""
 
-    def __init__(self, seed: int, start: int, batch: int, size: int, z_dim: int, workers: int) -> None:
+    def __init__(self, seed: int, start: int, batch: int, size: int, z_dim: int, workers: int,
+                 geometry_scale: float = 1.0) -> None:
         ctx = mp.get_context("fork")
         self.queue: Any = ctx.Queue(maxsize=max(4, 2 * workers))
         self.pending: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.next_index = start
-        self.workers = [ctx.Process(target=_producer, args=(seed, start + k, batch, size, z_dim, self.queue, workers),
+        self.workers = [ctx.Process(target=_producer, args=(seed, start + k, batch, size, z_dim, self.queue, workers,
+                                                                    geometry_scale),
                                     daemon=True) for k in range(workers)]
         for worker in self.workers:
             worker.start()
@@ -292,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keypoint-sigma", type=float, default=3.0, help="keypoint bump size, pixels at 128²")
     ap.add_argument("--max-res", type=int, default=None,
                     help="train only the blocks up to this resolution (a cheaper low-resolution phase)")
+    ap.add_argument("--geometry-scale", type=float, default=1.0,
+                    help="curriculum: shrink the spread of the shape and pose parameters to this fraction "
+                         "(targets only; 1 = the model's real domain)")
     ap.add_argument("--mapping-lr-mult", type=float, default=None,
                     help="change the mapping network's lr multiplier (the checkpoint is rescaled, "
                     "same function)")
@@ -360,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"G: {n_params / 1e6:.2f} M parameters, {G.num_ws} ws, {size}x{size}; batch {args.batch}, "
           f"{args.threads} threads, {device}, {args.workers} renderer process(es)", flush=True)
 
-    feed = BatchFeed(args.seed, iteration, args.batch, size, G.z_dim, max(1, args.workers))
+    feed = BatchFeed(args.seed, iteration, args.batch, size, G.z_dim, max(1, args.workers), args.geometry_scale)
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, dict(config=config, G=G.state_dict(), G_ema=G_ema.state_dict(),

@@ -166,3 +166,16 @@ def test_gpu_run_script_dry_run_on_cpu(tmp_path):
     assert "kp_error_generated_mean_px" in (out / "eval.txt").read_text()
     assert all(f.stat().st_size < 16 * 2**20 for f in out.iterdir())  # the device's limit per file
     assert stylegan2.load_generator(out / "faces-128-candidate.pt").img_resolution == 128
+
+
+def test_geometry_scale_narrows_shape_and_pose_only():
+    from training.train_generator import GEOMETRY_PARAMS, params_for_z
+
+    z = np.random.default_rng(0).standard_normal((64, faces.NUM_PARAMS)).astype(np.float32)
+    full, none = params_for_z(z), params_for_z(z, geometry_scale=0.0)
+    others = [i for i in range(faces.NUM_PARAMS) if i not in GEOMETRY_PARAMS]
+    np.testing.assert_array_equal(none[:, others], full[:, others])  # colours and styles keep their spread
+    mid = ((faces.PARAM_LOW + faces.PARAM_HIGH) / 2)[GEOMETRY_PARAMS]
+    np.testing.assert_allclose(none[:, GEOMETRY_PARAMS], np.broadcast_to(mid, (64, len(GEOMETRY_PARAMS))))
+    half = params_for_z(z, geometry_scale=0.5)[:, GEOMETRY_PARAMS]
+    assert 0 < np.abs(half - mid).mean() < np.abs(full[:, GEOMETRY_PARAMS] - mid).mean()
