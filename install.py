@@ -781,6 +781,39 @@ def ensure_backend_venv(venv: Path, repo: Path, torch: str, torch_index: str | N
 
 
 # --------------------------------------------------------------------------------------------
+# Optional: face landmarks for face alignment (issue 19, docs/alignment.md)
+# --------------------------------------------------------------------------------------------
+
+# The MTCNN weights backend/landmarks.py loads ship inside facenet-pytorch's wheel (MIT). The package
+# pins torch < 2.3 and would replace our torch, so it is installed without its dependencies; our
+# code never imports it, it only reads its three weight files.
+LANDMARKS_PACKAGE = "facenet-pytorch==2.6.0"
+LANDMARKS_CHECK = ("import importlib.util as u, sys; "
+                   "sys.exit(0 if u.find_spec('facenet_pytorch') is not None else 1)")
+
+
+def ensure_face_landmarks(py: Path, out: Callable[[str], None],
+                          run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> bool | None:
+    """Install the MTCNN weights into the backend's venv unless they are there. Never fails the
+    install: without them face models edit unaligned (the backend says so in its progress text).
+    Returns None (already there), True (installed) or False (could not)."""
+    if run([str(py), "-I", "-c", LANDMARKS_CHECK], capture_output=True, text=True, timeout=120).returncode == 0:
+        return None
+    cmd = [str(py), "-m", "pip", "install", "--no-deps", LANDMARKS_PACKAGE]
+    out("face alignment (optional): running: " + " ".join(cmd))
+    r = run(cmd)
+    if r.returncode != 0:
+        out(f"note: the optional face-landmark weights could not be installed (exit {r.returncode}); the "
+            "install goes on. Without them face models such as ffhq-512 edit without face alignment (the "
+            "progress text says 'face alignment unavailable'); other models are not affected. Retry later "
+            "with: " + " ".join(cmd))
+        return False
+    out("face alignment: MTCNN landmark weights installed (facenet-pytorch, MIT licence, without its "
+        "dependencies)")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
 # Plug-in menu location (for the next-steps text), read from the plug-in's options table
 # --------------------------------------------------------------------------------------------
 
@@ -1041,6 +1074,8 @@ def main(argv: Iterable[str] | None = None, out: Callable[[str], None] = say, ct
             ensure_backend_venv(args.venv, ctx.repo, torch, args.torch_index, not args.no_editable, extras,
                                 args.system_site_packages, out, ctx.run, ctx.platform, ctx.base_python,
                                 ctx.probe_index)
+            if torch != "none":   # face alignment runs where the models run (a client-only venv has none)
+                ensure_face_landmarks(venv_python(args.venv, ctx.platform), out, ctx.run)
 
         # 2. The plug-in, into every GIMP 3 profile (or the folders given).
         profiles = target_plugin_dirs(args, ctx)

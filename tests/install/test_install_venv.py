@@ -96,6 +96,8 @@ class FakeMachine:
             return subprocess.CompletedProcess(cmd, self.pip_rc, "", "")
         if cmd[0].endswith("nvidia-smi"):
             return subprocess.CompletedProcess(cmd, 1, "", "")
+        if any("find_spec('facenet_pytorch')" in c for c in cmd):
+            return subprocess.CompletedProcess(cmd, 0, "", "")   # the optional face landmarks: present
         return subprocess.run(cmd, **kw)
 
     def pip(self) -> list[list[str]]:
@@ -306,3 +308,35 @@ def test_index_probe_against_a_closed_local_port(install) -> None:
         start = time.monotonic()
         why = install.probe_index(f"http://127.0.0.1:{silent.getsockname()[1]}/whl/cpu", timeout_s=1.0)
         assert why is not None and time.monotonic() - start < 2.0, why
+
+
+@pytest.mark.parametrize("pip_ok", [True, False])
+def test_face_landmarks_are_optional(install, machine, tmp_path: Path, pip_ok: bool) -> None:
+    """The MTCNN weights (facenet-pytorch, --no-deps) are installed when missing; a failure there
+    is a note that says what it means, never a failed install; when present nothing is run."""
+    ctx, fake, _home = machine
+    real = fake.__call__
+
+    def run(cmd, **kw):
+        cmd = [str(c) for c in cmd]
+        if install.LANDMARKS_CHECK in cmd:
+            fake.commands.append(cmd)
+            return subprocess.CompletedProcess(cmd, 1, "", "")     # not installed yet
+        if cmd[-2:] == ["--no-deps", install.LANDMARKS_PACKAGE]:
+            fake.commands.append(cmd)
+            return subprocess.CompletedProcess(cmd, 0 if pip_ok else 1, "", "")
+        return real(cmd, **kw)
+
+    ctx.run = run
+    lines: list[str] = []
+    assert install.main(["--venv", str(tmp_path / "venv"), "--skip-pyzmq"], out=lines.append, ctx=ctx) == 0, lines
+    pips = [c[4:] for c in fake.pip()]
+    assert pips[-1] == ["--no-deps", "facenet-pytorch==2.6.0"] and len(pips) == 3
+    if pip_ok:
+        assert any("MTCNN landmark weights installed" in line for line in lines)
+    else:
+        note = next(line for line in lines if "face-landmark weights could not be installed" in line)
+        assert "edit without face alignment" in note and "install goes on" in note
+    # already there: nothing is installed
+    assert install.ensure_face_landmarks(Path("/nonexistent/python"), lines.append,
+                                         lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "", "")) is None
