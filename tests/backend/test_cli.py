@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backend import protocol as P
 from backend.cli import _parse_bytes, main
 
 from .conftest import PYTHON, REPO, subprocess_env
@@ -92,7 +93,7 @@ def test_status_and_models_against_a_real_server(tiny_model: Path, tmp_path: Pat
                 break
         assert out.returncode == 0, out.stderr + log.read_text()
         text = out.stdout
-        for words in ("protocol 2", "device   : cpu", "tiny (32x32, loaded)", "auth     : curve",
+        for words in (f"protocol {P.PROTOCOL_VERSION}", "device   : cpu", "tiny (32x32, loaded)", "auth     : curve",
                       "queue    : 0 running, 0 waiting (limit 4)", "16 connections"):
             assert words in text, text
         plain = _status("--address", address, "--timeout", "1")  # a CURVE server refuses a keyless client

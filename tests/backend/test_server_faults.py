@@ -119,7 +119,8 @@ def _fuzz_messages(rng: random.Random) -> list[tuple[str, list[bytes]]]:
         elif kind == "json_not_object":
             frames = [enc(rng.choice([[1, 2], "edit", 5, None, True]))]
         elif kind == "wrong_version":
-            h["v"] = rng.choice([0, 1, 3, "2", None, 1.5, 2.0 + 1e-9, True])
+            v = P.PROTOCOL_VERSION
+            h["v"] = rng.choice([0, v - 1, v + 1, str(v), None, 1.5, v + 1e-9, float(v), True])
             frames = [enc(h), image]
         elif kind == "unknown_type":
             h["type"] = rng.choice(["edits", "", "HELLO", "shutdown", "eval", 7])
