@@ -24,6 +24,10 @@ Examples::
     python benchmarks/edit_time.py --encoder backend/data/faces-128.encoder.pt             # encoder start
     python benchmarks/edit_time.py --encoder ... --kind renders    # procedural renders, not the model's samples
 
+``--wire``: each edit goes over a real ZeroMQ socket on loopback to a warm server in this process
+(``EditRunner`` + ``Server``, preloaded as ``serve`` does, latent cache off), timed from sending the
+request to the first preview / the result; the PNG encoding and decoding are included.
+
 ``--encoder FILE``: the projection starts from the encoder's W+ (``inversion.encoder``) and a
 preset name means its ``ENCODER_PRESETS`` entry; the encoder's load time is reported with the
 perceptual networks'. ``--kind renders``: the pictures are procedural faces (``training.faces``,
@@ -158,6 +162,63 @@ def one_edit(G: Any, picture: np.ndarray, settings: Any, profile: dict[str, int]
     return record
 
 
+def wire_edits(G: Any, model_path: Path, encoder_file: str | None, images: list[np.ndarray],
+               profile: dict[str, int]) -> list[dict[str, Any]]:
+    """Each picture edited through a real server over loopback ZeroMQ (see ``--wire``)."""
+    import tempfile
+
+    from backend import protocol
+    from backend.client import Client
+    from backend.jobs import EditRunner, encoder_path
+    from backend.server import Server, ServerConfig
+
+    sys.path.insert(0, str(REPO / "gimp_plugin" / "draggan"))
+    from draggan_core.options import radii_for  # the plug-in's radii for this model size
+
+    with tempfile.TemporaryDirectory() as tmp:
+        served = Path(tmp) / "model.pt"
+        served.symlink_to(model_path.resolve())
+        if encoder_file:  # beside the model, where the server looks for it
+            encoder_path(served).symlink_to(Path(encoder_file).resolve())
+        runner = EditRunner(models={"bench": served}, device=str(next(G.parameters()).device), cache=False)
+        runner.preload("bench")
+        server = Server(ServerConfig(bind="tcp://127.0.0.1:0", heartbeat_s=1.0), runner).start_thread()
+        r1, r2 = radii_for(G.img_resolution)
+        records = []
+        try:
+            with Client(server.endpoint, timeout_s=600) as client:
+                for i, picture in enumerate([images[0], *images]):  # the first is a warm-up, not counted
+                    height, width = picture.shape[:2]
+                    handles, targets = drag_points(height, width)
+                    request = protocol.Edit(model="bench", handles=handles, targets=targets,
+                                            image=protocol.Image(width, height, 3, picture.tobytes()),
+                                            params=protocol.EditParams(max_steps=profile["max_steps"],
+                                                                       preview_every=profile["preview_every"],
+                                                                       r1=r1, r2=r2))
+                    marks: dict[str, float] = {}
+                    started = time.perf_counter()
+
+                    def on_progress(p: Any, marks: dict[str, float] = marks, started: float = started) -> None:
+                        now = time.perf_counter() - started
+                        if p.phase == "drag" and "drag_start" not in marks:
+                            marks["drag_start"] = now
+                        if p.preview is not None and "first_preview" not in marks:
+                            marks["first_preview"] = now
+
+                    result = client.edit(request, on_progress=on_progress)
+                    whole = time.perf_counter() - started
+                    if i == 0:
+                        continue
+                    quality = result.inversion
+                    records.append(dict(inversion_s=marks.get("drag_start"), first_preview_s=marks.get("first_preview"),
+                                        whole_s=whole, drag_steps=result.steps,
+                                        stlpips=quality.stlpips if quality else None,
+                                        psnr=quality.psnr if quality else None))
+        finally:
+            server.stop()
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="generator file (default: backend/data/faces-128.pt)")
@@ -177,6 +238,7 @@ def main() -> None:
     parser.add_argument("--random-stlpips", action="store_true")
     parser.add_argument("--encoder", help="encoder file for this generator (inversion.encoder)")
     parser.add_argument("--kind", choices=["samples", "renders"], default="samples", help="which in-domain pictures")
+    parser.add_argument("--wire", action="store_true", help="edit through a real server over loopback ZeroMQ")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
 
@@ -211,7 +273,12 @@ def main() -> None:
           f"loaded in {load_s:.2f} s (before timing)")
     for name in args.profiles:
         profile = PROFILES.get(name)
-        records = [one_edit(G, image, settings, profile, args.precision, device, encoder) for image in images]
+        if args.wire:
+            if profile is None or args.random_model or overrides or args.precision != "fp32":
+                parser.error("--wire runs the server's own settings: a model file, a drag profile, no overrides")
+            records = wire_edits(G, Path(args.model) if args.model else DEFAULT_MODEL, args.encoder, images, profile)
+        else:
+            records = [one_edit(G, image, settings, profile, args.precision, device, encoder) for image in images]
 
         def median(key: str, rows: list[dict[str, Any]] = records) -> float | None:
             values = [r[key] for r in rows if r.get(key) is not None]
@@ -219,12 +286,13 @@ def main() -> None:
 
         summary = {key: median(key) for key in ("inversion_s", "first_preview_s", "whole_s", "drag_s", "drag_steps",
                                                   "stlpips", "psnr")}
-        summary["stlpips_max"] = max(r["stlpips"] for r in records)
+        summary["stlpips_max"] = max((r["stlpips"] for r in records if r.get("stlpips") is not None), default=None)
         report["profiles"][name] = dict(summary=summary, records=records)
         label = {"fixed": "30 steps, preview every 5", "plugin": "plug-in defaults (<= 200 steps, no previews)",
                  "none": "inversion only"}[name]
         parts = [f"{key} {value:.2f}" for key, value in summary.items() if value is not None]
-        print(f"  {name:<6} ({label}), medians over {len(records)}: " + ", ".join(parts))
+        print(f"  {name:<6} ({label}{', over the wire' if args.wire else ''}), medians over {len(records)}: "
+              + ", ".join(parts))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))
 
