@@ -1,0 +1,70 @@
+"""DragParams.lr_schedule, the engine's step-size hook (issue 15's "try the lr_schedule hook"):
+``None`` keeps Adam's ``lr`` constant (the official behaviour); a callable sets the learning rate of
+step ``index`` (0-based within the drag) before that step's update, in both modes and with
+``sync_every > 1``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backend.engine import DragParams, DragSession
+
+from .conftest import tiny_latent
+
+# 32 px: r1 = 12 -> 1 px, r2 = 40 -> 2 px (see test_session.py)
+TINY = dict(r1=12.0, r2=40.0, feature_block=3, preview_every=0)
+HANDLES = [(10.0, 12.0), (20.0, 22.0)]
+TARGETS = [(24.0, 12.0), (10.0, 28.0)]  # far enough that 6 steps never reach the stop rule
+
+
+def drag(G, steps=6, **overrides):
+    session = DragSession(G, tiny_latent(G), HANDLES, TARGETS,
+                          params=DragParams(max_steps=steps, **{**TINY, **overrides}))
+    return session, list(session.run())
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_a_constant_schedule_equals_no_schedule_bit_for_bit(tiny_G, mode):
+    plain, plain_steps = drag(tiny_G, mode=mode)
+    scheduled, scheduled_steps = drag(tiny_G, mode=mode, lr_schedule=lambda step: 0.002)
+    assert not plain_steps[-1].done
+    assert torch.equal(plain.ws, scheduled.ws)
+    assert [s.points for s in plain_steps] == [s.points for s in scheduled_steps]
+
+
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_the_schedule_is_asked_for_every_step_in_order(tiny_G, sync_every):
+    asked: list[int] = []
+
+    def schedule(step: int) -> float:
+        asked.append(step)
+        return 0.002
+
+    drag(tiny_G, steps=6, sync_every=sync_every, lr_schedule=schedule)
+    # queued steps (sync_every > 1) ask too, once each; nothing is asked after max_steps
+    assert asked == list(range(6))
+
+
+def test_larger_first_steps_move_the_latent_further(tiny_G):
+    start = tiny_latent(tiny_G)
+    plain, _ = drag(tiny_G, steps=1)
+    boosted, _ = drag(tiny_G, steps=1, lr_schedule=lambda step: 0.008 if step == 0 else 0.002)
+    # Adam's first update is lr * g / (|g| + eps): every coordinate with a gradient moves by lr
+    ratio = float((boosted.ws - start).abs().max() / (plain.ws - start).abs().max())
+    assert ratio == pytest.approx(4.0, rel=1e-3)
+
+
+def test_a_schedule_matches_sync_every_one_when_steps_are_queued(tiny_G):
+    def schedule(step: int) -> float:
+        return 0.002 * (1 + 3 * 0.5 ** (step / 2))
+
+    one, one_steps = drag(tiny_G, sync_every=1, lr_schedule=schedule)
+    queued, queued_steps = drag(tiny_G, sync_every=3, lr_schedule=schedule)
+    assert [s.points for s in one_steps] == [s.points for s in queued_steps]
+    assert torch.allclose(one.ws, queued.ws, atol=1e-6)
+
+
+def test_a_schedule_that_is_not_callable_is_refused(tiny_G):
+    with pytest.raises(ValueError, match="params.lr_schedule"):
+        drag(tiny_G, lr_schedule=0.01)
