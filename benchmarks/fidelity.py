@@ -49,7 +49,10 @@ Usage::
     python benchmarks/fidelity.py --rows fast reference --points 1 --pairs 8
 
 With ``--json``, the file is rewritten after every pair (``"complete": false`` until the end), so a
-long run that is stopped still leaves its edits so far.
+long run that is stopped still leaves its edits so far; the same command with ``--resume`` continues it
+(edits already there are reused when the model, detector and protocol settings are the same), and
+``--resume`` with larger pair counts grows a finished run. Timings of a resumed run come from several
+processes: run it on a machine in the same state (load, threads) throughout.
 """
 
 from __future__ import annotations
@@ -254,13 +257,16 @@ def run_fidelity(G: Any, detector: KeypointModel, pairs: int | None = None,
                  pairs_fast: int = PAIRS_FAST, pairs_other: int = PAIRS_OTHER,
                  schedule: Callable[[int], float] | None = None,
                  after_pair: Callable[[int, dict[Cell, list[EditResult]]], None] | None = None,
-                 warmup: bool = True) -> dict[Cell, list[EditResult]]:
+                 warmup: bool = True, previous: dict[Cell, list[EditResult]] | None = None,
+                 ) -> dict[Cell, list[EditResult]]:
     """All edits: ``{(row, points): [EditResult per pair, in pair order]}``, ``no edit`` included.
 
     ``pairs`` (when given) sets both ``pairs_fast`` and ``pairs_other``. ``schedule`` is the ``fast
     sched`` row's ``lr_schedule`` (default: ``lr_schedule("warm", base.lr)``). ``after_pair(pair, results)``
     runs after each pair (the CLI writes its JSON there). ``warmup``: one untimed 2-step drag per engine
-    mode before the first timed edit."""
+    mode before the first timed edit. ``previous``: edits of an earlier run with the same protocol
+    settings (see :func:`load_edits`); a cell's edit of a pair found there is reused instead of rerun,
+    so a stopped run continues, or a finished one grows to more pairs."""
     base = base or DragParams()
     if pairs is not None:
         pairs_fast = pairs_other = pairs
@@ -268,7 +274,7 @@ def run_fidelity(G: Any, detector: KeypointModel, pairs: int | None = None,
         row_params(row, max_steps, base)  # validates the row name before any work
     if schedule is None and "fast sched" in rows:
         schedule = lr_schedule("warm", base.lr)
-    if warmup and rows:
+    if warmup and rows and not previous:
         # one short untimed drag per engine mode first: the first drag in a process pays one-time costs
         # (allocator, kernel selection) that would otherwise land in pair 0's wall time
         ws = pair_latents(G, seed, 0, truncation_psi)[0]
@@ -296,6 +302,10 @@ def run_fidelity(G: Any, detector: KeypointModel, pairs: int | None = None,
                     points_before=[float(d) for d in each], points_after=[float(d) for d in each]))
             for row in rows:
                 if pair >= cells[(row, count)]:
+                    continue
+                earlier = next((e for e in (previous or {}).get((row, count), []) if e.pair == pair), None)
+                if earlier is not None:
+                    results.setdefault((row, count), []).append(earlier)
                     continue
                 params = row_params(row, max_steps, base, schedule)
                 result = drag_once(G, detector, ws_a, keypoints_a, keypoints_b, subset, params, mask_margin,
@@ -516,7 +526,9 @@ def report(results: dict[Cell, list[EditResult]], point_counts: Sequence[int], r
     counts = list(dict.fromkeys(count for _, count in ordered_cells(results, point_counts, rows)))
     parts = []
     if config:
-        parts.append("fidelity: " + ", ".join(f"{k} {v}" for k, v in config.items()))
+        # hashes shortened to 12 hex digits here (the JSON keeps them whole)
+        parts.append("fidelity: " + ", ".join(f"{k} {str(v)[:12] if k.endswith('sha256') else v}"
+                                              for k, v in config.items()))
         parts.append("")
     parts.append(format_table(results, counts, rows))
     parts.append("")
@@ -556,6 +568,31 @@ def to_json(results: dict[Cell, list[EditResult]], point_counts: Sequence[int], 
         "lr_schedule": [asdict(c) for c in schedule_comparison(results, counts)],
         "edits": {f"{row}|{count}": [asdict(e) for e in edits] for (row, count), edits in results.items()},
     })
+
+
+def load_edits(data: dict[str, Any]) -> dict[Cell, list[EditResult]]:
+    """The edits of a :func:`to_json` dict, as :func:`run_fidelity` returns them."""
+    edits: dict[Cell, list[EditResult]] = {}
+    for key, values in data["edits"].items():
+        row, count = key.rsplit("|", 1)
+        edits[(row, int(count))] = [EditResult(**value) for value in values]
+    return edits
+
+
+# settings that change what an edit measures: a run is continued only when they are all the same
+PROTOCOL_KEYS = ("model_sha256", "detector_sha256", "max_steps", "lr", "r1", "r2", "lr_schedule", "mask_margin",
+                 "truncation_psi", "seed")
+
+
+def protocol_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every protocol setting that differs between two runs' configs."""
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in PROTOCOL_KEYS if old.get(key) != new.get(key)]
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------- command line
@@ -604,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", type=Path, default=None, help="write the report (table + checks) here")
     parser.add_argument("--json", type=Path, default=None,
                         help="write summaries, checks and every edit here (rewritten after every pair)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the --json file when it exists: its edits are reused (the protocol "
+                             "settings must match); also grows a finished run to larger pair counts")
     return parser
 
 
@@ -623,11 +663,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     pairs_fast, pairs_other, max_steps = run_settings(args)
 
     import stylegan2
-    from training.detector import load_detector
+    from training.detector import DEFAULT_PATH, load_detector
 
+    if args.resume and args.json is None:
+        raise SystemExit("--resume continues the --json file: give --json")
     torch.set_num_threads(args.threads)
     G = stylegan2.load_generator(args.model)
-    detector = load_detector(args.detector)
+    detector_path = args.detector or DEFAULT_PATH
+    detector = load_detector(detector_path)
     base = DragParams(lr=args.lr, r1=args.r1, r2=args.r2)
     schedule = lr_schedule(args.lr_schedule, args.lr, args.lr_boost, args.lr_half_life)
     config: dict[str, Any] = {
@@ -636,7 +679,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "lr_schedule": f"{args.lr_schedule} (boost {args.lr_boost}, half-life {args.lr_half_life} steps)",
         "mask_margin": args.mask_margin, "truncation_psi": args.truncation_psi, "seed": args.seed,
         "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
+        "model_sha256": sha256(args.model), "detector_sha256": sha256(detector_path),
     }
+    previous = None
+    if args.resume and args.json.is_file():
+        data = json.loads(args.json.read_text())
+        mismatch = protocol_mismatch(data.get("config", {}), config)
+        if mismatch:
+            raise SystemExit(f"--resume: {args.json} was made with other settings: " + "; ".join(mismatch))
+        previous = load_edits(data)
+        reused = sum(len(edits) for (row, _), edits in previous.items() if row != NO_EDIT)
+        print(f"resuming from {args.json}: up to {reused} edits reused", file=sys.stderr)
     counts = resolve_counts(args.points, 16)  # display order; run_fidelity resolves against the detector
 
     def progress(pair: int, row: str, count: int, result: EditResult) -> None:
@@ -650,8 +703,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     results = run_fidelity(G, detector, None, args.points, args.rows, max_steps, base=base, seed=args.seed,
                            truncation_psi=args.truncation_psi, mask_margin=args.mask_margin, progress=progress,
-                           pairs_fast=pairs_fast, pairs_other=pairs_other, schedule=schedule, after_pair=after_pair)
-    config["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
+                           pairs_fast=pairs_fast, pairs_other=pairs_other, schedule=schedule, after_pair=after_pair,
+                           previous=previous)
+    config["wall_minutes_this_process"] = round((time.perf_counter() - started) / 60, 1)
     text = report(results, counts, args.rows, config)
     print(text)
     if args.markdown is not None:

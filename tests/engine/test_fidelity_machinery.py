@@ -197,6 +197,24 @@ def test_every_row_runs_and_the_report_and_json_say_so(G, tmp_path):
     assert len(data["edits"]["fast mask|1"]) == 2 and data["edits"]["fast|16"][0]["outside_moved"] is None
 
 
+def test_a_run_continues_from_its_json_and_grows_to_more_pairs(G, tmp_path):
+    config = {"model_sha256": "abc", "seed": 3, "max_steps": 3}
+    first = run(G, rows=["fast", "reference"], point_counts=[1], pairs_fast=2, pairs_other=1)
+    path = tmp_path / "f.json"
+    fidelity.write_json(path, fidelity.to_json(first, [1], ["fast", "reference"], config, complete=False))
+    previous = fidelity.load_edits(json.loads(path.read_text()))
+    assert previous == first
+    ran: list[tuple[int, str]] = []
+    grown = run(G, rows=["fast", "reference"], point_counts=[1], pairs_fast=3, pairs_other=2, previous=previous,
+                progress=lambda pair, row, count, result: ran.append((pair, row)))
+    assert ran == [(1, "reference"), (2, "fast")]  # only the edits the first run lacked
+    assert grown[("fast", 1)][:2] == first[("fast", 1)] and grown[("reference", 1)][0] == first[("reference", 1)][0]
+    fresh = run(G, rows=["fast", "reference"], point_counts=[1], pairs_fast=3, pairs_other=2)
+    assert [e.distance_after for e in fresh[("fast", 1)]] == [e.distance_after for e in grown[("fast", 1)]]
+    assert fidelity.protocol_mismatch(config, {**config, "pairs_fast": 100}) == []
+    assert fidelity.protocol_mismatch(config, {**config, "max_steps": 200}) == ["max_steps: 3 -> 200"]
+
+
 def test_command_line_pair_counts_quick_mode_and_points():
     parse = fidelity.build_parser().parse_args
     assert fidelity.run_settings(parse([])) == (100, 30, 200)
