@@ -113,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
     path = models.resolve_model(args.model)
     G = stylegan2.load_generator(path, device="cpu")
+    # as the server does: a W+ encoder beside the model file is the projection's start (and changes
+    # the preset's steps and loss, so the thresholds are for the model *with* it)
+    from backend.jobs import encoder_path
+    from inversion.encoder import file_sha256, load_encoder
+
+    encoder = load_encoder(encoder_path(path), file_sha256(path)) if encoder_path(path).is_file() else None
     width, height = int(G.img_width), int(G.img_height)
     pictures: list[tuple[str, str, np.ndarray]] = []
     for seed in range(args.generated):
@@ -136,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for group, name, pixels in pictures:
         t0 = time.process_time()
-        res = project(G, pixels, preset="fast", pti=False)
+        res = project(G, pixels, preset="fast", pti=False, encoder=encoder)
         samples.append({"group": group, "name": name, "stlpips": round(float(res.stlpips), 4),
                         "psnr": round(float(res.psnr), 2), "cpu_s": round(time.process_time() - t0, 1)})
         print(f"{group:>13}  {name:<34} ST-LPIPS {res.stlpips:.4f}  PSNR {res.psnr:6.2f} dB", flush=True)
     result = {"model": args.model, "model_file": path.name, "model_sha256": sha256(path),
-              "preset": "fast", "pti": False, "metric": "ST-LPIPS (VGG, shift-tolerant) and PSNR of the projection",
+              "preset": "fast", "pti": False,
+              "encoder_sha256": file_sha256(encoder_path(path)) if encoder is not None else None,
+              "metric": "ST-LPIPS (VGG, shift-tolerant) and PSNR of the projection",
               **thresholds(samples), "samples": samples,
               "command": "python benchmarks/calibrate_poor_inversion.py " + " ".join(map(shlex.quote, argv or
                                                                                       sys.argv[1:])),
