@@ -23,6 +23,20 @@ if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('facenet_py
   echo "check.sh: installing facenet-pytorch's MTCNN weights (--no-deps)" >&2
   "$PY" -m pip install -q --no-deps "facenet-pytorch==2.6.0" || exit 1
 fi
+# The studio test (tests/studio) runs the real HAProxy from Debian in front of two replicas.
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "check.sh: installing haproxy (apt-get, Debian archive)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends haproxy >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends haproxy >/dev/null 2>&1; } \
+      || echo "check.sh: could not install haproxy: tests/studio will be skipped (failed under CI=true)" >&2
+    # where an init system started the packaged service, stop it: the tests run their own haproxy
+    service haproxy stop >/dev/null 2>&1 || true
+  else
+    echo "check.sh: haproxy is missing and cannot be installed here (needs root and apt-get)" >&2
+  fi
+fi
 status=0
 echo "== ruff"; "$PY" -m ruff check . || status=1
 echo "== mypy"; "$PY" -m mypy || status=1
