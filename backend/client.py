@@ -451,8 +451,11 @@ class Client:
                     continue
                 if message.instance and welcome.instance and message.instance != welcome.instance:
                     self.welcome = None
+                    # behind a load balancer (docs/studio.md) ZeroMQ may have reconnected to another
+                    # replica after this one died: the job is lost all the same
                     raise ProtocolError(ErrorCode.UNAVAILABLE, "the DragGAN backend restarted during the edit "
-                                                               "and lost it; run the edit again")
+                                                               "(or its load balancer moved this connection to "
+                                                               "another replica) and lost it; run the edit again")
                 if request_id not in message.jobs:
                     # One connection's messages arrive in order and the server forwards a job's last
                     # message before it forgets the job, so a pong without the job means it was lost.

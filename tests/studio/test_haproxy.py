@@ -28,10 +28,10 @@ from ..backend.conftest import FAST, PYTHON, REPO, make_tiny_generator, subproce
 
 CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 CHECK = REPO / "deploy" / "haproxy" / "draggan-check"
-MANIFESTS = REPO / "deploy" / "kubernetes" / "draggan-studio.yaml"
+MANIFESTS = REPO / "deploy" / "kubernetes" / "draggan.yaml"
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
 ARTISTS = range(2, 16)  # 127.0.0.2 .. 127.0.0.15: one artist machine each
-LONG = P.EditParams(max_steps=100000, lr=1e-6, r1=10.0, r2=20.0, preview_every=0)  # runs until cut
+LONG = P.EditParams(max_steps=5000, lr=1e-6, r1=10.0, r2=20.0, preview_every=0)  # runs until cut (tiny lr)
 
 
 def require_haproxy() -> str:
@@ -385,27 +385,28 @@ def test_a_replica_killed_mid_edit_fails_its_clients_clearly_others_carry_on_and
         assert client.edit(edit_request(photo)).steps == FAST.max_steps
 
 
-def test_the_docs_hold_the_tested_recipe() -> None:
-    """docs/studio.md shows the files this module runs, byte for byte, and the Kubernetes
-    manifests there are the ones in deploy/kubernetes/ (parsed when PyYAML happens to be there)."""
+def test_the_docs_point_at_the_tested_recipe() -> None:
+    """docs/studio.md presents the files this module runs (not a copy that could drift), and the
+    Kubernetes manifests carry the same recipe (parsed when PyYAML happens to be installed)."""
     doc = (REPO / "docs" / "studio.md").read_text()
     for path in (CFG, CHECK, MANIFESTS):
-        assert path.read_text().strip() in doc, f"docs/studio.md does not show {path.relative_to(REPO)} as it is"
+        assert str(path.relative_to(REPO)) in doc, f"docs/studio.md does not name {path.relative_to(REPO)}"
+    assert "[docs/studio.md](docs/studio.md)" in (REPO / "README.md").read_text()
     text = MANIFESTS.read_text()
     assert "\t" not in text
-    assert "sessionAffinity: ClientIP" in text and "draggan-backend" in text and "readinessProbe" in text
+    assert "sessionAffinity: ClientIP" in text and "readinessProbe" in text
     try:
         import yaml  # not a dependency: used only when installed
     except ImportError:
         return
     docs = [d for d in yaml.safe_load_all(text) if d]
     kinds = [d["kind"] for d in docs]
-    assert kinds.count("Deployment") >= 2 and "Service" in kinds
+    assert "Deployment" in kinds and "Service" in kinds
     service = next(d for d in docs if d["kind"] == "Service")
     assert service["spec"]["sessionAffinity"] == "ClientIP"
     for deployment in (d for d in docs if d["kind"] == "Deployment"):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         probe = container["readinessProbe"]["exec"]["command"]
-        assert "status" in " ".join(probe)
+        assert probe[:2] == ["draggan-backend", "status"] and "--keys-dir" in probe
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
