@@ -5,9 +5,9 @@
 #   on the device: run(command="bash training/gpu_run.sh", carry=[".device"], timeout_s=600)
 # Steps: the renderer's images/s (1 process, then all workers: the cap on the run), training from
 # the committed resumable checkpoint with bf16 autocast and a large batch fed by (cores - 1)
-# renderer processes, then the model-card figures of the result. Back through $OUT (16 MB a file
+# renderer processes, in curriculum phases (SCHEDULE of --geometry-scale values), then the model-card figures of the result. Back through $OUT (16 MB a file
 # at most): train.log, renderer.txt, eval.txt, faces128-resume.pt (compact, about 8 MB),
-# faces-128-candidate.pt (raw weights) and the last sample grid. Env: MINUTES, BATCH, LR.
+# faces-128-candidate.pt (raw weights) and the last sample grid. Env: MINUTES, BATCH, LR, SCHEDULE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -28,13 +28,26 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$OUT
 python3 -c "from inversion.lpips import load_shipped_state_dict as l; l('alex')" ||
   { echo "gpu_run: the AlexNet ST-LPIPS weights are missing: run training/gpu_prepare.sh here and carry .device" >&2; exit 1; }
 python3 -m training.renderer_rate --seconds 5 --workers "$WORKERS" | tee -a "$OUT/renderer.txt"
-python3 -m training.train_generator --run-dir "$RUN" --resume-from training/checkpoints/faces128-resume.pt \
-  --device "$DEVICE" $BF16 --batch "$BATCH" --workers "$WORKERS" --threads "$THREADS" --lr "${LR:-0.004}" \
-  --lpips-weight 0.2 --lpips-images "$LPIPS_IMAGES" --multiscale-weight 1.0 --minutes "$MIN" \
-  --checkpoint-minutes 2 --sample-minutes 1000 --log-every 100 \
-  --save-resumable "$OUT/faces128-resume.pt" --export "$OUT/faces-128-candidate.pt" --export-weights raw \
-  2>&1 | tee "$OUT/train.log"
-rc=${PIPESTATUS[0]}
+# The curriculum (backend/data/faces-128.md, session 3): the shape and pose spread grows phase by
+# phase (--geometry-scale), the time split equally; the run dir carries the state between phases.
+SCHEDULE=${SCHEDULE:-"0.4 0.7 1.0"}
+phases=$(echo $SCHEDULE | wc -w)
+PHASE_MIN=$(python3 -c "print($MIN / $phases)")
+: > "$OUT/train.log"
+n=0; rc=0
+for scale in $SCHEDULE; do
+  n=$((n + 1)); final=()
+  [ $n -eq $phases ] && final=(--save-resumable "$OUT/faces128-resume.pt" --export "$OUT/faces-128-candidate.pt"
+                              --export-weights raw)
+  echo "== phase $n/$phases: geometry scale $scale, $PHASE_MIN min" | tee -a "$OUT/train.log"
+  python3 -m training.train_generator --run-dir "$RUN" --resume-from training/checkpoints/faces128-resume.pt \
+    --device "$DEVICE" $BF16 --batch "$BATCH" --workers "$WORKERS" --threads "$THREADS" --lr "${LR:-0.004}" \
+    --lpips-weight 0.2 --lpips-images "$LPIPS_IMAGES" --multiscale-weight 1.0 --geometry-scale "$scale" \
+    --minutes "$PHASE_MIN" --checkpoint-minutes 2 --sample-minutes 1000 --log-every 100 "${final[@]}" \
+    2>&1 | tee -a "$OUT/train.log"
+  rc=${PIPESTATUS[0]}
+  [ $rc -eq 0 ] || break
+done
 cp "$(ls "$RUN"/samples-*.png | tail -1)" "$OUT/samples-last.png" 2>/dev/null || true
 [ $rc -eq 0 ] || { echo "gpu_run: training failed ($rc)" >&2; exit $rc; }
 python3 -m training.evaluate_generator "$OUT/faces-128-candidate.pt" --n "$EVAL_N" | tee "$OUT/eval.txt"

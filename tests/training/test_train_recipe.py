@@ -155,7 +155,7 @@ def test_gpu_run_script_dry_run_on_cpu(tmp_path):
 
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OUT=str(tmp_path / "out"), RUN_DIR=str(tmp_path / "run"), MINUTES="0.02",
-               EVAL_N="16")
+               EVAL_N="16", SCHEDULE="0.5 1.0")  # two curriculum phases: the hand-over between them
     proc = subprocess.run(["bash", str(repo / "training" / "gpu_run.sh"), "--dry-run"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -163,6 +163,8 @@ def test_gpu_run_script_dry_run_on_cpu(tmp_path):
     for name in ("renderer.txt", "train.log", "eval.txt", "faces128-resume.pt", "faces-128-candidate.pt"):
         assert (out / name).is_file(), name
     assert "images/s" in (out / "renderer.txt").read_text()
+    log = (out / "train.log").read_text()
+    assert "phase 1/2: geometry scale 0.5" in log and "phase 2/2: geometry scale 1.0" in log
     assert "kp_error_generated_mean_px" in (out / "eval.txt").read_text()
     assert all(f.stat().st_size < 16 * 2**20 for f in out.iterdir())  # the device's limit per file
     assert stylegan2.load_generator(out / "faces-128-candidate.pt").img_resolution == 128
