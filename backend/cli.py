@@ -386,13 +386,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)  # before "ready": a stop right after it is clean too
     signal.signal(signal.SIGTERM, on_signal)
     print("\n".join(banner), file=sys.stderr, flush=True)
+    preload = None
     if not args.no_preload:
         import threading
 
         # in the background: the server answers hello/status at once, the first edit waits less
-        threading.Thread(target=runner.preload, args=(order[0] if order else None,), name="draggan-preload",
-                         daemon=True).start()
+        preload = threading.Thread(target=runner.preload, args=(order[0] if order else None,),
+                                   name="draggan-preload", daemon=True)
+        preload.start()
     server.serve_forever(already_bound=True)
+    if preload is not None:
+        # a stop right after start: let the loading finish before the interpreter shuts down
+        # (torch aborts the process when it is torn down under a thread still inside it)
+        preload.join(timeout=120)
     return 0
 
 
