@@ -159,15 +159,22 @@ def add_produced_mask(image: Any, layer: Any, plan: MaskPlan) -> Any:
         if plan.feather > 0:
             Gimp.Selection.feather(image, float(plan.feather))
         image.select_item(Gimp.ChannelOps.INTERSECT, layer)   # feathering spreads: cut to the area again
-        mask = layer.create_mask(Gimp.AddMaskType.SELECTION)
-        layer.add_mask(mask)
-        if saved is not None:
-            image.select_item(Gimp.ChannelOps.REPLACE, saved)
-            image.remove_channel(saved)
-        else:
-            Gimp.Selection.none(image)
+        mask = _mask_from_selection(image, layer, saved)
     finally:
         Gimp.context_pop()
+    return mask
+
+
+def _mask_from_selection(image: Any, layer: Any, saved: Any) -> Any:
+    """Add the current selection to `layer` as its mask, then restore the user's selection
+    (`saved`, a channel, or none)."""
+    mask = layer.create_mask(Gimp.AddMaskType.SELECTION)
+    layer.add_mask(mask)
+    if saved is not None:
+        image.select_item(Gimp.ChannelOps.REPLACE, saved)
+        image.remove_channel(saved)
+    else:
+        Gimp.Selection.none(image)
     return mask
 
 
@@ -188,13 +195,7 @@ def add_feathered_mask(image: Any, layer: Any, crop: Rect, plan: MaskPlan) -> An
             image.select_rectangle(Gimp.ChannelOps.REPLACE, inner.x, inner.y, inner.w, inner.h)
         if plan.feather > 0:
             Gimp.Selection.feather(image, float(plan.feather))
-        mask = layer.create_mask(Gimp.AddMaskType.SELECTION)
-        layer.add_mask(mask)
-        if saved is not None:
-            image.select_item(Gimp.ChannelOps.REPLACE, saved)
-            image.remove_channel(saved)
-        else:
-            Gimp.Selection.none(image)
+        mask = _mask_from_selection(image, layer, saved)
     finally:
         Gimp.context_pop()
     return mask
