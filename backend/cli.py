@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import is_loopback
+from .protocol import ALIGNMENTS  # stdlib-only mirror of backend/align.py's (which imports torch)
 
 DESCRIPTION = """\
 DragGAN backend for the GIMP plug-in. GIMP talks to it over ZeroMQ; it runs the inversion and the
@@ -22,6 +23,8 @@ drag edits on the GPU (or CPU).
 
   draggan-backend serve                      serve on tcp://127.0.0.1:5555 (this machine only)
   draggan-backend serve --model tiny=G.pt    also serve a generator file under the name 'tiny'
+  draggan-backend serve --model myface=F.pkl --model-align myface=ffhq
+                                             ... and align faces for it as FFHQ was aligned
   draggan-backend keys init                  make CURVE keys (needed to serve other machines)
   draggan-backend serve --bind tcp://0.0.0.0:5555   serve the network (CURVE keys required)
   draggan-backend purge                      delete cached latents on disk
@@ -37,6 +40,11 @@ Models: every installed model in the models folder is served (see `draggan-backe
 --model adds files (NAME=PATH, or PATH, named after the file) or checks an installed NAME, and the
 first --model is loaded at start. Others load on first use (clients see a 'loading' phase) and the
 least recently used are dropped when --max-memory would be exceeded.
+
+Face alignment: --model-align NAME=KIND says how model NAME's training faces were aligned, so that
+the plug-in's Face alignment 'auto' aligns photos the same way: ffhq (the FFHQ recipe: eyes and
+mouth corners; for FFHQ fine-tunes) or none. NAME is a --model name, a registered or a registry
+model; the registry's kinds (ffhq-512: ffhq, the others: none) are the default, custom files none.
 
 Security: binding to anything but loopback (127.0.0.1, ::1, localhost, ipc://) requires CURVE keys
 (`draggan-backend keys init`); only clients whose public key is in the allow-list folder get in.
@@ -100,6 +108,38 @@ def _model_args(values: list[str]) -> tuple[dict[str, Path], list[str]]:
     return extra, order
 
 
+def _align_arg(text: str) -> tuple[str, str]:
+    """A --model-align value NAME=KIND -> (name, kind); KIND one of ALIGNMENTS."""
+    name, sep, kind = text.partition("=")
+    name, kind = name.strip(), kind.strip().lower()
+    accepted = ", ".join(ALIGNMENTS)
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=KIND (KIND: {accepted}; e.g. myface=ffhq)")
+    if kind not in ALIGNMENTS:
+        raise argparse.ArgumentTypeError(f"unknown alignment {kind!r} for model '{name}'; accepted: {accepted}")
+    return name, kind
+
+
+def _alignment_overrides(pairs: list[tuple[str, str]], model_values: list[str]) -> dict[str, str]:
+    """--model-align pairs -> name -> kind (the last one given wins); ValueError for a model name that
+    is neither given with --model nor registered nor in the registry."""
+    if not pairs:
+        return {}
+    from . import models
+
+    extra, order = _model_args(model_values)
+    known = set(models.REGISTRY) | set(order)
+    try:
+        known |= {m.name for m in models.available_models(extra)}  # `install.py --model-file` names too
+    except models.ModelError:
+        pass  # an unreadable registry.json: serve reports it
+    unknown = [name for name, _kind in pairs if name not in known]
+    if unknown:
+        raise ValueError(f"unknown model '{unknown[0]}' (name it with --model NAME=PATH first); known models: "
+                         f"{', '.join(sorted(known))}")
+    return dict(pairs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="draggan-backend", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--model", action="append", default=[], metavar="NAME|PATH|NAME=PATH",
                        help="a model to serve; repeat for several (the first is loaded at start)")
+    serve.add_argument("--model-align", action="append", default=[], type=_align_arg, metavar="NAME=KIND",
+                       help=f"face alignment of model NAME's training data, KIND one of {', '.join(ALIGNMENTS)} "
+                            "(ffhq for FFHQ fine-tunes); overrides the registry's; repeat per model")
+    serve.set_defaults(usage_error=serve.error)  # main() checks --model-align's names after parsing
     serve.add_argument("--device", default="auto", help="auto (GPU when usable), cuda, cuda:1 or cpu")
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
                        help="ZeroMQ endpoint to listen on (default: %(default)s, this machine only)")
@@ -184,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
+        try:
+            args.model_align = _alignment_overrides(args.model_align, args.model)
+        except ValueError as exc:
+            args.usage_error(f"argument --model-align: {exc}")
         return cmd_serve(args)
     if args.command == "keys":
         return cmd_keys(args, parser)
@@ -274,8 +322,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         print(f"draggan-backend status: {exc.message}", file=sys.stderr)
         return 2 if exc.code == ErrorCode.AUTH else 1
-    models = ", ".join(f"{m.name} ({m.width}x{m.height}, {'loaded' if m.loaded else 'available'})"
-                       for m in welcome.models) or "none"
+    models = ", ".join(f"{m.name} ({m.width}x{m.height}, {'loaded' if m.loaded else 'available'}"
+                       f"{_alignment_text(m.alignment)})" for m in welcome.models) or "none"
     limits = welcome.limits
     lines = [f"server   : DragGAN backend {welcome.server} (protocol {welcome.protocol}) at {args.address}",
              f"instance : {welcome.instance}",
@@ -296,6 +344,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _alignment_text(kind: str) -> str:
+    return "" if kind == "none" else f", {kind} alignment"
 
 
 def _human(nbytes: int) -> str:
@@ -336,7 +388,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             (args.cache_dir or default_cache_dir()), cache_bytes=args.cache_size,
                             max_sessions=args.max_sessions, retention_s=args.retention,
                             max_sessions_total=args.max_sessions_total,
-                            inversion_steps=args.inversion_steps)
+                            inversion_steps=args.inversion_steps,
+                            alignments=dict(args.model_align))
         for name in order:
             runner.pool.check(name)
         runner.pool.probe_sizes()
@@ -358,8 +411,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except Exception as exc:
         return _fail(f"cannot listen on {args.bind}: {exc}")
     total, _used = runner.memory()
-    models_text = ", ".join(f"{m.name} ({m.width}x{m.height}{', loaded' if m.loaded else ''})"
-                            for m in runner.models())
+    models_text = ", ".join(f"{m.name} ({m.width}x{m.height}{', loaded' if m.loaded else ''}"
+                            f"{_alignment_text(m.alignment)})" for m in runner.models())
     if auth == "curve":
         assert server_keys is not None
         allowed = len(list(Path(server_keys.allowed_dir).glob("*.key")))

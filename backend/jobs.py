@@ -98,13 +98,14 @@ def registry_poor_inversion(name: str) -> tuple[float, float]:
     return poor.stlpips, poor.psnr_db
 
 
-def registry_alignment(name: str) -> str:
-    """The alignment kind of model ``name`` in the registry ("none" without an entry)."""
+def registry_alignment(name: str, overrides: Mapping[str, str] | None = None) -> str:
+    """The alignment kind of model ``name``: ``overrides[name]`` (name -> kind, ``serve --model-align``)
+    when there, else the registry's ("none" without an entry)."""
     try:
         from . import models
     except ImportError:
-        return "none"
-    return models.model_alignment(name, "auto")
+        return (overrides or {}).get(name, "none")
+    return models.model_alignment(name, "auto", overrides)
 
 
 def registry_resolve(name: str, extra: Mapping[str, Path]) -> Path:
@@ -427,8 +428,8 @@ class EditRunner:
                  max_images_total: int = 64, alignments: Mapping[str, str] | None = None,
                  landmarks: Callable[[np.ndarray], list[Any]] | None = None) -> None:
         self.device = resolve_device(device)
-        # model name -> alignment kind, over the registry's (tests and embedders serve tiny files
-        # as face models); landmarks: image -> faces (default MTCNN, backend/landmarks.py)
+        # model name -> alignment kind, over the registry's (`serve --model-align NAME=KIND`; tests
+        # serve tiny files as face models); landmarks: image -> faces (default MTCNN, backend/landmarks.py)
         self.alignments = dict(alignments or {})
         self.landmarks = landmarks
         self.inversion_steps = inversion_steps  # None = the presets' own step counts
@@ -480,8 +481,7 @@ class EditRunner:
 
     def alignment_of(self, model: str) -> str:
         """Model ``model``'s alignment kind ("none" | "ffhq")."""
-        kind = self.alignments.get(model)
-        return kind if kind is not None else registry_alignment(model)
+        return registry_alignment(model, self.alignments)
 
     def memory(self) -> tuple[int, int]:
         return device_memory(self.device)

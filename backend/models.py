@@ -136,13 +136,19 @@ def poor_inversion(name: str) -> PoorInversion:
         return DEFAULT_POOR_INVERSION
 
 
-def model_alignment(name: str, option: str = "auto") -> str:
+def model_alignment(name: str, option: str = "auto", overrides: Mapping[str, str] | None = None) -> str:
     """The alignment to use for model `name` under the user's option: "off" -> "none"; "auto" -> the
-    registry entry's alignment ("none" for models without one, custom files included)."""
+    server's override for `name` when `overrides` (name -> kind: `draggan-backend serve --model-align
+    NAME=KIND`) has one, else the registry entry's alignment ("none" for models without one, custom
+    files included)."""
     if option not in ("auto", "off"):
         raise ValueError(f"align option must be 'auto' or 'off', got {option!r}")
+    if option == "off":
+        return "none"
+    if overrides and name in overrides:
+        return overrides[name]
     spec = REGISTRY.get(name)
-    return "none" if option == "off" or spec is None else spec.alignment
+    return "none" if spec is None else spec.alignment
 
 
 class ModelError(Exception):

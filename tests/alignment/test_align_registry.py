@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend import align, models
+from backend import align, models, protocol
 
 
 def test_alignment_per_model() -> None:
@@ -25,3 +25,15 @@ def test_auto_and_off() -> None:
     assert models.model_alignment("my-custom-model", "auto") == "none"   # no registry entry: none
     with pytest.raises(ValueError):
         models.model_alignment("ffhq-512", "on")
+
+
+def test_server_overrides() -> None:
+    """`serve --model-align NAME=KIND`: a custom file flagged ffhq, a registry model turned off."""
+    overrides = {"myface": "ffhq", "ffhq-512": "none"}
+    assert models.model_alignment("myface", "auto", overrides) == "ffhq"
+    assert models.model_alignment("myface", "off", overrides) == "none"
+    assert models.model_alignment("ffhq-512", "auto", overrides) == "none"
+    assert models.model_alignment("lions-512", "auto", overrides) == "none"
+    assert models.model_alignment("myface", "auto", {}) == "none"
+    # the CLI validates against protocol.ALIGNMENTS (torch-free): it must be align.ALIGNMENTS
+    assert protocol.ALIGNMENTS == align.ALIGNMENTS

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from backend import protocol as P
-from backend.cli import _parse_bytes, main
+from backend.cli import _alignment_overrides, _parse_bytes, build_parser, main
 
 from .conftest import PYTHON, REPO, subprocess_env
 
@@ -47,6 +47,46 @@ def test_serve_refuses_an_unknown_model(tmp_path: Path, capsys: pytest.CaptureFi
     monkeypatch.setenv("DRAGGAN_MODELS_DIR", str(tmp_path))
     assert main(["serve", "--model", "ffhq-512", "--device", "cpu", "--no-cache"]) == 2
     assert "python install.py --model ffhq-512" in capsys.readouterr().err
+
+
+def _serve_align(*args: str) -> dict[str, str]:
+    """`serve ARGS` parsed as main() does: the --model-align overrides (name -> kind)."""
+    parsed = build_parser().parse_args(["serve", *args])
+    return _alignment_overrides(parsed.model_align, parsed.model)
+
+
+def test_model_align_accepts_served_registered_and_registry_names(tmp_path: Path, tiny_model: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend import models
+
+    monkeypatch.setenv("DRAGGAN_MODELS_DIR", str(tmp_path))
+    models.add_model_file(tiny_model, "mine", out=None)  # `install.py --model-file tiny.pt mine`
+    assert _serve_align() == {}
+    assert _serve_align("--model", "myface=/data/ffhq-tune.pkl", "--model-align", "myface=ffhq") == {"myface": "ffhq"}
+    # every --model form names a model --model-align can flag; registered and registry names too
+    assert _serve_align("--model", str(tiny_model), "--model", "ffhq-512", "--model-align", "tiny=FFHQ",
+                        "--model-align", "ffhq-512=none", "--model-align", "mine=ffhq",
+                        "--model-align", "lions-512=none") == {
+        "tiny": "ffhq", "ffhq-512": "none", "mine": "ffhq", "lions-512": "none"}
+    assert _serve_align("--model", "a=/x.pt", "--model-align", "a=ffhq", "--model-align", "a=none") == {"a": "none"}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model", "myface=/x.pkl", "--model-align", "myface=dlib"], ["unknown alignment 'dlib'", "none, ffhq"]),
+    (["--model", "myface=/x.pkl", "--model-align", "myface"], ["is not NAME=KIND", "none, ffhq"]),
+    (["--model", "myface=/x.pkl", "--model-align", "=ffhq"], ["is not NAME=KIND"]),
+    (["--model", "myface=/x.pkl", "--model-align", "myfac=ffhq"], ["unknown model 'myfac'", "myface", "ffhq-512"]),
+])
+def test_model_align_refuses_bad_values(args: list[str], words: list[str], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRAGGAN_MODELS_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        main(["serve", *args, "--device", "cpu", "--no-cache"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --model-align" in err
+    for w in words:
+        assert w in err, err
 
 
 @pytest.mark.parametrize("text, value", [("8G", 8 << 30), ("512M", 512 << 20), ("1.5GB", int(1.5 * (1 << 30))),
@@ -114,3 +154,35 @@ def test_status_and_models_against_a_real_server(tiny_model: Path, tmp_path: Pat
     helped = subprocess.run([PYTHON, "-m", "backend.cli", "models", "--help"], cwd=REPO, env=subprocess_env(),
                             capture_output=True, text=True, timeout=60)
     assert "install.py --list-models" in helped.stdout and "manual" in helped.stdout
+
+
+def test_served_model_align_reaches_welcome_status_and_banner(tiny_model: Path, tmp_path: Path) -> None:
+    """`serve --model-align`: welcome's models[].alignment (what the plug-in's align=auto follows),
+    `status` and the start-up banner say the alignment the server uses."""
+    from backend.client import Client
+
+    from .test_server_restart import free_port
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([PYTHON, "-m", "backend.cli", "serve", "--bind", address, "--model", f"tiny={tiny_model}",
+                             "--model", f"plain={tiny_model}", "--model-align", "tiny=ffhq", "--device", "cpu",
+                             "--no-cache", "--no-preload"], cwd=REPO, env=subprocess_env(), stderr=log.open("w"),
+                            text=True)
+    try:
+        # generous handshake retries: the process imports torch first
+        with Client(address, timeout_s=60, connect_timeout_s=2.0, retries=60) as client:
+            served = {m.name: m.alignment for m in client.hello().models}
+        assert served["tiny"] == "ffhq" and served["plain"] == "none", served
+        out = _status("--address", address)
+        assert out.returncode == 0, out.stderr
+        assert "tiny (32x32, loaded, ffhq alignment)" in out.stdout and "plain (32x32, available)" in out.stdout
+        assert "tiny (32x32, loaded, ffhq alignment)" in log.read_text()
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
