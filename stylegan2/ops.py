@@ -298,11 +298,16 @@ def modulated_conv2d(
 
     w = None
     dcoefs = None
-    if demodulate or fused_modconv:
+    if fused_modconv:
         w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # [N, O, I, kh, kw]
-    if demodulate:
+    if demodulate and fused_modconv:
         assert w is not None
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
+    elif demodulate:
+        # sum_{i,k} (W[o,i,k] s[i])^2 = sum_i s[i]^2 sum_k W[o,i,k]^2: a [N, I] x [I, O] product instead of
+        # a per-sample weight tensor, which autograd would also keep for the backward pass (one
+        # weight-sized tensor per layer; the largest cost of a drag step that synthesises small regions).
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
     if demodulate and fused_modconv:
         assert w is not None and dcoefs is not None
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
