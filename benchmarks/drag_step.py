@@ -19,8 +19,10 @@ Usage::
         --json out.json                                    # fast mode in fp32 and bf16 (reference: fp32 only)
 
 Variants: ``reference`` and ``fast`` are the engine's modes. The ablations switch one fast-mode lever
-off: ``fast-fused`` (fused modulated convolutions), ``fast-fullres`` (features upsampled to image
-size and read there), ``fast-untruncated`` (the whole synthesis network runs every step).
+off: ``fast-whole`` (local synthesis off: the whole feature map is synthesised, as fast mode did
+before local synthesis), ``fast-fused`` (fused modulated convolutions), ``fast-fullres`` (features
+upsampled to image size and read there), ``fast-untruncated`` (the whole synthesis network runs
+every step). Local synthesis applies only without a mask (``--mask`` turns it off by itself).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 CONFIGS = {64: dict(channel_base=2048, channel_max=64), 256: dict(channel_base=16384, channel_max=512),
            512: dict(channel_base=32768, channel_max=512), 1024: dict(channel_base=32768, channel_max=512)}
-VARIANTS = ("reference", "fast", "fast-fused", "fast-fullres", "fast-untruncated")
+VARIANTS = ("reference", "fast", "fast-whole", "fast-fused", "fast-fullres", "fast-untruncated")
 
 
 def current_rss_bytes() -> int:
@@ -73,11 +75,12 @@ def child(args: argparse.Namespace) -> None:
 
     variant = args.variant
     if variant == "fast-fused":
-        session_module.block_features = lambda s, w, b, fused_modconv=False: block_features(s, w, b, True)
+        session_module.block_features = lambda s, w, b, fused_modconv=False, regions=None: block_features(
+            s, w, b, True, regions)
     elif variant == "fast-fullres":
         session_module.LowResFeatures = FullResFeatures.from_block  # type: ignore[assignment]
     elif variant == "fast-untruncated":
-        session_module.block_features = lambda s, w, b, fused_modconv=False: s(
+        session_module.block_features = lambda s, w, b, fused_modconv=False, regions=None: s(
             w, noise_mode="const", return_features=True)[1][b]
 
     rng = np.random.RandomState(2)
@@ -97,7 +100,7 @@ def child(args: argparse.Namespace) -> None:
     # official settings (block 5, r1 3, r2 12); the 64² dry-run generator has 5 blocks and needs r1 >= 8
     params = DragParams(max_steps=args.warmup + args.steps, preview_every=0, mode=mode, precision=args.precision,
                         sync_every=args.steps if queued else 1, feature_block=min(5, G.synthesis.num_blocks - 1),
-                        r1=max(3.0, 512 / resolution))
+                        r1=max(3.0, 512 / resolution), local_synthesis=variant != "fast-whole")
 
     def sync() -> None:
         if device.type == "cuda":

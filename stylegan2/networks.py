@@ -24,6 +24,25 @@ from . import ops
 
 NOISE_MODES = ("const", "random", "none")
 
+Region = tuple[int, int, int, int]
+"""A rectangle of one block's feature map: ``(top, bottom, left, right)`` in that map's pixels, half-open."""
+
+# How far (in input pixels, each side) an upsampling layer's output on a region reads beyond the
+# region's half-size footprint: the 3x3 transposed convolution and the 4-tap FIR filter together
+# reach 1 input pixel past it; 2 keeps a margin (tests/stylegan2/test_regions.py checks that 1 is
+# already exact, so 2 is not load-bearing).
+UP_MARGIN = 2
+WHOLE_BLOCK_COVER = 0.5  # features_in_regions computes a block whole where the regions cover this much of it
+
+
+def _clamp_region(top: int, bottom: int, left: int, right: int, height: int, width: int) -> Region:
+    return max(top, 0), min(bottom, height), max(left, 0), min(right, width)
+
+
+def _crop(x: torch.Tensor, have: Region, want: Region) -> torch.Tensor:
+    """``x`` covers ``have``; returns its part covering ``want`` (which must lie inside ``have``)."""
+    return x[:, :, want[0] - have[0]: want[1] - have[0], want[2] - have[2]: want[3] - have[2]]
+
 
 class FullyConnectedLayer(nn.Module):
     """Dense layer with equalised learning rate: weights stored at ``1/lr_multiplier`` scale."""
@@ -150,13 +169,16 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused_modconv: bool = True,
-                gain: float = 1.0) -> torch.Tensor:
+                gain: float = 1.0, region: Region | None = None) -> torch.Tensor:
+        """``region``: the output pixels ``x`` produces when it is a crop of the layer's input (see
+        :meth:`SynthesisNetwork.features_in_regions`); the noise is cut to it. None = the whole map."""
         styles = self.affine(w)
+        top, bottom, left, right = region if region is not None else (0, self.resolution, 0, self.width)
         noise = None
         if self.use_noise and noise_mode == "random":
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.width], device=x.device) * self.noise_strength
+            noise = torch.randn([x.shape[0], 1, bottom - top, right - left], device=x.device) * self.noise_strength
         if self.use_noise and noise_mode == "const":
-            noise = self.noise_const * self.noise_strength
+            noise = self.noise_const[top:bottom, left:right] * self.noise_strength
         x = ops.modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                                  resample_filter=self.resample_filter, flip_weight=(self.up == 1),
                                  fused_modconv=fused_modconv)
@@ -309,6 +331,42 @@ class SynthesisBlock(nn.Module):
             img = img + y if img is not None else y
         return x, img
 
+    def forward_region(self, x: torch.Tensor, in_region: Region, out_region: Region, ws: torch.Tensor,
+                       noise_mode: str = "random", force_fp32: bool = False, fused_modconv: Any = None
+                       ) -> torch.Tensor:
+        """Features on ``out_region`` of this block from the previous block's output on ``in_region``.
+
+        ``x [N, C_in, h, w]`` covers ``in_region`` of the previous block's map, which must hold every
+        pixel ``out_region`` depends on (:meth:`SynthesisNetwork.region_plan`). Each layer runs on its
+        crop with its usual zero padding; the pixels next to a crop edge that is not the map's edge
+        see that padding instead of their neighbours and are cut away before the next layer.
+        Returns ``[N, C_out, bottom - top, right - left]``; ToRGB is skipped. Not for the first block.
+        """
+        if self.in_channels == 0:
+            raise ValueError("forward_region needs a previous block's output; the first block has none")
+        w_iter = iter(ws.unbind(dim=1))
+        if ws.device.type != "cuda":
+            force_fp32 = True
+        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+        memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
+        if fused_modconv is None:
+            fused_modconv = self.fused_modconv_default
+        if fused_modconv == "inference_only":
+            fused_modconv = not self.training
+        x = x.to(dtype=dtype, memory_format=memory_format)
+        up_region = (2 * in_region[0], 2 * in_region[1], 2 * in_region[2], 2 * in_region[3])
+        mid_region = _clamp_region(out_region[0] - 1, out_region[1] + 1, out_region[2] - 1, out_region[3] + 1,
+                                   self.resolution, self.width)  # what the 3x3 conv1 reads
+        gain = math.sqrt(0.5) if self.architecture == "resnet" else 1.0
+        h = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv, region=up_region)
+        h = _crop(h, up_region, mid_region)
+        h = self.conv1(h, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv, gain=gain,
+                       region=mid_region)
+        h = _crop(h, mid_region, out_region)
+        if self.architecture == "resnet":
+            h = _crop(self.skip(x, gain=math.sqrt(0.5)), up_region, out_region) + h
+        return h
+
 
 class SynthesisNetwork(nn.Module):
     """ws -> image, through one :class:`SynthesisBlock` per resolution 4, 8, ..., img_resolution."""
@@ -405,6 +463,68 @@ class SynthesisNetwork(nn.Module):
             if idx == stop_block:
                 break
         return features
+
+    def region_plan(self, stop_block: int, region: Region) -> list[Region]:
+        """The region of every block ``0..stop_block`` that block ``stop_block``'s output on ``region``
+        depends on (conv1: 1 pixel each side; the upsampling conv0: half size plus ``UP_MARGIN``),
+        clamped to each map. Entry ``i`` is block ``i``'s region."""
+        if not 0 <= stop_block < self.num_blocks:
+            raise ValueError(f"stop_block must be in [0, {self.num_blocks - 1}], got {stop_block}")
+        height, width = self.block_shape(stop_block)
+        top, bottom, left, right = (int(v) for v in region)
+        if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+            raise ValueError(f"region {region} is not a non-empty (top, bottom, left, right) inside the "
+                             f"{height}x{width} map of block {stop_block}")
+        plan = [(top, bottom, left, right)]
+        for index in range(stop_block, 0, -1):
+            height, width = self.block_shape(index)
+            top, bottom, left, right = _clamp_region(plan[0][0] - 1, plan[0][1] + 1, plan[0][2] - 1,
+                                                     plan[0][3] + 1, height, width)
+            height, width = self.block_shape(index - 1)
+            plan.insert(0, _clamp_region(top // 2 - UP_MARGIN, -(-bottom // 2) + UP_MARGIN,
+                                         left // 2 - UP_MARGIN, -(-right // 2) + UP_MARGIN, height, width))
+        return plan
+
+    def features_in_regions(self, ws: torch.Tensor, stop_block: int, regions: list[Region],
+                            noise_mode: str = "const", force_fp32: bool = False, fused_modconv: Any = None
+                            ) -> list[torch.Tensor]:
+        """Block ``stop_block``'s output on each region, computing every block only where it matters.
+
+        Entry ``i`` is ``[N, C, bottom - top, right - left]`` and equals
+        ``features(ws, stop_block)[stop_block][:, :, top:bottom, left:right]`` up to float rounding
+        (convolutions of a different size may sum in a different order). The blocks that the regions
+        together cover at least half of (``WHOLE_BLOCK_COVER``) are computed whole, once, and shared;
+        from there on each region follows its own :meth:`region_plan`. For work that reads the
+        features only near a few points (a drag step without a mask), this skips most of the
+        high-resolution blocks.
+        """
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        plans = [self.region_plan(stop_block, region) for region in regions]
+        whole = [(0, h, 0, w) for h, w in (self.block_shape(i) for i in range(stop_block + 1))]
+        # A block is computed whole, once, where the regions together cover at least half of it: one
+        # big convolution beats several overlapping crops there.
+        def covered(index: int) -> float:
+            height, width = whole[index][1], whole[index][3]
+            return sum((p[index][1] - p[index][0]) * (p[index][3] - p[index][2]) for p in plans) / (height * width)
+
+        shared = max((i for i in range(stop_block + 1) if covered(i) >= WHOLE_BLOCK_COVER), default=0)
+        blocks = self.blocks()
+        block_ws = self._split_ws(ws)
+        x = None
+        for index in range(shared + 1):
+            x, _ = blocks[index](x, None, block_ws[index], noise_mode=noise_mode, force_fp32=force_fp32,
+                                 fused_modconv=fused_modconv, with_rgb=False)
+        assert x is not None
+        crops = []
+        for plan in plans:
+            part = _crop(x, whole[shared], plan[shared])
+            for index in range(shared + 1, stop_block + 1):
+                part = blocks[index].forward_region(part, plan[index - 1], plan[index], block_ws[index],
+                                                    noise_mode=noise_mode, force_fp32=force_fp32,
+                                                    fused_modconv=fused_modconv)
+            crops.append(part)
+        return crops
 
     def block_shape(self, index: int) -> tuple[int, int]:
         """(height, width) in pixels of block ``index``'s feature map."""

@@ -52,6 +52,7 @@ from .losses import (
     stop_reached,
     stop_reached_tensor,
 )
+from .regions import Region, feature_regions, step_reach
 from .sources import FullResFeatures, LowResFeatures
 from .synthesis import block_features
 from .tracking import track_points, track_points_reference
@@ -75,6 +76,8 @@ class DragParams:
     ``precision``: ``"fp32"``, ``"bf16"`` or ``"auto"`` (fast mode only, see the module docstring).
     ``sync_every``: steps between host read-backs in :meth:`DragSession.run` (fast mode); ``0`` = auto:
     1 on a CPU, ``preview_every`` (or 10 without previews) on other devices.
+    ``local_synthesis`` (fast mode, steps that read their points back, i.e. ``sync_every`` 1): without a
+    mask, synthesise only the part of the feature map the step reads (:mod:`backend.engine.regions`).
     """
 
     max_steps: int = 300
@@ -89,6 +92,7 @@ class DragParams:
     mode: str = "fast"
     precision: str = "fp32"
     sync_every: int = 0
+    local_synthesis: bool = True
     lr_schedule: Callable[[int], float] | None = field(default=None, compare=False)
 
     def validate(self) -> None:
@@ -120,6 +124,8 @@ class DragParams:
         if self.precision not in PRECISIONS:
             raise ValueError(f"params.precision: expected one of {PRECISIONS}, got {self.precision!r}")
         integer("sync_every", 0)
+        if not isinstance(self.local_synthesis, bool):
+            raise ValueError(f"params.local_synthesis: expected true or false, got {self.local_synthesis!r}")
         if self.lr_schedule is not None and not callable(self.lr_schedule):
             raise ValueError("params.lr_schedule: expected a callable step_index -> lr, or None")
 
@@ -358,7 +364,7 @@ class DragSession:
             image, loss_motion, loss_fix, stop = self._reference_forward(ws)
         else:
             image = None
-            tracked, loss_motion, loss_fix, stop_t = self._fast_forward(ws)
+            tracked, loss_motion, loss_fix, stop_t = self._fast_forward(ws, self._local_regions())
             self._points_t = tracked
             self._points_rc = [(int(r), int(c)) for r, c in tracked.tolist()]
             stop = bool(stop_t)
@@ -409,16 +415,28 @@ class DragSession:
             loss_fix = mask_loss(full, self._initial_features, self._fixed_mask)
         return image, loss_motion, loss_fix, stop
 
+    def _local_regions(self) -> list[Region] | None:
+        """The feature-map boxes this step reads (None = synthesise the whole map): fast mode without
+        a mask, on generators that can synthesise regions."""
+        if (not self.params.local_synthesis or self._fixed_mask is not None
+                or not hasattr(self.G.synthesis, "features_in_regions")):
+            return None
+        feature_size = tuple(self.G.synthesis.block_shape(self.params.feature_block))
+        return feature_regions(self._points_rc, step_reach(self.r1_px, self.r2_px), (self.height, self.width),
+                               feature_size)
+
     def _fast_forward(
-        self, ws: torch.Tensor
+        self, ws: torch.Tensor, regions: list[Region] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Synthesis up to the feature block; losses and tracking on the low-resolution map.
 
-        Returns (tracked points ``[P, 2]`` int64, motion loss, mask loss or None, stop flag 0-d bool),
-        all on the device: nothing is read back to the host here.
+        ``regions``: synthesise only these boxes of the map (they must hold every value the step
+        reads: :meth:`_local_regions`). Returns (tracked points ``[P, 2]`` int64, motion loss, mask
+        loss or None, stop flag 0-d bool), all on the device: nothing is read back to the host here.
         """
         with autocast(self._dtype, self.device):
-            block = block_features(self.G.synthesis, ws, self.params.feature_block, fused_modconv=False)
+            block = block_features(self.G.synthesis, ws, self.params.feature_block, fused_modconv=False,
+                                   regions=regions)
         block = block.float()
         source = LowResFeatures(block, self.height, self.width)
         points = self._points_t

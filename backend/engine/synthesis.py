@@ -19,10 +19,29 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+
+from .regions import Region
 
 
-def block_features(synthesis: Any, ws: torch.Tensor, stop_block: int, fused_modconv: bool = False) -> torch.Tensor:
-    """Output ``x`` of block ``stop_block`` (``[N, C, h, w]``) from ``ws [N, num_ws, w_dim]``, const noise."""
+def block_features(synthesis: Any, ws: torch.Tensor, stop_block: int, fused_modconv: bool = False,
+                   regions: list[Region] | None = None) -> torch.Tensor:
+    """Output ``x`` of block ``stop_block`` (``[N, C, h, w]``) from ``ws [N, num_ws, w_dim]``, const noise.
+
+    ``regions`` (disjoint ``(top, bottom, left, right)`` boxes of the ``h x w`` map): only those are
+    synthesised (see :mod:`backend.engine.regions`); the returned map holds them in place and zeros
+    elsewhere, so every read inside a box is the same as on the whole map.
+    """
+    if regions:
+        parts = synthesis.features_in_regions(ws.to(torch.float32), stop_block, regions, noise_mode="const",
+                                              fused_modconv=fused_modconv)
+        height, width = synthesis.block_shape(stop_block)
+        whole = None
+        for (top, bottom, left, right), part in zip(regions, parts):
+            placed = F.pad(part, [left, width - right, top, height - bottom])
+            whole = placed if whole is None else whole + placed
+        assert whole is not None
+        return whole
     x = None
     first = 0
     ws = ws.to(torch.float32)
