@@ -143,8 +143,13 @@ def resize_for_lpips(img: torch.Tensor, max_side: int) -> torch.Tensor:
 
 
 def synthesize(G: Any, ws: torch.Tensor) -> torch.Tensor:
-    """G's image for ``ws`` [N, num_ws, w_dim] with its stored (const) noise: [N, 3, H, W]."""
-    return G.synthesis(ws, noise_mode="const")
+    """G's image for ``ws`` [N, num_ws, w_dim] with its stored (const) noise: [N, 3, H, W].
+
+    Modulated convolutions unfused: the gradient with respect to ``ws`` then costs a per-channel
+    reduction instead of a per-sample weight gradient (backward about 1.4x faster at 128² on
+    2 CPU cores), and a batch shares one convolution. Same image up to float rounding.
+    """
+    return G.synthesis(ws, noise_mode="const", fused_modconv=False)
 
 
 def noise_buffer_names(G: Any) -> list[str]:

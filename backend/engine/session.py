@@ -9,7 +9,9 @@ Two modes compute the same step:
   few feature values the losses and tracking need straight from the low-resolution block output
   (exact, see :mod:`backend.engine.features`), batches all handles, and computes the mask term at
   feature resolution (the one numerical deviation; identical when the feature block already has
-  image size). The full image is synthesised only for previews and :meth:`DragSession.image`.
+  image size). Without a mask, a step synthesises only the boxes of the feature map it reads and
+  what they depend on (local synthesis, :mod:`backend.engine.regions`; same drag up to float
+  rounding). The full image is synthesised only for previews and :meth:`DragSession.image`.
 
 Step ``k`` (0-based) of a drag: track the handles on the current latent's features (step 0 finds the
 handles themselves), report them, stop if every handle is within the stop distance of its target,
