@@ -285,14 +285,10 @@ class SynthesisBlock(nn.Module):
             self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
                                     resample_filter=resample_filter, channels_last=self.channels_last)
 
-    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
-                noise_mode: str = "random", force_fp32: bool = False, fused_modconv: Any = None,
-                with_rgb: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``ws [N, num_conv + num_torgb, w_dim]`` -> (features x, image so far).
-
-        ``with_rgb=False`` skips the ToRGB branch (the caller only wants features).
-        """
-        w_iter = iter(ws.unbind(dim=1))
+    def _run_settings(self, ws: torch.Tensor, force_fp32: bool, fused_modconv: Any
+                      ) -> tuple[torch.dtype, torch.memory_format, bool]:
+        """(dtype, memory format, fused modulated convolution) for one call: fp16 and channels-last
+        only on CUDA blocks built for them; ``fused_modconv`` None/"inference_only" resolved."""
         if ws.device.type != "cuda":
             force_fp32 = True
         dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
@@ -301,6 +297,17 @@ class SynthesisBlock(nn.Module):
             fused_modconv = self.fused_modconv_default
         if fused_modconv == "inference_only":
             fused_modconv = not self.training
+        return dtype, memory_format, bool(fused_modconv)
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
+                noise_mode: str = "random", force_fp32: bool = False, fused_modconv: Any = None,
+                with_rgb: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``ws [N, num_conv + num_torgb, w_dim]`` -> (features x, image so far).
+
+        ``with_rgb=False`` skips the ToRGB branch (the caller only wants features).
+        """
+        w_iter = iter(ws.unbind(dim=1))
+        dtype, memory_format, fused_modconv = self._run_settings(ws, force_fp32, fused_modconv)
 
         if self.in_channels == 0:
             x = self.const.to(dtype=dtype, memory_format=memory_format)
@@ -345,14 +352,7 @@ class SynthesisBlock(nn.Module):
         if self.in_channels == 0:
             raise ValueError("forward_region needs a previous block's output; the first block has none")
         w_iter = iter(ws.unbind(dim=1))
-        if ws.device.type != "cuda":
-            force_fp32 = True
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
-        if fused_modconv is None:
-            fused_modconv = self.fused_modconv_default
-        if fused_modconv == "inference_only":
-            fused_modconv = not self.training
+        dtype, memory_format, fused_modconv = self._run_settings(ws, force_fp32, fused_modconv)
         x = x.to(dtype=dtype, memory_format=memory_format)
         up_region = (2 * in_region[0], 2 * in_region[1], 2 * in_region[2], 2 * in_region[3])
         mid_region = _clamp_region(out_region[0] - 1, out_region[1] + 1, out_region[2] - 1, out_region[3] + 1,
