@@ -331,10 +331,26 @@ def project(
             start_ws = encoder(target).float()
     ws, generator = _project_latent(G, target, settings, report, should_cancel, start_ws)
     steps_done = settings.steps
+    if settings.refine_steps > 0:
+        _, _, quick_stlpips = _final_figures(generator, ws, pixels, target, settings.lpips_max_side)
+        if quick_stlpips > settings.refine_above:
+            # the quick path did not reach this picture: continue with the main net from here
+            total_steps += settings.refine_steps
+            first = steps_done
+
+            def report_refine(step: int, metrics: dict[str, Any]) -> None:
+                report(first + step, {**metrics, "phase": "refine"})
+
+            refine = settings.replace(steps=settings.refine_steps, early_fraction=0.0, w_phase=0.0,
+                                      search_samples=0, w_noise_factor=0.0, lr_rampup=0.0)
+            ws, generator = _project_latent(generator, target, refine, report_refine, should_cancel, ws)
+            steps_done += settings.refine_steps
     if pti:
 
+        pti_first = steps_done
+
         def report_pti(step: int, total: int, metrics: dict[str, Any]) -> None:
-            report(settings.steps + step, metrics)
+            report(pti_first + step, metrics)
 
         generator, pti_steps = pivotal_tuning(
             generator, ws, target, settings=settings, progress=report_pti, should_cancel=should_cancel,

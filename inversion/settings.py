@@ -37,6 +37,11 @@ class ProjectionSettings:
     ``pti_locality_fraction`` of the way from the pivot to a random sample); stops early when the
     ST-LPIPS to the photo falls below ``pti_stop_stlpips``.
 
+    Refinement (off by default): when ``refine_steps`` > 0 and the projection's reconstruction has a
+    VGG ST-LPIPS above ``refine_above`` (a picture the quick path could not reach, e.g. a drawing
+    outside what the encoder learned), ``refine_steps`` more steps follow from there with the main
+    net (``lpips_net`` at ``lpips_max_side``), before any PTI.
+
     Speed levers (off by default): the first ``early_fraction`` of the projection steps (and the
     start search) use the lighter ``early_net`` on images area-downsampled to ``early_max_side``
     (0 = ``lpips_max_side``); ``precision`` ("fp32", "bf16", "auto": see
@@ -71,6 +76,8 @@ class ProjectionSettings:
     early_fraction: float = 0.0
     early_net: str = "alex"
     early_max_side: int = 0
+    refine_steps: int = 0
+    refine_above: float = 0.1
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.pti_steps < 0 or self.search_samples < 0:
@@ -89,6 +96,8 @@ class ProjectionSettings:
             raise ValueError(f"early_net must be 'vgg' or 'alex', got {self.early_net!r}")
         if self.early_max_side < 0:
             raise ValueError("early_max_side must be >= 0")
+        if self.refine_steps < 0 or not self.refine_above >= 0:
+            raise ValueError("refine_steps and refine_above must be >= 0")
 
     def replace(self, **changes: Any) -> ProjectionSettings:
         return dataclasses.replace(self, **changes)
@@ -96,7 +105,8 @@ class ProjectionSettings:
 
 # Fields added after the latent cache's first format: left out of the cache key at their defaults,
 # so that entries written before they existed still hit.
-_LATER_FIELDS = {"precision": "fp32", "early_fraction": 0.0, "early_net": "alex", "early_max_side": 0}
+_LATER_FIELDS = {"precision": "fp32", "early_fraction": 0.0, "early_net": "alex", "early_max_side": 0,
+                 "refine_steps": 0, "refine_above": 0.1}
 
 
 def settings_key(settings: ProjectionSettings) -> dict[str, Any]:
@@ -120,8 +130,12 @@ PRESETS: dict[str, ProjectionSettings] = {
 # start, so there is no start search and no W phase, little latent noise, and far fewer steps;
 # "fast" refines with the light AlexNet ST-LPIPS at 64² (the final figures stay VGG at <= 256).
 ENCODER_PRESETS: dict[str, ProjectionSettings] = {
+    # In-domain pictures end after the 20 light steps (VGG ST-LPIPS 0.02-0.04 on the default model's
+    # samples); a picture still above 0.08 gets 100 VGG steps more (faces-128's procedural renders:
+    # 0.26 after the quick path; inversion/README.md).
     "fast": ProjectionSettings(steps=20, lr=0.01, lr_rampup=0.0, w_noise_factor=0.0, w_phase=0.0,
-                               search_samples=0, early_fraction=1.0, early_net="alex", early_max_side=64),
+                               search_samples=0, early_fraction=1.0, early_net="alex", early_max_side=64,
+                               refine_steps=100, refine_above=0.08),
     "quality": ProjectionSettings(steps=300, lr=0.02, w_noise_factor=0.01, w_phase=0.0, search_samples=0,
                                   pti_steps=300, pti_locality_every=1, pti_stop_stlpips=0.0),
 }

@@ -117,16 +117,34 @@ def test_projection_starts_from_the_encoder_and_keys_the_cache_on_it(tiny_genera
             p.add_(torch.randn_like(p) * 0.05)
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     target = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
-    settings = ENCODER_PRESETS["fast"].replace(steps=0)
+    settings = ENCODER_PRESETS["fast"].replace(steps=0, refine_steps=0)
     res = project(G, image, settings=settings, encoder=enc)
     torch.testing.assert_close(res.ws, enc(target))  # 0 steps: exactly the encoder's W+
     assert res.ws[0, 0].ne(res.ws[0, -1]).any()       # a W+ start, not one w broadcast
 
-    # the named preset means the encoder's variant: fewer steps, every one with the light net
+    # the named preset means the encoder's variant: fewer steps, every one with the light net; a
+    # picture the quick path cannot reach (noise) is refined with the main net
     cache = LatentCache(tmp_path / "cache")
-    steps = []
-    res = project(G, image, preset="fast", encoder=enc, cache=cache, progress=lambda s, t, m: steps.append(t))
-    assert res.steps == ENCODER_PRESETS["fast"].steps and steps[-1] == ENCODER_PRESETS["fast"].steps
+    totals, phases = [], []
+
+    def progress(step, total, metrics):
+        totals.append(total)
+        phases.append(metrics["phase"])
+
+    preset = ENCODER_PRESETS["fast"]
+    quick = project(G, image, settings=preset.replace(refine_steps=0), encoder=enc)
+    assert quick.steps == preset.steps and quick.stlpips > preset.refine_above
+    res = project(G, image, preset="fast", encoder=enc, cache=cache, progress=progress)
+    assert res.steps == preset.steps + preset.refine_steps == len(phases) == totals[-1]
+    assert phases == ["project"] * preset.steps + ["refine"] * preset.refine_steps
+    assert totals[0] == preset.steps  # the total grows when the refinement starts
+    assert res.stlpips < quick.stlpips
+    # a picture the quick path reaches is not refined: the generator's own image at the start
+    with torch.no_grad():
+        own = G.synthesis(enc(target), noise_mode="const")
+    own_image = (own[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    easy = project(G, own_image, preset="fast", encoder=enc)
+    assert easy.stlpips <= preset.refine_above and easy.steps == preset.steps
     assert project(G, image, preset="fast", encoder=enc, cache=cache).from_cache
     # another encoder (or none) is another cache entry
     other = make_encoder(G, seed=2)
