@@ -11,6 +11,8 @@
 * **Reconstruction**: L1 and PSNR of G(z) against the render of z.
 
     python -m training.evaluate_generator backend/data/faces-128.pt --n 512
+    python -m training.evaluate_generator backend/data/faces-128.pt --n 256 \
+        --samples docs/images/faces-128-samples.png       # + the model card's sample grid
 """
 
 from __future__ import annotations
@@ -90,8 +92,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", type=Path, default=None, metavar="PNG",
+                    help="also write a grid of 16 samples (seed 0) above the renders of the same z")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.samples is not None:
+        from training.train_generator import sample_grid
+
+        G = stylegan2.load_generator(args.model)
+        z = torch.from_numpy(np.random.default_rng(0).standard_normal((16, G.z_dim)).astype(np.float32))
+        sample_grid(G, z, args.samples, G.img_resolution)
+        print(f"samples: {args.samples}")
     figures = evaluate(args.model, args.n, args.seed)
     for key, value in figures.items():
         print(f"{key:32s} {value:.4f}")

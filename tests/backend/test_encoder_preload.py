@@ -62,8 +62,10 @@ def test_the_servers_inversion_starts_from_the_encoder(tmp_path: Path, photo) ->
             progress = []
             result = client.edit(edit(image=photo, params=FAST), on_progress=progress.append)
         totals = {p.total for p in progress if p.phase == "inversion" and p.total}
-        # the encoder preset's step count, not the 150 of the search-started "fast" preset
-        assert totals == {ENCODER_PRESETS["fast"].steps}
+        # the encoder preset's step count, not the 150 of the search-started "fast" preset (a random
+        # tiny model's picture is out of the quick path's reach, so the refinement may follow)
+        preset = ENCODER_PRESETS["fast"]
+        assert totals in ({preset.steps}, {preset.steps, preset.steps + preset.refine_steps}), totals
         assert result.inversion is not None and result.steps >= 1
     finally:
         server.stop()
