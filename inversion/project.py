@@ -331,9 +331,11 @@ def project(
             start_ws = encoder(target).float()
     ws, generator = _project_latent(G, target, settings, report, should_cancel, start_ws)
     steps_done = settings.steps
+    figures = None  # (reconstruction, PSNR, ST-LPIPS) of the current latent, when known
     if settings.refine_steps > 0:
-        _, _, quick_stlpips = _final_figures(generator, ws, pixels, target, settings.lpips_max_side)
-        if quick_stlpips > settings.refine_above:
+        figures = _final_figures(generator, ws, pixels, target, settings.lpips_max_side)
+        if figures[2] > settings.refine_above:
+            figures = None
             # the quick path did not reach this picture: continue with the main net from here
             total_steps += settings.refine_steps
             first = steps_done
@@ -346,7 +348,6 @@ def project(
             ws, generator = _project_latent(generator, target, refine, report_refine, should_cancel, ws)
             steps_done += settings.refine_steps
     if pti:
-
         pti_first = steps_done
 
         def report_pti(step: int, total: int, metrics: dict[str, Any]) -> None:
@@ -357,8 +358,9 @@ def project(
             return_steps=True,
         )
         steps_done += pti_steps
+        figures = None
 
-    recon, psnr, stl = _final_figures(generator, ws, pixels, target, settings.lpips_max_side)
+    recon, psnr, stl = figures or _final_figures(generator, ws, pixels, target, settings.lpips_max_side)
     if cache is not None and key is not None:
         delta = generator_delta(G, generator) if generator is not G else {}
         cache.put(key, CacheEntry(ws=ws, reconstruction=recon, psnr=psnr, stlpips=stl, steps=steps_done,
