@@ -18,14 +18,17 @@ from inversion.settings import settings_key
 def test_new_fields_stay_out_of_the_cache_key_at_their_defaults() -> None:
     settings = ProjectionSettings()
     old = {k: v for k, v in dataclasses.asdict(settings).items()
-           if k not in ("precision", "early_fraction", "early_net", "early_max_side")}
+           if k not in ("precision", "early_fraction", "early_net", "early_max_side", "refine_steps",
+                        "refine_above")}
     assert settings_key(settings) == old  # entries written before these fields existed still hit
     assert settings_key(settings.replace(early_fraction=0.5))["early_fraction"] == 0.5
     assert settings_key(settings.replace(precision="bf16"))["precision"] == "bf16"
+    assert settings_key(settings.replace(refine_steps=100))["refine_steps"] == 100
 
 
 @pytest.mark.parametrize(("field", "value"), [("precision", "fp16"), ("early_fraction", 1.5),
-                                              ("early_net", "squeeze"), ("early_max_side", -1)])
+                                              ("early_net", "squeeze"), ("early_max_side", -1),
+                                              ("refine_steps", -1), ("refine_above", -0.1)])
 def test_bad_lever_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         ProjectionSettings(**{field: value})
