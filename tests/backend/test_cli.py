@@ -95,6 +95,16 @@ def test_sizes(text: str, value: int) -> None:
     assert _parse_bytes(text) == value
 
 
+def _interrupt(proc: subprocess.Popen) -> None:
+    """Stop a `serve` process as Ctrl+C does; kill it if it has not exited within 30 s."""
+    proc.send_signal(2)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def _status(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "backend.cli", "status", *args], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=60)
@@ -139,11 +149,7 @@ def test_status_and_models_against_a_real_server(tiny_model: Path, tmp_path: Pat
         plain = _status("--address", address, "--timeout", "1")  # a CURVE server refuses a keyless client
         assert plain.returncode != 0
     finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _interrupt(proc)
     models = subprocess.run([PYTHON, "-m", "backend.cli", "models"], cwd=REPO, env=subprocess_env(),
                             capture_output=True, text=True, timeout=60)
     assert models.returncode == 0 and "faces-128" in models.stdout
@@ -180,9 +186,4 @@ def test_served_model_align_reaches_welcome_status_and_banner(tiny_model: Path, 
         assert "tiny (32x32, loaded, ffhq alignment)" in out.stdout and "plain (32x32, available)" in out.stdout
         assert "tiny (32x32, loaded, ffhq alignment)" in log.read_text()
     finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        _interrupt(proc)
