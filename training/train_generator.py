@@ -358,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         G_ema.load_state_dict(state["G_ema"] if state.get("G_ema") is not None else G.state_dict())
         if state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
+            # Adam's saved param groups carry the lr of the run that wrote them; --lr must win, or
+            # a resumed run silently keeps the first run's rate (it did until session 5).
+            for group in opt.param_groups:
+                group["lr"] = args.lr
         iteration, wall_seconds = int(state["iteration"]), float(state["wall_seconds"])
         images_seen = int(state.get("images_seen", iteration * args.batch))
     else:

@@ -118,6 +118,17 @@ def test_compact_resumable_checkpoint_is_small_and_resumes(tmp_path, monkeypatch
     assert torch.load(run2 / "checkpoint.pt", weights_only=True)["iteration"] == 3
 
 
+def test_resuming_uses_the_lr_given_not_the_checkpoints(tmp_path, monkeypatch):
+    # Adam's state dict carries its param groups' lr; a resumed run with another --lr must train at it.
+    monkeypatch.setattr("training.train_generator.DEFAULT_CONFIG", copy.deepcopy(TINY))
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), "--batch", "2", "--lpips-images", "1", "--threads", "1"]
+    assert main(args + ["--iterations", "1", "--lr", "0.002"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == 0.002
+    assert main(args + ["--iterations", "2", "--lr", "0.0005"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == 0.0005
+
+
 def test_several_renderer_workers_give_the_same_batches_in_order():
     # A GPU run is fed by many renderer processes: the batches must not depend on how many.
     from training.train_generator import BatchFeed
