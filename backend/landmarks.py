@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +31,8 @@ from torch import nn
 
 from backend.align import FaceLandmarks
 
-__all__ = ["LandmarksUnavailable", "MTCNN", "detect_faces", "weights_dir", "load_mtcnn"]
+__all__ = ["LandmarksUnavailable", "MTCNN", "detect_faces", "weights_dir", "load_mtcnn", "refine_landmarks",
+           "procedural_face_predictor", "FramePredictor"]
 
 WEIGHTS_ENV = "DRAGGAN_MTCNN_WEIGHTS"
 _FILES = ("pnet.pt", "rnet.pt", "onet.pt")
@@ -266,3 +269,53 @@ def detect_faces(image: np.ndarray, min_size: int = 20) -> list[FaceLandmarks]:
     """Faces in ``image`` (uint8 [H, W, 3] RGB), best first; [] when none. Raises
     :class:`LandmarksUnavailable` when the weights are not installed."""
     return load_mtcnn().detect(image, min_size=min_size)
+
+
+# ---------------------------------------------------------------------- refinement in the model frame
+#: A keypoint predictor for refinement: model-frame images uint8 [N, size, size, 3] -> 5 landmarks
+#: each, float [N, 5, 2] model pixels (eye centres, nose tip, mouth corners; x then y).
+FramePredictor = Callable[[np.ndarray], np.ndarray]
+
+
+def refine_landmarks(image: np.ndarray, face: FaceLandmarks, predict: FramePredictor, template: np.ndarray,
+                     size: int, iterations: int = 1) -> FaceLandmarks:
+    """Refine coarse landmarks (e.g. MTCNN's) with a finer predictor that works in a model's frame.
+
+    Each iteration warps ``image`` (uint8 [H, W, 3]) so that the current landmarks' FFHQ quad lands on
+    ``template`` (a quad in the ``size`` x ``size`` frame, :func:`backend.align.faces_template_quad`
+    for the procedural faces), asks ``predict`` for the 5 landmarks there, and maps them back to the
+    image. A predictor trained on that frame sees the face as it was trained (upright, centred, at
+    its size) whatever the face's roll and scale in the photo, so its error, not the coarse
+    detector's, bounds the result. Returns landmarks in ``image`` pixel-centre coordinates (the
+    coarse face's box and score kept)."""
+    from backend.align import ffhq_quad, quad_transform
+
+    if iterations < 1:
+        raise ValueError("iterations must be >= 1")
+    current = face
+    for _ in range(iterations):
+        al = quad_transform(ffhq_quad(current), size, size, template)
+        frame, _valid = al.warp_image(np.asarray(image)[..., :3])
+        pts = np.asarray(predict(frame[None]), np.float64).reshape(-1, 5, 2)[0]
+        if not np.isfinite(pts).all():
+            raise ValueError("the landmark predictor returned non-finite points")
+        current = FaceLandmarks.from_array(al.to_crop(pts), face.box, face.score)
+    return current
+
+
+def procedural_face_predictor(path: str | os.PathLike[str] | None = None) -> FramePredictor:
+    """The 5-landmark predictor for training/faces.py renders: training/detector.py's keypoint
+    detector (16 keypoints at 128 px, held-out error 0.69 px) reduced to eye centres, nose tip and
+    mouth corners as :func:`backend.align.keypoints_to_landmarks` does for exact keypoints."""
+    import importlib
+
+    from backend.align import keypoints_to_landmarks
+
+    detector_module: Any = importlib.import_module("training.detector")   # only the procedural domain needs it
+    det = detector_module.load_detector(path)
+
+    def predict(frames: np.ndarray) -> np.ndarray:
+        kps = det.predict(np.ascontiguousarray(frames))
+        return np.stack([keypoints_to_landmarks(k).array() for k in kps])
+
+    return predict
