@@ -10,6 +10,9 @@ conditions alike) in three framings:
 * ``box``: the axis-aligned square with the FFHQ quad's centre and size (face-fitted, but the roll
   is not undone);
 * ``aligned``: the FFHQ quad mapped onto the quad of faces-128's average face (backend/align.py).
+* ``detected``: the same from detected landmarks instead of the oracle: MTCNN, refined once in
+  faces-128's frame by the keypoint detector (``backend.landmarks.refine_landmarks``); skipped when
+  MTCNN is not installed or finds no face.
 
 Reported: ST-LPIPS (VGG) and PSNR of the reconstruction against its own 128x128 input (what the
 plug-in's poor-inversion warning sees), and the PSNR of the reconstruction pasted back into the
@@ -51,14 +54,33 @@ CASES = [(40.0, 0.5, (230.0, 160.0)), (-45.0, 1 / 3, (120.0, 250.0)), (25.0, 0.7
          (-20.0, 1 / 3, (270.0, 110.0))]
 
 
-def framings(big: np.ndarray, quad: np.ndarray, size: int) -> dict[str, A.Alignment]:
+def detected_quad(big: np.ndarray, handle: np.ndarray, size: int) -> np.ndarray | None:
+    """The FFHQ quad from MTCNN + one refinement, or None (no MTCNN weights, or no face there)."""
+    from backend import landmarks as L
+
+    try:
+        found = L.detect_faces(big)
+    except L.LandmarksUnavailable:
+        return None
+    face = A.choose_face(found, handle[None])
+    if face is None:
+        return None
+    refined = L.refine_landmarks(big, face, L.procedural_face_predictor(), A.faces_template_quad(size), size)
+    return A.ffhq_quad(refined)
+
+
+def framings(big: np.ndarray, quad: np.ndarray, size: int, detected: np.ndarray | None = None
+             ) -> dict[str, A.Alignment]:
     tmpl = A.faces_template_quad(size)
     c, side = quad.mean(0), float(np.hypot(*(quad[3] - quad[0])))
     box = np.array([c + [-side / 2, -side / 2], c + [-side / 2, side / 2], c + [side / 2, side / 2],
                     c + [side / 2, -side / 2]])
     whole = np.array([[-0.5, -0.5], [-0.5, CANVAS - 0.5], [CANVAS - 0.5, CANVAS - 0.5], [CANVAS - 0.5, -0.5]])
-    return {"canvas": A.quad_transform(whole, size, size), "box": A.quad_transform(box, size, size, tmpl),
-            "aligned": A.quad_transform(quad, size, size, tmpl)}
+    out = {"canvas": A.quad_transform(whole, size, size), "box": A.quad_transform(box, size, size, tmpl),
+           "aligned": A.quad_transform(quad, size, size, tmpl)}
+    if detected is not None:
+        out["detected"] = A.quad_transform(detected, size, size, tmpl)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         m = canvas.similarity(angle, scale, centre, ((RENDER - 1) / 2, (RENDER - 1) / 2))
         fill = tuple(int(v) for v in np.round(img[:4, :4].reshape(-1, 3).mean(0)))
         big = canvas.place(img, m, (CANVAS, CANVAS), fill=fill)  # type: ignore[arg-type]
-        quad = A.ffhq_quad(A.keypoints_to_landmarks(canvas.apply(m, kp)))
+        truth = A.keypoints_to_landmarks(canvas.apply(m, kp))
+        quad = A.ffhq_quad(truth)
+        detected = detected_quad(big, truth.array()[0], size)
         face_px = A.quad_transform(quad, size, size).produced_area(CANVAS, CANVAS)
         row: dict = {"case": i, "angle": angle, "scale": round(scale, 3), "centre": list(centre)}
+        if detected is not None:
+            exact = A.quad_transform(quad, size, size, A.faces_template_quad(size))
+            row["detected_quad_error_px"] = round(float(np.hypot(
+                *(exact.to_model(detected) - A.faces_template_quad(size)).T).max()), 2)
         tile = [big]
-        for name, al in framings(big, quad, size).items():
+        for name, al in framings(big, quad, size, detected).items():
             frame, valid = al.warp_image(big)
             t0 = time.process_time()
             res = project(G, frame, settings=settings, pti=False)
@@ -104,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
                 pasted = big.copy()
                 pasted[mask] = back[mask]
                 tile.append(pasted)
+            if name == "detected":   # the figure keeps the oracle's columns; the table has both
+                tile = tile[:-2]
         rows.append(row)
         tiles.append(tile)
         summary = {name: {k: round(float(np.mean([r[name][k] for r in rows])), 3)
-                          for k in ("stlpips", "psnr", "face_psnr_canvas")} for name in ("canvas", "box", "aligned")}
+                          for k in ("stlpips", "psnr", "face_psnr_canvas")}
+                   for name in ("canvas", "box", "aligned", "detected") if all(name in r for r in rows)}
         args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": models.sha256_file(
             models.EMBEDDED_MODEL_FILE)[:16], "steps": settings.steps, "preset": "fast", "pti": False,
             "threads": args.threads, "cases": rows, "mean": summary}, indent=1) + "\n", encoding="utf-8")
