@@ -43,8 +43,10 @@ __all__ = [
     "choose_face", "face_region", "faces_template_quad", "psnr_masked",
 ]
 
-#: Alignment kinds a model can have in the registry (backend/models.py ``ModelSpec.alignment``).
-ALIGNMENTS = ("none", "ffhq")
+#: Alignment kinds a model can have in the registry (backend/models.py ``ModelSpec.alignment``):
+#: "ffhq" = the FFHQ recipe's quad onto the whole frame; "faces" = the same quad onto the quad of
+#: training/faces.py's average face (:func:`faces_template_quad`), for models of the procedural faces.
+ALIGNMENTS = ("none", "ffhq", "faces")
 
 _MAX_SUPERSAMPLE = 8
 

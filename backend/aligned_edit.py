@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.align import Alignment, FaceLandmarks, choose_face, ffhq_quad, quad_transform
+from backend.align import Alignment, FaceLandmarks, choose_face, faces_template_quad, ffhq_quad, quad_transform
 
 __all__ = ["NoFace", "PreparedEdit", "prepare", "prepare_box", "box_alignment", "map_points", "paste_back",
            "paste_back_cut", "progress_text"]
@@ -80,11 +80,15 @@ def _default_landmarks(image: np.ndarray) -> list[FaceLandmarks]:
 def prepare(crop: np.ndarray, model_width: int, model_height: int, handles: Sequence[Sequence[float]],
             targets: Sequence[Sequence[float]], mask: np.ndarray | None = None,
             landmarks: LandmarkFn | None = None, template: np.ndarray | None = None,
-            reuse: dict[str, Any] | None = None) -> PreparedEdit:
+            reuse: dict[str, Any] | None = None, kind: str = "ffhq") -> PreparedEdit:
     """Warp a native crop (uint8 [H, W, 3]) and its points/mask (crop pixels; mask 1 = may move) into
-    the model's frame. ``template``: the quad the face maps onto in the model frame (default: the
-    whole frame, the FFHQ recipe). Raises :class:`NoFace`, or ValueError when a point falls outside
-    the aligned frame."""
+    the model's frame. ``kind`` (backend/align.py ALIGNMENTS): "ffhq" maps the face's quad onto
+    ``template`` (default: the whole frame, the FFHQ recipe); "faces" onto the procedural average
+    face's quad, after refining the landmarks in that frame with the keypoint detector
+    (backend/landmarks.py ``refine_landmarks``). Raises :class:`NoFace`, or ValueError when a point
+    falls outside the aligned frame."""
+    if kind not in ("ffhq", "faces"):
+        raise ValueError(f"alignment kind must be 'ffhq' or 'faces', got {kind!r}")
     crop = np.asarray(crop)
     H, W = crop.shape[:2]
     face = None
@@ -97,8 +101,54 @@ def prepare(crop: np.ndarray, model_width: int, model_height: int, handles: Sequ
         face = choose_face(faces, handles)
         if face is None:
             raise NoFace("no face found in the crop: editing without alignment")
+        if kind == "faces":
+            face, template = _refined_procedural_face(crop, face, model_width, model_height)
         al = quad_transform(ffhq_quad(face), model_width, model_height, template)
     return _warp_inputs(crop, al, handles, targets, mask, face)
+
+
+def _refined_procedural_face(crop: np.ndarray, face: FaceLandmarks, model_width: int, model_height: int
+                             ) -> tuple[FaceLandmarks, np.ndarray]:
+    """MTCNN's landmarks on a procedural face (5-19 px off at 128) refined in the average face's
+    frame by the keypoint detector (to about 1.5 px, docs/alignment.md); and that template quad."""
+    from backend import landmarks as L
+
+    if model_width != model_height:
+        raise ValueError("the 'faces' alignment needs a square model")
+    template = faces_template_quad(model_width)
+    if model_width not in _PREDICTORS:
+        # The detector works at 128 px; a model of another size gets its frame resized to 128.
+        base = L.procedural_face_predictor()
+        s = model_width / 128.0
+        if model_width == 128:
+            _PREDICTORS[model_width] = base
+        else:
+            from PIL import Image as PILImage
+
+            def scaled(frames: np.ndarray, base: L.FramePredictor = base, s: float = s) -> np.ndarray:
+                small = np.stack([np.asarray(PILImage.fromarray(f).resize((128, 128), PILImage.Resampling.BOX))
+                                  for f in frames])
+                return (base(small) + 0.5) * s - 0.5
+
+            _PREDICTORS[model_width] = scaled
+    # The detector knows only procedural faces: on anything else its points are noise. A refinement
+    # that fails, or moves the quad by more than a quarter of its side, is not one: keep MTCNN's face.
+    try:
+        refined = L.refine_landmarks(crop, face, _PREDICTORS[model_width], template, model_width)
+        coarse_quad, refined_quad = ffhq_quad(face), ffhq_quad(refined)
+    except ValueError:    # non-finite or degenerate points
+        return face, template
+    side = float(np.hypot(*(coarse_quad[3] - coarse_quad[0])))
+    if not float(np.hypot(*(refined_quad - coarse_quad).T).max()) <= REFINE_MAX_SHIFT * side:
+        return face, template
+    return refined, template
+
+
+#: Largest move of the quad's corners by the refinement, as a fraction of the quad's side.
+REFINE_MAX_SHIFT = 0.25
+
+
+_PREDICTORS: dict[int, Any] = {}
 
 
 # The unaligned path on a native crop mimics the plug-in's automatic crop (geometry.plan_crop):

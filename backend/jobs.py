@@ -363,7 +363,7 @@ class HeldSession:
     # the crop (backend.align.Alignment.to_dict, reused by "drag again") and the crop's size
     alignment: dict[str, Any] | None = None
     crop_size: tuple[int, int] | None = None
-    aligned: str = "none"  # "ffhq" when a face was aligned, "none" for the unaligned box
+    aligned: str = "none"  # the alignment kind when a face was aligned, "none" for the unaligned box
 
 
 class OwnerCache:
@@ -480,7 +480,7 @@ class EditRunner:
         return [dataclasses.replace(e, alignment=self.alignment_of(e.name)) for e in self.pool.entries()]
 
     def alignment_of(self, model: str) -> str:
-        """Model ``model``'s alignment kind ("none" | "ffhq")."""
+        """Model ``model``'s alignment kind ("none" | "ffhq" | "faces")."""
         return registry_alignment(model, self.alignments)
 
     def memory(self) -> tuple[int, int]:
@@ -613,7 +613,7 @@ class EditRunner:
         prepared: aligned_edit.PreparedEdit | None = None
         try:
             prepared = aligned_edit.prepare(pixels, width, height, req.handles, req.targets, mask,
-                                            landmarks=self.landmarks)
+                                            landmarks=self.landmarks, kind=self.alignment_of(req.model))
             note = aligned_edit.progress_text(prepared)
         except aligned_edit.NoFace:
             note = aligned_edit.progress_text(None)

@@ -80,7 +80,9 @@ class ModelSpec:
     sha256: str = ""
     instructions: str = ""
     notes: str = ""
-    alignment: str = "none"   # backend/align.py ALIGNMENTS: "ffhq" = the FFHQ recipe's quad at the model's size
+    # backend/align.py ALIGNMENTS: "ffhq" = the FFHQ recipe's quad at the model's size; "faces" = that
+    # quad onto the procedural faces' average face
+    alignment: str = "none"
 
 
 @dataclass(frozen=True)

@@ -51,21 +51,23 @@ Message table (server -> client)
 --------------------------------
 =========  =====================================================================================
 welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unknown), models
-           [{name, width, height, loaded, alignment ("none"|"ffhq")}], heartbeat_s, instance (random per server start),
+           [{name, width, height, loaded, alignment ("none"|"ffhq"|"faces")}], heartbeat_s,
+           instance (random per server start),
            auth ("curve"|"none"), cache (bool), queue_limit, running, waiting (jobs now),
            limits {max_message_bytes, max_frame_bytes, max_image_side, max_points, max_peers}
 progress   phase (queued|loading|inversion|drag), step, total, points, loss, position (in queue),
            inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text
 result     image (spec), points, session_id, image_id, inversion (optional), steps, seconds,
-           frame ("model"|"crop"), offset ([x, y] crop pixels), alignment ("none"|"ffhq"), note
+           frame ("model"|"crop"), offset ([x, y] crop pixels), alignment ("none"|"ffhq"|"faces"), note
 error      code (ErrorCode), message (for a person), field (offending field or ""), trace_id
 pong       instance, jobs (request ids of this connection's queued/running jobs)
 cancel_ok  cancelled (int) / purged: images, sessions (ints)
 =========  =====================================================================================
 
 Face alignment (protocol 3): an ``edit`` with ``align="auto"`` for a model whose ``alignment`` is
-"ffhq" carries a *native-resolution* crop of any size up to MAX_IMAGE_SIDE (2048) per side instead
-of a model-sized one (2048 x 2048 RGB is 12 MiB, its mask 4 MiB: inside MAX_MESSAGE_BYTES, and each
+not "none" ("ffhq"; or "faces", added on 2026-11-28: a protocol-3 peer from before that rejects a
+welcome that lists it) carries a *native-resolution* crop of any size up to MAX_IMAGE_SIDE (2048)
+per side instead of a model-sized one (2048 x 2048 RGB is 12 MiB, its mask 4 MiB: inside MAX_MESSAGE_BYTES, and each
 frame inside MAX_FRAME_BYTES = ZMQ_MAXMSGSIZE); handles, targets and mask are in that crop's pixels.
 The server finds the face (the one holding the handles), warps everything into the model's frame,
 inverts and drags there, and answers ``frame="crop"``: an RGBA image in the crop's frame whose alpha
@@ -126,7 +128,7 @@ LATENT_SPACES = ("w", "w+")
 INVERSION_PRESETS = ("fast", "quality")
 IMAGE_FORMATS = ("raw", "png")
 ALIGN_OPTIONS = ("auto", "off")  # edit.align: auto = the model's registry alignment; off = none
-ALIGNMENTS = ("none", "ffhq")  # a model's alignment kind (backend/align.py ALIGNMENTS)
+ALIGNMENTS = ("none", "ffhq", "faces")  # a model's alignment kind (backend/align.py ALIGNMENTS)
 RESULT_FRAMES = ("model", "crop")  # result.frame: the model's output, or RGBA in the sent crop's frame
 
 
@@ -778,7 +780,7 @@ class ModelEntry:
     loaded: bool
     poor_stlpips: float = 0.0
     poor_psnr_db: float = 0.0
-    alignment: str = "none"  # "ffhq": an align="auto" edit sends a native crop (protocol 3)
+    alignment: str = "none"  # "ffhq"/"faces": an align="auto" edit sends a native crop (protocol 3)
 
 
 @dataclass
@@ -938,7 +940,7 @@ class Result:
     # corner is at ``offset`` (x, y crop pixels); points are crop pixels.
     frame: str = "model"
     offset: tuple[int, int] = (0, 0)
-    alignment: str = "none"  # "ffhq" when the face was aligned
+    alignment: str = "none"  # the model's kind ("ffhq"/"faces") when the face was aligned
     note: str = ""  # the alignment note for a person ("face aligned ...", "no face found ...")
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:

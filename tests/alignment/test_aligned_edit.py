@@ -53,6 +53,49 @@ def test_no_face_and_point_outside(tilted) -> None:
     assert "without alignment" in E.progress_text(None)
 
 
+def _big_tilted_face() -> tuple[np.ndarray, A.FaceLandmarks, A.Alignment]:
+    """A procedural face rolled 35 deg at 0.6x inside a 384 px canvas; its exact landmarks and the
+    exact "faces" alignment (its quad onto faces-128's average face)."""
+    img, kp = faces.render(faces.sample_params(np.random.default_rng(77), 1)[0], 256)
+    m = canvas.similarity(35.0, 0.6, (200.0, 180.0), (127.5, 127.5))
+    truth = A.keypoints_to_landmarks(canvas.apply(m, kp))
+    exact = A.quad_transform(A.ffhq_quad(truth), 128, 128, A.faces_template_quad(128))
+    return canvas.place(img, m, (384, 384)), truth, exact
+
+
+def _corner_error(al: A.Alignment, exact: A.Alignment) -> float:
+    """Largest distance, in model pixels, between the two alignments' model frames."""
+    return float(np.hypot(*(exact.to_model(al.model_quad()) - exact.to_model(exact.model_quad())).T).max())
+
+
+def test_faces_kind_refines_coarse_landmarks_onto_the_average_face() -> None:
+    big, truth, exact = _big_tilted_face()
+    coarse = A.FaceLandmarks.from_array(truth.array() + np.random.default_rng(0).uniform(-5, 5, (5, 2)))
+    handle = truth.array()[:1]
+    plain = E.prepare(big, 128, 128, handle, handle, landmarks=lambda image: [coarse],
+                      template=A.faces_template_quad(128))
+    refined = E.prepare(big, 128, 128, handle, handle, landmarks=lambda image: [coarse], kind="faces")
+    before, after = _corner_error(plain.alignment, exact), _corner_error(refined.alignment, exact)
+    assert after < 3.0 and after < 0.5 * before, (before, after)
+    # the refined face is what the edit reports using
+    assert refined.face is not None and not np.allclose(refined.face.array(), coarse.array())
+
+
+def test_faces_kind_keeps_the_coarse_face_when_the_refinement_is_noise(monkeypatch) -> None:
+    big, truth, exact = _big_tilted_face()
+    handle = truth.array()[:1]
+    # a predictor that answers far from any face (as the detector may on a photo): MTCNN's face stays
+    far = np.array([[400.0, 400.0], [440.0, 400.0], [420.0, 420.0], [405.0, 440.0], [435.0, 440.0]])
+    for answer in (far, np.full((5, 2), 60.0), np.full((5, 2), np.nan)):   # far off, degenerate, NaN
+        monkeypatch.setitem(E._PREDICTORS, 128, lambda frames, a=answer: np.repeat(a[None], len(frames), 0))
+        prep = E.prepare(big, 128, 128, handle, handle, landmarks=lambda image: [truth], kind="faces")
+        assert _corner_error(prep.alignment, exact) < 1e-6
+    with pytest.raises(ValueError, match="alignment kind"):
+        E.prepare(big, 128, 128, handle, handle, landmarks=lambda image: [truth], kind="dlib")
+    with pytest.raises(ValueError, match="square model"):
+        E.prepare(big, 128, 96, handle, handle, landmarks=lambda image: [truth], kind="faces")
+
+
 @pytest.mark.slow
 def test_drag_in_the_aligned_frame_pastes_back(tilted) -> None:
     import stylegan2

@@ -55,8 +55,9 @@ class Oracle:
 def served(tmp_path_factory: pytest.TempPathFactory, tilted) -> Iterator[tuple[Server, Oracle]]:
     path = make_tiny_generator(tmp_path_factory.mktemp("models") / "tiny.pt")
     oracle = Oracle(tilted[1])
-    runner = real_runner(path, alignments={"tinyface": "ffhq"}, landmarks=oracle)
+    runner = real_runner(path, alignments={"tinyface": "ffhq", "tinydrawn": "faces"}, landmarks=oracle)
     runner.pool.extra["tinyface"] = Path(path)   # the same tiny file, flagged as an FFHQ-aligned model
+    runner.pool.extra["tinydrawn"] = Path(path)  # ... and as a model of the procedural faces
     server = start_server(runner)
     yield server, oracle
     server.stop()
@@ -88,6 +89,23 @@ def test_welcome_says_which_models_align(served) -> None:
         entries = {m.name: m for m in client.hello().models}
     assert client.welcome is not None and client.welcome.protocol == P.PROTOCOL_VERSION == 3
     assert entries["tinyface"].alignment == "ffhq" and entries["tiny"].alignment == "none"
+    assert entries["tinydrawn"].alignment == "faces"
+
+
+def test_faces_kind_aligns_onto_the_average_face_over_the_wire(served, tilted) -> None:
+    # "faces": the oracle's face refined by the keypoint detector, mapped onto the procedural average
+    # face (a smaller quad than the whole frame: more of the crop is produced than with "ffhq")
+    server, _ = served
+    crop, kp = tilted
+    handles, targets = [tuple(map(float, kp[4]))], [(float(kp[4][0]) + 6.0, float(kp[4][1]) - 3.0)]
+    drawn, _ = run(server, P.Edit(model="tinydrawn", handles=handles, targets=targets, image=image(crop),
+                                  params=FAST, align="auto"))
+    face, _ = run(server, P.Edit(model="tinyface", handles=handles, targets=targets, image=image(crop),
+                                 params=FAST, align="auto"))
+    assert drawn.frame == "crop" and drawn.alignment == "faces" and "face aligned" in drawn.note
+    alpha_drawn, alpha_face = rgba(drawn)[..., 3], rgba(face)[..., 3]
+    assert set(np.unique(alpha_drawn)) <= {0, 255}
+    assert (alpha_drawn == 255).sum() > 1.2 * (alpha_face == 255).sum()
 
 
 def test_aligned_edit_native_crop_exact_paste_back_and_drag_again(served, tilted) -> None:
