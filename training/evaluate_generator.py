@@ -13,6 +13,8 @@
     python -m training.evaluate_generator backend/data/faces-128.pt --n 512
     python -m training.evaluate_generator backend/data/faces-128.pt --n 256 \
         --samples docs/images/faces-128-samples.png       # + the model card's sample grid
+    python -m training.evaluate_generator runs/NAME/checkpoint.pt --weights G_ema --n 128 \
+        --geometry-scale 0.7                               # a training checkpoint, on a narrower domain
 """
 
 from __future__ import annotations
@@ -51,9 +53,27 @@ def generate(G: stylegan2.Generator, z: np.ndarray, batch: int = 32) -> np.ndarr
     return np.concatenate(out)
 
 
-def evaluate(model: Path, n: int, seed: int) -> dict[str, float]:
-    """Model-card figures of the generator file ``model`` on ``n`` samples of z seed ``seed``."""
-    return evaluate_generator(stylegan2.load_generator(model), n, seed)
+def load_for_evaluation(path: Path, weights: str = "G") -> stylegan2.Generator:
+    """A generator file (our export), or ``weights`` ("G" or "G_ema") of a train_generator checkpoint
+    or snapshot (a dict with ``config`` and those state dicts), in eval mode."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if not (isinstance(state, dict) and "config" in state and "G" in state):
+        return stylegan2.load_generator(path)
+    return generator_from_state(state, weights, str(path))
+
+
+def generator_from_state(state: dict, weights: str = "G", name: str = "the checkpoint") -> stylegan2.Generator:
+    """``weights`` ("G" or "G_ema") of a loaded train_generator checkpoint or snapshot, in eval mode."""
+    if state.get(weights) is None:
+        raise ValueError(f"{name} holds no {weights} weights (a compact checkpoint has no G_ema)")
+    G = stylegan2.Generator(**state["config"])
+    G.load_state_dict(state[weights])
+    return G.eval().requires_grad_(False)
+
+
+def evaluate(model: Path, n: int, seed: int, weights: str = "G", geometry_scale: float = 1.0) -> dict[str, float]:
+    """Model-card figures of ``model`` (see :func:`load_for_evaluation`) on ``n`` samples of z seed ``seed``."""
+    return evaluate_generator(load_for_evaluation(model, weights), n, seed, geometry_scale=geometry_scale)
 
 
 def evaluate_generator(G: stylegan2.Generator, n: int, seed: int, det: KeypointDetector | None = None,
@@ -94,16 +114,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=Path, default=None, metavar="PNG",
                     help="also write a grid of 16 samples (seed 0) above the renders of the same z")
+    ap.add_argument("--weights", choices=["G", "G_ema"], default="G",
+                    help="which weights of a training checkpoint (export files hold one set)")
+    ap.add_argument("--geometry-scale", type=float, default=1.0,
+                    help="judge against the curriculum's narrower domain (1 = the model's real domain)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.samples is not None:
         from training.train_generator import sample_grid
 
-        G = stylegan2.load_generator(args.model)
+        G = load_for_evaluation(args.model, args.weights)
         z = torch.from_numpy(np.random.default_rng(0).standard_normal((16, G.z_dim)).astype(np.float32))
         sample_grid(G, z, args.samples, G.img_resolution)
         print(f"samples: {args.samples}")
-    figures = evaluate(args.model, args.n, args.seed)
+    figures = evaluate(args.model, args.n, args.seed, args.weights, args.geometry_scale)
     for key, value in figures.items():
         print(f"{key:32s} {value:.4f}")
 

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-import stylegan2
 from training.detector import load_detector
-from training.evaluate_generator import evaluate_generator
+from training.evaluate_generator import evaluate_generator, generator_from_state
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127)]
@@ -35,9 +34,7 @@ def evaluate_run(run_dir: Path, n: int, seed: int, weights: str = "G") -> list[d
     rows = []
     for snap in sorted(run_dir.glob("snap-cpu*.pt")):
         state = torch.load(snap, weights_only=True, map_location="cpu")
-        G = stylegan2.Generator(**state["config"])
-        G.load_state_dict(state[weights])
-        G.eval().requires_grad_(False)
+        G = generator_from_state(state, weights, str(snap))
         figures = evaluate_generator(G, n, seed, det=det)
         rows.append(dict(run=run_dir.name, snapshot=snap.name, cpu_minutes=float(state["cpu_minutes"]),
                          iteration=int(state["iteration"]), images_seen=int(state["images_seen"]), **figures))

@@ -192,3 +192,22 @@ def test_geometry_scale_narrows_shape_and_pose_only():
     np.testing.assert_allclose(none[:, GEOMETRY_PARAMS], np.broadcast_to(mid, (64, len(GEOMETRY_PARAMS))))
     half = params_for_z(z, geometry_scale=0.5)[:, GEOMETRY_PARAMS]
     assert 0 < np.abs(half - mid).mean() < np.abs(full[:, GEOMETRY_PARAMS] - mid).mean()
+
+
+def test_evaluation_loads_exports_and_either_weights_of_a_checkpoint(tmp_path, monkeypatch):
+    from training.evaluate_generator import load_for_evaluation
+
+    monkeypatch.setattr("training.train_generator.DEFAULT_CONFIG", copy.deepcopy(TINY))
+    run, out, compact = tmp_path / "run", tmp_path / "g.pt", tmp_path / "resume.pt"
+    assert main(["--run-dir", str(run), "--batch", "2", "--lpips-images", "1", "--threads", "1", "--iterations", "2",
+                 "--export", str(out), "--export-weights", "ema", "--save-resumable", str(compact)]) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    for weights in ("G", "G_ema"):
+        G = load_for_evaluation(run / "checkpoint.pt", weights)
+        torch.testing.assert_close(G.state_dict()["mapping.fc0.weight"], state[weights]["mapping.fc0.weight"])
+    exported = load_for_evaluation(out)
+    torch.testing.assert_close(exported.state_dict()["mapping.fc0.weight"], state["G_ema"]["mapping.fc0.weight"])
+    # two steps of Adam moved G away from its average: the choice of weights matters
+    assert not torch.equal(state["G"]["mapping.fc0.weight"], state["G_ema"]["mapping.fc0.weight"])
+    with pytest.raises(ValueError, match="no G_ema"):
+        load_for_evaluation(compact, "G_ema")
