@@ -116,25 +116,11 @@ def _refined_procedural_face(crop: np.ndarray, face: FaceLandmarks, model_width:
     if model_width != model_height:
         raise ValueError("the 'faces' alignment needs a square model")
     template = faces_template_quad(model_width)
-    if model_width not in _PREDICTORS:
-        # The detector works at 128 px; a model of another size gets its frame resized to 128.
-        base = L.procedural_face_predictor()
-        s = model_width / 128.0
-        if model_width == 128:
-            _PREDICTORS[model_width] = base
-        else:
-            from PIL import Image as PILImage
-
-            def scaled(frames: np.ndarray, base: L.FramePredictor = base, s: float = s) -> np.ndarray:
-                small = np.stack([np.asarray(PILImage.fromarray(f).resize((128, 128), PILImage.Resampling.BOX))
-                                  for f in frames])
-                return (base(small) + 0.5) * s - 0.5
-
-            _PREDICTORS[model_width] = scaled
     # The detector knows only procedural faces: on anything else its points are noise. A refinement
     # that fails, or moves the quad by more than a quarter of its side, is not one: keep MTCNN's face.
     try:
-        refined = L.refine_landmarks(crop, face, _PREDICTORS[model_width], template, model_width)
+        refined = L.refine_landmarks(crop, face, L.procedural_face_predictor_at(model_width), template,
+                                     model_width)
         coarse_quad, refined_quad = ffhq_quad(face), ffhq_quad(refined)
     except ValueError:    # non-finite or degenerate points
         return face, template
@@ -146,9 +132,6 @@ def _refined_procedural_face(crop: np.ndarray, face: FaceLandmarks, model_width:
 
 #: Largest move of the quad's corners by the refinement, as a fraction of the quad's side.
 REFINE_MAX_SHIFT = 0.25
-
-
-_PREDICTORS: dict[int, Any] = {}
 
 
 # The unaligned path on a native crop mimics the plug-in's automatic crop (geometry.plan_crop):

@@ -32,7 +32,7 @@ from torch import nn
 from backend.align import FaceLandmarks
 
 __all__ = ["LandmarksUnavailable", "MTCNN", "detect_faces", "weights_dir", "load_mtcnn", "refine_landmarks",
-           "procedural_face_predictor", "FramePredictor"]
+           "procedural_face_predictor", "procedural_face_predictor_at", "FramePredictor"]
 
 WEIGHTS_ENV = "DRAGGAN_MTCNN_WEIGHTS"
 _FILES = ("pnet.pt", "rnet.pt", "onet.pt")
@@ -319,3 +319,31 @@ def procedural_face_predictor(path: str | os.PathLike[str] | None = None) -> Fra
         return np.stack([keypoints_to_landmarks(k).array() for k in kps])
 
     return predict
+
+
+_SIZED_PREDICTORS: dict[int, FramePredictor] = {}
+
+
+def procedural_face_predictor_at(size: int) -> FramePredictor:
+    """:func:`procedural_face_predictor` for frames of ``size`` x ``size`` pixels, loaded once per size.
+
+    The detector works at 128 px: other frames are box-resized to 128 and its points scaled back
+    (pixel-centre coordinates, so the half-pixel offsets go with the scale)."""
+    if size < 1:
+        raise ValueError("size must be positive")
+    if size not in _SIZED_PREDICTORS:
+        base = procedural_face_predictor()
+        if size == 128:
+            _SIZED_PREDICTORS[size] = base
+        else:
+            from PIL import Image
+
+            scale = size / 128.0
+
+            def scaled(frames: np.ndarray) -> np.ndarray:
+                small = np.stack([np.asarray(Image.fromarray(f).resize((128, 128), Image.Resampling.BOX))
+                                  for f in frames])
+                return (base(small) + 0.5) * scale - 0.5
+
+            _SIZED_PREDICTORS[size] = scaled
+    return _SIZED_PREDICTORS[size]

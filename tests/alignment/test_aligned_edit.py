@@ -9,6 +9,7 @@ import torch
 
 from backend import align as A
 from backend import aligned_edit as E
+from backend import landmarks as L
 from tests.alignment import canvas
 from training import faces
 
@@ -87,7 +88,7 @@ def test_faces_kind_keeps_the_coarse_face_when_the_refinement_is_noise(monkeypat
     # a predictor that answers far from any face (as the detector may on a photo): MTCNN's face stays
     far = np.array([[400.0, 400.0], [440.0, 400.0], [420.0, 420.0], [405.0, 440.0], [435.0, 440.0]])
     for answer in (far, np.full((5, 2), 60.0), np.full((5, 2), np.nan)):   # far off, degenerate, NaN
-        monkeypatch.setitem(E._PREDICTORS, 128, lambda frames, a=answer: np.repeat(a[None], len(frames), 0))
+        monkeypatch.setitem(L._SIZED_PREDICTORS, 128, lambda frames, a=answer: np.repeat(a[None], len(frames), 0))
         prep = E.prepare(big, 128, 128, handle, handle, landmarks=lambda image: [truth], kind="faces")
         assert _corner_error(prep.alignment, exact) < 1e-6
     with pytest.raises(ValueError, match="alignment kind"):

@@ -102,6 +102,22 @@ def test_refinement_in_the_model_frame_corrects_coarse_landmarks(procedural_pred
     assert refined.box == coarse.box and refined.score == coarse.score
 
 
+def test_the_predictor_at_another_size_answers_in_that_frame() -> None:
+    # A 256 px frame: the detector sees it resized to 128 and its points come back in 256 px pixel
+    # centres, so they match the exact keypoints at 256 within the detector's error (doubled).
+    from training import faces
+
+    p = faces.sample_params(np.random.default_rng(5), 1)[0]
+    im, kp = faces.render(p, 256)
+    got = L.procedural_face_predictor_at(256)(im[None])[0]
+    truth = A.keypoints_to_landmarks(kp).array()
+    assert got.shape == (5, 2)
+    assert float(np.hypot(*(got - truth).T).mean()) < 4.0
+    assert L.procedural_face_predictor_at(256) is L.procedural_face_predictor_at(256)   # loaded once
+    with pytest.raises(ValueError, match="size"):
+        L.procedural_face_predictor_at(0)
+
+
 def test_refinement_rejects_a_broken_predictor() -> None:
     big, truth, _ = _tilted_face(78, -20.0, 0.8, (190.0, 190.0))
     with pytest.raises(ValueError, match="non-finite"):
