@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the renderers stay on CPU)")
     ap.add_argument("--workers", type=int, default=1,
                     help="renderer processes feeding the trainer (a GPU needs many: about 100 images/s each)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the loss (forward and backward): about 1.2x per step on a CPU after a "
+                         "compile of a few minutes; a long run's choice")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast for the forward pass (AMX/AVX512-BF16 CPUs: 1.3-1.7x per step)")
     ap.add_argument("--multiscale-weight", type=float, default=0.0,
@@ -348,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         config = state["config"]
         print(f"resuming from {source} at iteration {state['iteration']}", flush=True)
     device = torch.device(args.device)
+    torch.manual_seed(args.seed)   # a fresh run's initial weights follow --seed too
     G = stylegan2.Generator(**config).to(device)
     G_ema = stylegan2.Generator(**config).to(device)
     opt = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
@@ -399,6 +403,42 @@ def main(argv: list[str] | None = None) -> int:
     for sig in previous_handlers:
         signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
 
+    def training_loss(z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total loss, L1 at the top resolution, ST-LPIPS) for one batch: z [N, z_dim], target
+        [N, 3, size, size] in [-1, 1], weight [N, 1, size, size] or None."""
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            ws = G.mapping(z, update_emas=True)
+            pyramid = synthesis_pyramid(G, ws, args.noise_mode, max_res=args.max_res)
+        pyramid = {res: im.float() for res, im in pyramid.items()}
+        top = max(pyramid)
+        img = pyramid[top]
+        tgt_top = F.adaptive_avg_pool2d(target, top) if top < size else target
+        w_top = (F.adaptive_avg_pool2d(weight, top) if top < size else weight) if weight is not None else None
+        l1 = weighted_l1(img, tgt_top, w_top)
+        loss = l1
+        if args.multiscale_weight > 0:
+            for res, im in pyramid.items():
+                if 16 <= res < top:
+                    w_res = F.adaptive_avg_pool2d(weight, res) if weight is not None else None
+                    loss = loss + args.multiscale_weight * weighted_l1(im, F.adaptive_avg_pool2d(target, res),
+                                                                       w_res)
+        # ST-LPIPS at half resolution on the first ``lpips_images`` of the batch: its stride-1
+        # anti-aliased first layers cost as much as the generator at 128².
+        k = args.lpips_images
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            if top >= 64:
+                perceptual = lpips(F.adaptive_avg_pool2d(img[:k], 64), F.adaptive_avg_pool2d(tgt_top[:k], 64))
+            else:
+                perceptual = lpips(img[:k], tgt_top[:k])
+            perceptual = perceptual.float().mean()
+        loss = loss + args.lpips_weight * perceptual
+        return loss, l1, perceptual
+
+    # Inductor fuses the modulation, bias and activation ops around each convolution: measured
+    # 0.73 -> 0.61 s per batch-8 step on 2 AVX2 cores, after a one-off compile of about 4 minutes.
+    loss_fn = torch.compile(training_loss) if args.compile else training_loss
+
     cpu_start = time.process_time()
     next_snapshot = 0.0 if args.snapshot_cpu_minutes is not None else float("inf")
     start = run_start = time.time()  # start: wall-time accounting (reset at checkpoints); run_start: --minutes
@@ -429,32 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             target = to_tensor(imgs).to(device)
             weight = (keypoint_weight_map(kps, size, args.keypoint_sigma * size / 128, args.keypoint_weight).to(device)
                       if args.keypoint_weight > 0 else None)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                ws = G.mapping(z, update_emas=True)
-                pyramid = synthesis_pyramid(G, ws, args.noise_mode, max_res=args.max_res)
-            pyramid = {res: im.float() for res, im in pyramid.items()}
-            top = max(pyramid)
-            img = pyramid[top]
-            tgt_top = F.adaptive_avg_pool2d(target, top) if top < size else target
-            w_top = (F.adaptive_avg_pool2d(weight, top) if top < size else weight) if weight is not None else None
-            l1 = weighted_l1(img, tgt_top, w_top)
-            loss = l1
-            if args.multiscale_weight > 0:
-                for res, im in pyramid.items():
-                    if 16 <= res < top:
-                        w_res = F.adaptive_avg_pool2d(weight, res) if weight is not None else None
-                        loss = loss + args.multiscale_weight * weighted_l1(im, F.adaptive_avg_pool2d(target, res),
-                                                                           w_res)
-            # ST-LPIPS at half resolution on the first ``lpips_images`` of the batch: its stride-1
-            # anti-aliased first layers cost as much as the generator at 128².
-            k = args.lpips_images
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                if top >= 64:
-                    perceptual = lpips(F.adaptive_avg_pool2d(img[:k], 64), F.adaptive_avg_pool2d(tgt_top[:k], 64))
-                else:
-                    perceptual = lpips(img[:k], tgt_top[:k])
-                perceptual = perceptual.float().mean()
-            loss = loss + args.lpips_weight * perceptual
+            loss, l1, perceptual = loss_fn(z, target, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

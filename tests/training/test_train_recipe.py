@@ -211,3 +211,22 @@ def test_evaluation_loads_exports_and_either_weights_of_a_checkpoint(tmp_path, m
     assert not torch.equal(state["G"]["mapping.fc0.weight"], state["G_ema"]["mapping.fc0.weight"])
     with pytest.raises(ValueError, match="no G_ema"):
         load_for_evaluation(compact, "G_ema")
+
+
+def test_compiled_training_takes_the_same_steps_as_eager(tmp_path, monkeypatch):
+    # --compile must change the speed, not the training: two iterations from the same seed land on
+    # the same weights (inductor reorders float sums, so within a small tolerance).
+    monkeypatch.setattr("training.train_generator.DEFAULT_CONFIG", copy.deepcopy(TINY))
+    weights = {}
+    for flag in ([], ["--compile"]):
+        run = tmp_path / ("compiled" if flag else "eager")
+        assert main(["--run-dir", str(run), "--batch", "2", "--lpips-images", "1", "--threads", "1",
+                     "--multiscale-weight", "1.0", "--iterations", "2", "--seed", "0"] + flag) == 0
+        weights[bool(flag)] = torch.load(run / "checkpoint.pt", weights_only=True)["G"]
+    torch.manual_seed(0)    # the initial weights of --seed 0
+    start = stylegan2.Generator(**copy.deepcopy(TINY)).state_dict()
+    moved = 0
+    for name, eager in weights[False].items():
+        torch.testing.assert_close(weights[True][name], eager, rtol=1e-4, atol=1e-5, msg=name)
+        moved += int(not torch.equal(eager, start[name]))
+    assert moved > 10    # the steps did train
