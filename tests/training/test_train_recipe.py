@@ -230,3 +230,54 @@ def test_compiled_training_takes_the_same_steps_as_eager(tmp_path, monkeypatch):
         torch.testing.assert_close(weights[True][name], eager, rtol=1e-4, atol=1e-5, msg=name)
         moved += int(not torch.equal(eager, start[name]))
     assert moved > 10    # the steps did train
+
+
+def test_patch_discriminator_learns_to_tell_renders_from_blurred_renders():
+    # What it is for: telling the regression's soft features from the renders' crisp ones.
+    from training.patch_discriminator import PatchDiscriminator, discriminator_loss
+
+    torch.manual_seed(0)
+    imgs, _ = faces.dataset(3, 8, size=32)
+    real = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    fake = torch.nn.functional.avg_pool2d(real, 3, stride=1, padding=1, count_include_pad=False)
+    D = PatchDiscriminator()
+    assert D(real).shape == (8, 1, 4, 4)
+    opt = torch.optim.Adam(D.parameters(), lr=0.002, betas=(0.0, 0.99))
+    losses = []
+    for _ in range(60):
+        loss, r1 = discriminator_loss(D, real, fake)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(r1) == 0 and losses[-1] < 0.5 * losses[0]
+    with torch.no_grad():
+        assert float(D(real).mean() - D(fake).mean()) > 1.0
+    # R1 penalises the critic's gradient on real images: positive, and it adds to the loss.
+    with_r1, r1 = discriminator_loss(D, real, fake, r1_gamma=1.0)
+    assert float(r1) > 0 and with_r1.item() > discriminator_loss(D, real, fake)[0].item()
+
+
+def test_adversarial_run_warms_the_critic_up_before_g_feels_it_and_resumes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("training.train_generator.DEFAULT_CONFIG", copy.deepcopy(TINY))
+    common = ["--batch", "2", "--lpips-images", "1", "--threads", "1", "--iterations", "2", "--seed", "0"]
+    weights = {}
+    for name, extra in [("plain", []), ("cold", ["--adversarial-weight", "1.0", "--d-warmup", "100"]),
+                        ("warm", ["--adversarial-weight", "1.0", "--d-warmup", "1"])]:
+        assert main(["--run-dir", str(tmp_path / name)] + common + extra) == 0
+        weights[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+    # During the warm-up G trains exactly as without a discriminator; after it, the critic moves G.
+    for key, value in weights["plain"]["G"].items():
+        assert torch.equal(weights["cold"]["G"][key], value), key
+    assert any(not torch.equal(weights["warm"]["G"][k], v) for k, v in weights["plain"]["G"].items())
+    assert weights["plain"]["D"] is None
+    warm = weights["warm"]
+    assert warm["D"] is not None and warm["d_start"] == 0
+    # Resuming keeps the trained critic (no second warm-up); the compact file leaves it out.
+    compact = tmp_path / "resume.pt"
+    assert main(["--run-dir", str(tmp_path / "warm"), "--batch", "2", "--lpips-images", "1", "--threads", "1",
+                 "--iterations", "3", "--adversarial-weight", "1.0", "--save-resumable", str(compact)]) == 0
+    resumed = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=True)
+    assert resumed["iteration"] == 3 and resumed["d_start"] == 0
+    assert any(not torch.equal(resumed["D"][k], v) for k, v in warm["D"].items())
+    assert "D" not in torch.load(compact, weights_only=True)
