@@ -10,19 +10,13 @@ back to the relay bridge (relay.json names the chroot's /usr/bin/python3, which 
 Everything observed goes to OUT/report.json.
 """
 
-import json
 import os
 import signal
 import threading
 import time
-import traceback
 
-import gi
+from gimp_kit import load_image, new_path, reporting, run_procedure
 
-gi.require_version("Gimp", "3.0")
-from gi.repository import Gimp, Gio  # noqa: E402
-
-PROC = "python-fu-draggan"
 OUT = os.environ["OUT"]
 ENDPOINT = os.environ["ENDPOINT"]
 
@@ -44,25 +38,10 @@ def processes(word):
 
 
 def call(image, drawable, **extra):
-    proc = Gimp.get_pdb().lookup_procedure(PROC)
-    config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [drawable])
-    config.set_property("backend-address", ENDPOINT)
-    config.set_property("backend-timeout", 120)
-    config.set_property("model", "tiny")
-    for key, value in extra.items():
-        config.set_property(key.replace("_", "-"), value)
-    result = proc.run(config)
-    status = result.index(0)
-    if status == Gimp.PDBStatusType.SUCCESS:
-        return status.value_nick, result.index(1), ""
-    return status.value_nick, None, Gimp.get_pdb().get_last_error()
+    return run_procedure(image, drawable, ENDPOINT, "tiny", **extra)
 
 
-report = {"ok": False}
-try:
+with reporting(os.path.join(OUT, "report.json")) as report:
     report["gimp_python_has_zmq"] = None
     try:
         import zmq  # noqa: F401
@@ -70,13 +49,9 @@ try:
     except ImportError as exc:
         report["gimp_python_has_zmq"] = False
         report["zmq_error"] = str(exc)
-    image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(os.path.join(OUT, "input.png")))
+    image = load_image(OUT)
     photo = image.get_layers()[0]
-    path = Gimp.Path.new(image, "drag points")
-    image.insert_path(path, None, 0)
-    for a, b in (((20.0, 20.0), (26.0, 22.0)), ((40.0, 30.0), (36.0, 26.0))):
-        stroke = path.bezier_stroke_new_moveto(*a)
-        path.bezier_stroke_lineto(stroke, *b)
+    new_path(image, "drag points", [[(20.0, 20.0), (26.0, 22.0)], [(40.0, 30.0), (36.0, 26.0)]])
     before = len(image.get_layers())
 
     # 1. an edit through the relay
@@ -117,12 +92,3 @@ try:
     report["cancel"] = {"status": status, "error": error, "new_layers": len(image.get_layers()) - before,
                         "killed": watch["killed"] is not None, "bridge_gone_after_s": gone_after,
                         "bridges_left": processes("relay_bridge.py")}
-    report["ok"] = True
-except Exception:
-    report["exception"] = traceback.format_exc()
-finally:
-    with open(os.path.join(OUT, "report.json"), "w") as fh:
-        json.dump(report, fh, indent=1)
-
-if not report["ok"]:
-    raise RuntimeError("driver failed:\n" + report["exception"])
