@@ -16,7 +16,6 @@ Figures are printed, never asserted (the machine may be shared).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import random
@@ -36,7 +35,7 @@ from backend import protocol as P  # noqa: E402
 from backend.client import Client, new_token  # noqa: E402
 from tests.backend.conftest import start_server  # noqa: E402
 from tests.backend.test_hostile import GatedRunner, fake  # noqa: E402
-from tests.backend.test_server_faults import _fuzz_messages  # noqa: E402
+from tests.backend.test_server_faults import _fuzz_messages, send_and_count_replies  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,30 +107,12 @@ def fuzz(count: int) -> None:
         messages += _fuzz_messages(random.Random(seed))
         seed += 1
     messages = messages[:count]
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(server.endpoint)
-    sent: collections.Counter[str] = collections.Counter()
-    codes: collections.Counter[str] = collections.Counter()
-    no_reply = 0
     started = time.monotonic()
     try:
-        for start in range(0, len(messages), 100):
-            batch = messages[start:start + 100]
-            for kind, frames in batch:
-                sock.send_multipart(frames)
-                sent[kind] += 1
-            for _ in batch:
-                if not sock.poll(10_000):
-                    no_reply += 1
-                    continue
-                reply = P.decode(sock.recv_multipart(), allowed=P.REPLY_TYPES)
-                codes[reply.message.code if isinstance(reply.message, P.Error) else f"NOT AN ERROR:{reply.type}"] += 1
+        sent, codes, no_reply = send_and_count_replies(server.endpoint, messages)
         with Client(server.endpoint, timeout_s=10) as client:
             alive = client.hello().instance == server.instance
     finally:
-        sock.close(0)
         server.stop()
     print(f"fuzz: {sum(sent.values())} malformed messages (seeds 0..{seed - 1}) in {time.monotonic() - started:.1f} s; "
           f"no reply: {no_reply}; server still answers hello: {alive}; internal errors: "
