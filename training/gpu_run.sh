@@ -7,7 +7,8 @@
 # the committed resumable checkpoint with bf16 autocast and a large batch fed by (cores - 1)
 # renderer processes, in curriculum phases (SCHEDULE of --geometry-scale values), then the model-card figures of the result. Back through $OUT (16 MB a file
 # at most): train.log, renderer.txt, eval.txt, faces128-resume.pt (compact, about 8 MB),
-# faces-128-candidate.pt (EMA weights) and the last sample grid. Env: MINUTES, BATCH, LR, SCHEDULE.
+# faces-128-candidate.pt (EMA weights) and the last sample grid. Env: MINUTES, BATCH, LR, SCHEDULE,
+# ADV (the patch discriminator's weight, model card session 7; 0 = none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -43,6 +44,7 @@ for scale in $SCHEDULE; do
   python3 -m training.train_generator --run-dir "$RUN" --resume-from training/checkpoints/faces128-resume.pt \
     --device "$DEVICE" $BF16 --batch "$BATCH" --workers "$WORKERS" --threads "$THREADS" --lr "${LR:-0.004}" \
     --lpips-weight 0.2 --lpips-images "$LPIPS_IMAGES" --multiscale-weight 1.0 --geometry-scale "$scale" \
+    --adversarial-weight "${ADV:-0.02}" \
     --minutes "$PHASE_MIN" --checkpoint-minutes 2 --sample-minutes 1000 --log-every 100 "${final[@]}" \
     2>&1 | tee -a "$OUT/train.log"
   rc=${PIPESTATUS[0]}
