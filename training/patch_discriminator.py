@@ -12,8 +12,9 @@ It is unconditional (real = procedural renders, fake = generated images) and sma
 a 38-pixel window (an eye and its brow at 128²).  About 0.15 GFLOP per 128² image, a tenth of the
 generator's forward pass.  The full StyleGAN2 discriminator costs 3-16 s per G+D iteration on our two cores.
 
-Losses: StyleGAN2's non-saturating logistic loss, with the R1 penalty on real images
-(Mescheder et al. 2018) applied lazily every few steps.
+Losses: StyleGAN2's non-saturating logistic loss; optionally the R1 penalty on real images
+(Mescheder et al. 2018), applied lazily every few steps (off by default: it kept this critic from
+seeing the blur, model card session 7).
 """
 
 from __future__ import annotations

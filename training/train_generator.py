@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            d_loss = torch.zeros(())
+            d_loss = torch.zeros((), device=device)   # stacked with the device's losses at log time
             if D is not None and d_opt is not None:
                 # The D step sees the image G drew before its update (as StyleGAN2 alternates).
                 lazy_r1 = args.r1_gamma > 0 and d_steps % args.r1_every == 0
