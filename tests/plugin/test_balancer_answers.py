@@ -5,38 +5,29 @@ does; the plug-in runs with the fake GIMP through the real link.Backend and drag
 
 from __future__ import annotations
 
-import threading
-
-import zmq
 from draggan_core import edit, errors, link, options, parasite
 from draggan_wire import protocol
 
 from . import fakegimp
 from .conftest import FakeBackend
+from .scripted_router import ScriptedRouter, welcome
 
 SIDE = 16
 
 
-class ScriptedReplica:
+class ScriptedReplica(ScriptedRouter):
     """Answers hello with a welcome (one 16x16 model), continue with ``continue_error`` and edit
-    with ``edit_error`` or else a result; records the request types it saw."""
+    with ``edit_error`` or else a result; ``received`` lists the request types it saw."""
 
     def __init__(self, continue_error: tuple[str, str] | None = None,
                  edit_error: tuple[str, str] | None = None) -> None:
         self.continue_error, self.edit_error = continue_error, edit_error
-        self.seen: list[str] = []
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _answer(self, message: object) -> object:
+    def answer(self, ident: bytes, envelope: protocol.Envelope) -> object:
+        message = envelope.message
         if isinstance(message, protocol.Hello):
-            return protocol.Welcome(server="test", protocol=protocol.PROTOCOL_VERSION, device="cpu",
-                                    models=[protocol.ModelEntry("tiny", SIDE, SIDE, True)], instance="replica-b")
+            return welcome(protocol.ModelEntry("tiny", SIDE, SIDE, True), instance="replica-b")
         if isinstance(message, protocol.Ping):
             return protocol.Pong(instance="replica-b")
         if isinstance(message, protocol.Continue) and self.continue_error:
@@ -48,21 +39,6 @@ class ScriptedReplica:
                                    points=message.targets, session_id="fresh", steps=2,
                                    inversion=protocol.InversionQuality(24.0, 0.1))
         return protocol.Error("bad_request", "not scripted")
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            if not self.sock.poll(50):
-                continue
-            ident, *frames = self.sock.recv_multipart()
-            env = protocol.decode(frames, allowed=protocol.REQUEST_TYPES)
-            self.seen.append(env.type)
-            self.sock.send_multipart([ident, *protocol.encode(self._answer(env.message), env.id)])
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close(0)
-        self.ctx.term()
 
 
 def _scene_with_session(address: str):
@@ -88,7 +64,7 @@ def test_a_replica_without_the_session_gets_a_fresh_edit_and_the_user_is_told_wh
         out = edit.run_edit(image, [result_layer], opts, edit.Progress(), _real_link)
     finally:
         replica.close()
-    assert [t for t in replica.seen if t in ("continue", "edit")] == ["continue", "edit"]
+    assert [t for t in replica.received if t in ("continue", "edit")] == ["continue", "edit"]
     assert not out.continued and parasite.read_record(out.layer).session_id == "fresh"
     shown = [c[1] for c in fakegimp.log if c[0] == "progress_set_text"]
     assert any("inverting anew: the backend no longer holds the previous session" in t for t in shown), shown

@@ -3,8 +3,9 @@ preselection), a free-text entry when the backend cannot be asked."""
 
 from __future__ import annotations
 
-import zmq
 from draggan_core import dialog, link
+
+from .scripted_router import free_loopback_port
 
 
 def _models() -> list[link.ModelChoice]:
@@ -27,10 +28,6 @@ def test_default_is_the_first_loaded_model_else_the_first_listed() -> None:
 
 
 def test_unreachable_backend_leaves_the_free_text_field() -> None:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.ROUTER)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    sock.close(0)
-    models, text = dialog.backend_models(f"tcp://127.0.0.1:{port}", 0.3)
+    models, text = dialog.backend_models(f"tcp://127.0.0.1:{free_loopback_port()}", 0.3)
     assert models is None                      # show() keeps GIMP's text entry for the Model field
     assert text.startswith("Backend not reachable now: ")

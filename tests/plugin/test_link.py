@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import threading
 
 import pytest
 import zmq
@@ -15,18 +14,11 @@ from draggan_core import errors, identity, link
 from draggan_wire import protocol
 
 from . import fakegimp
-
-
-def _free_port() -> int:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.ROUTER)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    sock.close(0)
-    return port
+from .scripted_router import ScriptedRouter, free_loopback_port, welcome
 
 
 def test_unreachable_backend_says_how_to_start_it() -> None:
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_loopback_port()}"
     backend = link.Backend(address, 1.0, connect_timeout_s=0.3, retries=1)
     try:
         with pytest.raises(errors.PluginError) as info:
@@ -46,40 +38,18 @@ def test_missing_pyzmq_gives_the_fix(monkeypatch) -> None:
     assert "restart GIMP" in info.value.message
 
 
-class OneShotServer:
-    """A ROUTER on 127.0.0.1 that answers one hello with a welcome and records the routing ids."""
+class OneShotServer(ScriptedRouter):
+    """Answers ``messages`` hellos with a welcome, then stops; records the routing ids and tokens."""
 
     def __init__(self, curve_pair: tuple[bytes, bytes] | None = None, messages: int = 2) -> None:
-        self.messages = messages
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if curve_pair is not None:
-            self.sock.curve_server = True
-            self.sock.curve_publickey, self.sock.curve_secretkey = curve_pair
-        self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
         self.identities: list[bytes] = []
         self.tokens: list[str] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(curve_pair, max_messages=messages)
 
-    def _serve(self) -> None:
-        for _ in range(self.messages):
-            if not self.sock.poll(4000):
-                return
-            ident, *frames = self.sock.recv_multipart()
-            self.identities.append(ident)
-            env = protocol.decode(frames, allowed=protocol.REQUEST_TYPES)
-            self.tokens.append(env.token)
-            welcome = protocol.Welcome(server="test", protocol=protocol.PROTOCOL_VERSION, device="cpu",
-                                       models=[protocol.ModelEntry("small", 64, 32, False),
-                                               protocol.ModelEntry("tiny", 32, 32, True)])
-            self.sock.send_multipart([ident, *protocol.encode(welcome, env.id)])
-
-    def close(self) -> None:
-        self.thread.join(6)
-        self.sock.close(0)
-        self.ctx.term()
+    def answer(self, ident: bytes, envelope: protocol.Envelope) -> object:
+        self.identities.append(ident)
+        self.tokens.append(envelope.token)
+        return welcome(protocol.ModelEntry("small", 64, 32, False), protocol.ModelEntry("tiny", 32, 32, True))
 
 
 def test_every_run_presents_the_users_identity_token_from_gimps_folder() -> None:

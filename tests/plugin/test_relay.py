@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,6 +14,8 @@ import zmq
 from draggan_core import errors, link, relay
 from draggan_wire import client as client_module
 from draggan_wire import protocol, relay_bridge
+
+from .scripted_router import ScriptedRouter, welcome
 
 
 def test_framing_round_trip_and_refusals() -> None:
@@ -32,38 +33,11 @@ def test_framing_round_trip_and_refusals() -> None:
         relay_bridge.frame_message([])
 
 
-class WelcomeServer:
-    """A ROUTER that answers every hello with a welcome and counts what it received."""
+class WelcomeServer(ScriptedRouter):
+    """Answers every hello with a welcome; ``received`` lists what came."""
 
-    def __init__(self, curve_pair: tuple[bytes, bytes] | None = None) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if curve_pair is not None:
-            self.sock.curve_server = True
-            self.sock.curve_publickey, self.sock.curve_secretkey = curve_pair
-        self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
-        self.received: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            if not self.sock.poll(50):
-                continue
-            ident, *frames = self.sock.recv_multipart()
-            env = protocol.decode(frames, allowed=protocol.REQUEST_TYPES)
-            self.received.append(env.type)
-            welcome = protocol.Welcome(server="test", protocol=protocol.PROTOCOL_VERSION, device="cpu",
-                                       models=[protocol.ModelEntry("tiny", 32, 32, True)])
-            self.sock.send_multipart([ident, *protocol.encode(welcome, env.id)])
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close(0)
-        self.ctx.term()
+    def answer(self, ident: bytes, envelope: protocol.Envelope) -> object:
+        return welcome(protocol.ModelEntry("tiny", 32, 32, True))
 
 
 @pytest.fixture()
