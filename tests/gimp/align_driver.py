@@ -21,7 +21,7 @@ import gi
 
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp  # noqa: E402
-from gimp_kit import PROC, describe, dump, load_image, new_path, pixels, reporting, run_procedure  # noqa: E402
+from gimp_kit import PROC, describe, dump, load_image, new_path, pixels, record_result, reporting, run_procedure  # noqa: E402
 
 OUT = os.environ["OUT"]
 ENDPOINT = os.environ["ENDPOINT"]
@@ -49,11 +49,7 @@ with reporting(os.path.join(OUT, "align-report.json")) as report:
     report["edit"] = {"status": status, "error": error, "layers": describe(image),
                       "seconds": round(time.monotonic() - started, 2)}
     if result is not None:
-        report["edit"]["result_position"] = image.get_item_position(result)
-        report["edit"]["photo_position"] = image.get_item_position(photo)
-        dump(OUT, "photo-after.rgba", pixels(photo))
-        dump(OUT, "result.rgba", pixels(result))
-        dump(OUT, "result-mask.y", pixels(result.get_mask(), "Y u8"))
+        report["edit"].update(record_result(image, photo, result, OUT))
         new_path(image, "again", [[(182.0, 150.0), (184.0, 151.0)]])
         status2, result2, error2 = call(image, result)
         report["again"] = {"status": status2, "error": error2, "layers": describe(image)}

@@ -21,7 +21,18 @@ import gi
 
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp  # noqa: E402
-from gimp_kit import PROC, describe, dump, export_composite, load_image, new_path, pixels, reporting, run_procedure  # noqa: E402
+from gimp_kit import (  # noqa: E402
+    PROC,
+    describe,
+    dump,
+    export_composite,
+    load_image,
+    new_path,
+    pixels,
+    record_result,
+    reporting,
+    run_procedure,
+)
 
 OUT = os.environ["OUT"]
 ENDPOINT = os.environ["ENDPOINT"]
@@ -60,11 +71,7 @@ with reporting(os.path.join(OUT, "report.json")) as report:
     status, result, error = call(image, photo)
     report["edit"] = {"status": status, "error": error, "layers": describe(image)}
     if result is not None:
-        report["edit"]["result_position"] = image.get_item_position(result)
-        report["edit"]["photo_position"] = image.get_item_position(photo)
-        dump(OUT, "photo-after.rgba", pixels(photo))
-        dump(OUT, "result.rgba", pixels(result))
-        dump(OUT, "result-mask.y", pixels(result.get_mask(), "Y u8"))
+        report["edit"].update(record_result(image, photo, result, OUT))
         export_composite(image, OUT, "composite-after.png")
         _ok, non_empty, *bounds = Gimp.Selection.bounds(image)
         report["edit"]["selection_after"] = [non_empty, *bounds]

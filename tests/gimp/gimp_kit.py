@@ -78,6 +78,15 @@ def describe(image):
     return out
 
 
+def record_result(image, photo, result, folder):
+    """After an edit made ``result`` from ``photo``: dump the photo (it must be untouched), the result
+    and its mask into ``folder``; return both layers' stack positions for the report."""
+    dump(folder, "photo-after.rgba", pixels(photo))
+    dump(folder, "result.rgba", pixels(result))
+    dump(folder, "result-mask.y", pixels(result.get_mask(), "Y u8"))
+    return {"result_position": image.get_item_position(result), "photo_position": image.get_item_position(photo)}
+
+
 def new_path(image, name, strokes):
     """A path of straight strokes, each a list of (x, y) anchors; it becomes the active path."""
     path = Gimp.Path.new(image, name)
