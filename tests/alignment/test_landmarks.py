@@ -143,3 +143,28 @@ def test_mtcnn_then_refinement_on_tilted_drawings(weights, procedural_predictor)
     # smile puts the detector's mouth corners 1.6 px low, which the quad multiplies (docs/alignment.md)
     assert all(after < before for before, after in errors), errors
     assert np.mean([after for _, after in errors]) < 3.5 < np.mean([before for before, _ in errors]), errors
+
+
+def test_shift_averaging_cancels_a_detectors_cell_quantisation() -> None:
+    # A stand-in detector that finds a bright dot only to the centre of its 4-px cell (as a stride-4
+    # heatmap does before its offsets): averaging over shifted copies lands nearer the dot.
+    def cell_detector(frames: np.ndarray) -> np.ndarray:
+        out = []
+        for f in frames:
+            y, x = np.unravel_index(int(np.argmax(f[..., 0])), f.shape[:2])
+            out.append([[x // 4 * 4 + 1.5, y // 4 * 4 + 1.5]])
+        return np.array(out, np.float64)
+
+    # one dot at each of the 16 places in a cell: on average over them, the error halves
+    places = [(x, y) for x in range(12, 16) for y in range(20, 24)]
+    frames = np.zeros((len(places), 32, 32, 3), np.uint8)
+    for i, (x, y) in enumerate(places):
+        frames[i, y, x] = 255
+    truth = np.array(places, np.float64)[:, None, :]
+    plain = float(np.hypot(*(cell_detector(frames) - truth).transpose(2, 0, 1)).mean())
+    averaged = L.shift_averaged(cell_detector, frames)
+    assert averaged.shape == (len(places), 1, 2)
+    assert float(np.hypot(*(averaged - truth).transpose(2, 0, 1)).mean()) < 0.75 * plain
+    assert np.allclose(L.shift_averaged(cell_detector, frames, [(0, 0)]), cell_detector(frames))
+    with pytest.raises(ValueError, match="shifts"):
+        L.shift_averaged(cell_detector, frames, [])
