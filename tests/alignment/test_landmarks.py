@@ -155,7 +155,7 @@ def test_shift_averaging_cancels_a_detectors_cell_quantisation() -> None:
             out.append([[x // 4 * 4 + 1.5, y // 4 * 4 + 1.5]])
         return np.array(out, np.float64)
 
-    # one dot at each of the 16 places in a cell: on average over them, the error halves
+    # one dot at each of the 16 places in a cell: on average over them, the error falls by over a quarter
     places = [(x, y) for x in range(12, 16) for y in range(20, 24)]
     frames = np.zeros((len(places), 32, 32, 3), np.uint8)
     for i, (x, y) in enumerate(places):
