@@ -7,7 +7,8 @@
 * **Keypoint error**: for a generated image of z the renderer's exact keypoints are known (the
   parameters of z); the detector's mean error on generated images against those keypoints, next
   to its error on the procedural renders of the same z.  Generated error ≫ render error means the
-  generator misplaces features.
+  generator misplaces features; the error on generated images is also split by feature (eyes, brows,
+  nose, mouth, chin).
 * **Reconstruction**: L1 and PSNR of G(z) against the render of z.
 
     python -m training.evaluate_generator backend/data/faces-128.pt --n 512
@@ -30,6 +31,23 @@ import stylegan2
 from training import faces
 from training.detector import KeypointDetector, load_detector
 from training.train_generator import params_for_z
+
+# The features a drag moves, as groups of faces.KEYPOINT_NAMES (every keypoint in exactly one): the model
+# card reports where the generator's error sits, e.g. the nose it draws without shading.
+KEYPOINT_GROUPS: dict[str, list[str]] = {
+    "eyes": ["left_eye_outer", "left_eye_inner", "right_eye_inner", "right_eye_outer", "left_pupil", "right_pupil"],
+    "brows": ["left_brow_outer", "left_brow_inner", "right_brow_inner", "right_brow_outer"],
+    "nose": ["nose_tip"],
+    "mouth": ["mouth_left", "mouth_right", "upper_lip_top", "lower_lip_bottom"],
+    "chin": ["chin"],
+}
+
+
+def keypoint_error_by_feature(errors: np.ndarray) -> dict[str, float]:
+    """Mean error per feature group: ``errors`` [n, NUM_KEYPOINTS] in pixels -> ``kp_error_<group>_px``."""
+    index = {name: i for i, name in enumerate(faces.KEYPOINT_NAMES)}
+    return {f"kp_error_{group}_px": float(errors[:, [index[name] for name in names]].mean())
+            for group, names in KEYPOINT_GROUPS.items()}
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,6 +119,7 @@ def evaluate_generator(G: stylegan2.Generator, n: int, seed: int, det: KeypointD
         "kp_error_generated_mean_px": float(err_gen.mean()),
         "kp_error_generated_median_px": float(np.median(err_gen)),
         "kp_error_render_mean_px": float(err_ren.mean()),
+        **keypoint_error_by_feature(err_gen),
         "l1": float(l1),
         "psnr_db": float(10 * math.log10(255.0**2 / mse)),
     }

@@ -213,6 +213,23 @@ def test_evaluation_loads_exports_and_either_weights_of_a_checkpoint(tmp_path, m
         load_for_evaluation(compact, "G_ema")
 
 
+def test_keypoint_error_by_feature_covers_every_keypoint_once_and_locates_the_error():
+    from training.evaluate_generator import KEYPOINT_GROUPS, keypoint_error_by_feature
+
+    names = [name for group in KEYPOINT_GROUPS.values() for name in group]
+    assert sorted(names) == sorted(faces.KEYPOINT_NAMES)          # a partition: no keypoint twice or missing
+    errors = np.full((5, faces.NUM_KEYPOINTS), 1.0)
+    errors[:, faces.KEYPOINT_NAMES.index("nose_tip")] = 4.0
+    errors[:, faces.KEYPOINT_NAMES.index("mouth_left")] = 3.0
+    by_feature = keypoint_error_by_feature(errors)
+    assert by_feature["kp_error_nose_px"] == 4.0 and by_feature["kp_error_mouth_px"] == 1.5
+    assert by_feature["kp_error_eyes_px"] == by_feature["kp_error_brows_px"] == by_feature["kp_error_chin_px"] == 1.0
+    # weighted by the group sizes the split gives back the overall mean
+    sizes = {group: len(names) for group, names in KEYPOINT_GROUPS.items()}
+    total = sum(by_feature[f"kp_error_{g}_px"] * n for g, n in sizes.items()) / faces.NUM_KEYPOINTS
+    assert total == pytest.approx(errors.mean())
+
+
 def test_compiled_training_takes_the_same_steps_as_eager(tmp_path, monkeypatch):
     # --compile must change the speed, not the training: two iterations from the same seed land on
     # the same weights (inductor reorders float sums, so within a small tolerance).
