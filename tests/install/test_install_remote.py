@@ -30,7 +30,10 @@ def laptop(install, fake_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     """A fake venv whose python and draggan-backend run this Python and the real backend.cli."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin/python").symlink_to(sys.executable)
+    # a wrapper, not a symlink: a symlink to a venv's python outside that venv starts the base
+    # interpreter, which on a fresh machine has neither torch nor the backend
+    (venv / "bin/python").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    (venv / "bin/python").chmod(0o755)
     script = venv / "bin/draggan-backend"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -I -m backend.cli \"$@\"\n")
     script.chmod(0o755)

@@ -4,6 +4,7 @@ rescaling, weighted L1, and a short end-to-end run that resumes, snapshots and e
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,9 @@ def test_gpu_run_script_dry_run_on_cpu(tmp_path):
 
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OUT=str(tmp_path / "out"), RUN_DIR=str(tmp_path / "run"), MINUTES="0.02",
-               EVAL_N="16", SCHEDULE="0.5 1.0")  # two curriculum phases: the hand-over between them
+               EVAL_N="16", SCHEDULE="0.5 1.0",  # two curriculum phases: the hand-over between them
+               # the script calls python3 (the device's); here that must be this interpreter (the venv with torch)
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run(["bash", str(repo / "training" / "gpu_run.sh"), "--dry-run"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
