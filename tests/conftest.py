@@ -30,6 +30,15 @@ def fixtures_dir() -> Path:
     return require_fixtures()
 
 
+def env_with_this_python(**extra: str) -> dict[str, str]:
+    """os.environ with this interpreter's bin folder first on PATH (plus ``extra``): scripts written for the
+    device call ``python3``, which here must be the test's venv (a fresh machine's system python has no torch)."""
+    import sys
+
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return dict(os.environ, **extra, PATH=path)
+
+
 GIMP3_KIT = Path(os.environ.get("GIMP3_KIT", SHARED / "gimp3"))
 
 

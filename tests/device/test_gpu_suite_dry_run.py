@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import env_with_this_python
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_gpu_suite_dry_run_writes_one_json_and_one_table(tmp_path):
-    # the script calls python3 (the device's); here that must be this interpreter (the venv with torch)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=540, env=env)
+                          capture_output=True, text=True, timeout=540, env=env_with_this_python())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert report["dry_run"] and [s["name"] for s in report["steps"]] == [

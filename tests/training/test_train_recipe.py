@@ -4,7 +4,6 @@ rescaling, weighted L1, and a short end-to-end run that resumes, snapshots and e
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import stylegan2
+from tests.conftest import env_with_this_python
 from training import faces
 from training.train_generator import (
     keypoint_weight_map,
@@ -162,14 +162,11 @@ def test_a_dead_renderer_is_an_error_not_a_hang():
 
 def test_gpu_run_script_dry_run_on_cpu(tmp_path):
     # training/gpu_run.sh is what a lent GPU runs once: its dry run goes through every step on CPU.
-    import os
     import subprocess
 
     repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, OUT=str(tmp_path / "out"), RUN_DIR=str(tmp_path / "run"), MINUTES="0.02",
-               EVAL_N="16", SCHEDULE="0.5 1.0",  # two curriculum phases: the hand-over between them
-               # the script calls python3 (the device's); here that must be this interpreter (the venv with torch)
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = env_with_this_python(OUT=str(tmp_path / "out"), RUN_DIR=str(tmp_path / "run"), MINUTES="0.02",
+                               EVAL_N="16", SCHEDULE="0.5 1.0")  # two curriculum phases: the hand-over between them
     proc = subprocess.run(["bash", str(repo / "training" / "gpu_run.sh"), "--dry-run"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
