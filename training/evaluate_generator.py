@@ -8,7 +8,9 @@
   parameters of z); the detector's mean error on generated images against those keypoints, next
   to its error on the procedural renders of the same z.  Generated error ≫ render error means the
   generator misplaces features; the error on generated images is also split by feature (eyes, brows,
-  nose, mouth, chin).
+  nose, mouth, chin). ``--per-keypoint`` adds a table per keypoint with the mean signed offset
+  (dx, dy) of the detections on generated images: a systematic offset (eye and mouth corners
+  pulled inwards, a nose read low) is a feature the generator draws shrunken or faint, not noise.
 * **Reconstruction**: L1 and PSNR of G(z) against the render of z.
 
     python -m training.evaluate_generator backend/data/faces-128.pt --n 512
@@ -16,6 +18,7 @@
         --samples docs/images/faces-128-samples.png       # + the model card's sample grid
     python -m training.evaluate_generator runs/NAME/checkpoint.pt --weights G_ema --n 128 \
         --geometry-scale 0.7                               # a training checkpoint, on a narrower domain
+    python -m training.evaluate_generator backend/data/faces-128.pt --n 256 --per-keypoint
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ def keypoint_error_by_feature(errors: np.ndarray) -> dict[str, float]:
     index = {name: i for i, name in enumerate(faces.KEYPOINT_NAMES)}
     return {f"kp_error_{group}_px": float(errors[:, [index[name] for name in names]].mean())
             for group, names in KEYPOINT_GROUPS.items()}
+
+
+def keypoint_offsets(predicted: np.ndarray, true: np.ndarray) -> dict[str, tuple[float, float, float]]:
+    """Per keypoint name: (mean error, mean dx, mean dy) in pixels of ``predicted`` [n, K, 2] against
+    ``true`` [n, K, 2] ((x, y) pixels).  A mean offset near the mean error is a bias of the
+    generator's drawing (the same error on every sample), not scatter."""
+    delta = np.asarray(predicted, np.float64) - np.asarray(true, np.float64)
+    error = np.linalg.norm(delta, axis=-1).mean(0)
+    offset = delta.mean(0)
+    return {name: (float(error[i]), float(offset[i, 0]), float(offset[i, 1]))
+            for i, name in enumerate(faces.KEYPOINT_NAMES)}
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,15 +103,18 @@ def generator_from_state(state: dict, weights: str = "G", name: str = "the check
     return G.eval().requires_grad_(False)
 
 
-def evaluate(model: Path, n: int, seed: int, weights: str = "G", geometry_scale: float = 1.0) -> dict[str, float]:
+def evaluate(model: Path, n: int, seed: int, weights: str = "G", geometry_scale: float = 1.0,
+             per_keypoint: bool = False) -> dict[str, float]:
     """Model-card figures of ``model`` (see :func:`load_for_evaluation`) on ``n`` samples of z seed ``seed``."""
-    return evaluate_generator(load_for_evaluation(model, weights), n, seed, geometry_scale=geometry_scale)
+    return evaluate_generator(load_for_evaluation(model, weights), n, seed, geometry_scale=geometry_scale,
+                              per_keypoint=per_keypoint)
 
 
 def evaluate_generator(G: stylegan2.Generator, n: int, seed: int, det: KeypointDetector | None = None,
-                       geometry_scale: float = 1.0) -> dict[str, float]:
+                       geometry_scale: float = 1.0, per_keypoint: bool = False) -> dict[str, float]:
     """Figures for an in-memory generator (learning curves evaluate snapshots this way).
-    ``geometry_scale``: judge against a curriculum's narrower domain (see ``params_for_z``)."""
+    ``geometry_scale``: judge against a curriculum's narrower domain (see ``params_for_z``);
+    ``per_keypoint``: also ``kp_<name>_px`` / ``_dx_px`` / ``_dy_px`` (see :func:`keypoint_offsets`)."""
     det = det if det is not None else load_detector()
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, G.z_dim)).astype(np.float32)
@@ -109,10 +126,12 @@ def evaluate_generator(G: stylegan2.Generator, n: int, seed: int, det: KeypointD
         f_gen = det.backbone_features(gen).numpy().astype(np.float64)
         f_ren = det.backbone_features(renders).numpy().astype(np.float64)
         f_oth = det.backbone_features(other).numpy().astype(np.float64)
-    err_gen = np.linalg.norm(det.predict(gen) - true_kps, axis=-1)
+    predicted = det.predict(gen)
+    err_gen = np.linalg.norm(predicted - true_kps, axis=-1)
     err_ren = np.linalg.norm(det.predict(renders) - true_kps, axis=-1)
     l1 = np.abs(gen.astype(np.float64) - renders).mean() / 127.5
     mse = ((gen.astype(np.float64) - renders) ** 2).mean()
+    offsets = keypoint_offsets(predicted, true_kps) if per_keypoint else {}
     return {
         "fd_detector": frechet_distance(f_gen, f_ren),
         "fd_detector_floor": frechet_distance(f_oth, f_ren),
@@ -122,6 +141,8 @@ def evaluate_generator(G: stylegan2.Generator, n: int, seed: int, det: KeypointD
         **keypoint_error_by_feature(err_gen),
         "l1": float(l1),
         "psnr_db": float(10 * math.log10(255.0**2 / mse)),
+        **{f"kp_{name}_{part}": value for name, figures in offsets.items()
+           for part, value in zip(("px", "dx_px", "dy_px"), figures)},
     }
 
 
@@ -137,6 +158,8 @@ def main() -> None:
                     help="which weights of a training checkpoint (export files hold one set)")
     ap.add_argument("--geometry-scale", type=float, default=1.0,
                     help="judge against the curriculum's narrower domain (1 = the model's real domain)")
+    ap.add_argument("--per-keypoint", action="store_true",
+                    help="also each keypoint's mean error and mean signed offset (dx, dy) on generated images")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.samples is not None:
@@ -146,9 +169,15 @@ def main() -> None:
         z = torch.from_numpy(np.random.default_rng(0).standard_normal((16, G.z_dim)).astype(np.float32))
         sample_grid(G, z, args.samples, G.img_resolution)
         print(f"samples: {args.samples}")
-    figures = evaluate(args.model, args.n, args.seed, args.weights, args.geometry_scale)
+    figures = evaluate(args.model, args.n, args.seed, args.weights, args.geometry_scale, args.per_keypoint)
     for key, value in figures.items():
-        print(f"{key:32s} {value:.4f}")
+        if not key.startswith(tuple(f"kp_{name}_" for name in faces.KEYPOINT_NAMES)):
+            print(f"{key:32s} {value:.4f}")
+    if args.per_keypoint:
+        print(f"\n{'keypoint':18s} {'error px':>9s} {'dx px':>7s} {'dy px':>7s}")
+        for name in faces.KEYPOINT_NAMES:
+            print(f"{name:18s} {figures[f'kp_{name}_px']:9.2f} {figures[f'kp_{name}_dx_px']:+7.2f} "
+                  f"{figures[f'kp_{name}_dy_px']:+7.2f}")
 
 
 if __name__ == "__main__":

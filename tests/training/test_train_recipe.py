@@ -230,6 +230,24 @@ def test_keypoint_error_by_feature_covers_every_keypoint_once_and_locates_the_er
     assert total == pytest.approx(errors.mean())
 
 
+def test_keypoint_offsets_tell_a_systematic_offset_from_scatter():
+    from training.evaluate_generator import keypoint_offsets
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(20, 100, (400, faces.NUM_KEYPOINTS, 2))
+    predicted = true.copy()
+    nose, mouth = faces.KEYPOINT_NAMES.index("nose_tip"), faces.KEYPOINT_NAMES.index("mouth_left")
+    predicted[:, nose, 1] += 2.0                                  # every nose read 2 px low: a bias
+    predicted[:, mouth] += rng.choice([-1.0, 1.0], (400, 2))      # +-1 px each way: scatter, no bias
+    offsets = keypoint_offsets(predicted, true)
+    assert set(offsets) == set(faces.KEYPOINT_NAMES)
+    error, dx, dy = offsets["nose_tip"]
+    assert error == pytest.approx(2.0) and dx == pytest.approx(0.0) and dy == pytest.approx(2.0)
+    error, dx, dy = offsets["mouth_left"]
+    assert error == pytest.approx(2 ** 0.5) and abs(dx) < 0.15 and abs(dy) < 0.15
+    assert offsets["chin"] == (0.0, 0.0, 0.0)
+
+
 def test_compiled_training_takes_the_same_steps_as_eager(tmp_path, monkeypatch):
     # --compile must change the speed, not the training: two iterations from the same seed land on
     # the same weights (inductor reorders float sums, so within a small tolerance).
