@@ -19,6 +19,7 @@ from training.train_generator import (
     set_mapping_lr_multiplier,
     synthesis_pyramid,
     weighted_l1,
+    weighted_mse,
 )
 
 TINY = dict(z_dim=faces.NUM_PARAMS, w_dim=16, img_resolution=32, img_channels=3,
@@ -59,6 +60,29 @@ def test_weighted_l1_uniform_weights_is_plain_l1_and_weights_shift_emphasis():
     assert weighted_l1(a, b, w).item() > plain.item()
 
 
+def test_squared_error_moves_a_pixel_from_the_median_toward_the_mean():
+    # A pixel at a thin tip: 30 % of the targets have the feature (1), 70 % do not (0). L1 alone draws
+    # the median (0: the tip is cut off); with the squared error added it draws toward the mean (0.3).
+    targets = torch.tensor([1.0] * 3 + [0.0] * 7).view(10, 1, 1, 1)
+    weight = torch.full((10, 1, 1, 1), 5.0)
+    assert weighted_mse(torch.zeros(10, 1, 1, 1), targets, weight).item() == pytest.approx(0.3)
+
+    def optimum(l2_weight: float) -> float:
+        x = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adam([x], lr=0.01)
+        for _ in range(600):
+            img = x.view(1, 1, 1, 1).expand(10, 1, 1, 1)
+            loss = weighted_l1(img, targets, None) + l2_weight * weighted_mse(img, targets, None)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return x.item()
+
+    assert abs(optimum(0.0)) < 0.03
+    # L1 + w * L2 balances at x = mean - 0.4 / (2 w) for 0 < x < 1: 0.2 for w = 2
+    assert optimum(2.0) == pytest.approx(0.2, abs=0.03)
+
+
 def test_changing_the_mapping_lr_multiplier_keeps_the_function():
     torch.manual_seed(1)
     G = stylegan2.Generator(**copy.deepcopy(TINY))
@@ -86,7 +110,8 @@ def test_short_run_with_every_lever_resumes_snapshots_and_exports(tmp_path, monk
     monkeypatch.setattr("training.train_generator.DEFAULT_CONFIG", copy.deepcopy(TINY))
     run = tmp_path / "run"
     common = ["--run-dir", str(run), "--batch", "2", "--lpips-images", "1", "--threads", "1",
-              "--multiscale-weight", "0.5", "--keypoint-weight", "4", "--snapshot-cpu-minutes", "100"]
+              "--multiscale-weight", "0.5", "--keypoint-weight", "4", "--l2-weight", "2",
+              "--snapshot-cpu-minutes", "100"]
     assert main(common + ["--iterations", "2"]) == 0
     assert (run / "snap-cpu000.pt").is_file()
     out = tmp_path / "g.pt"
