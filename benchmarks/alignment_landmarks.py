@@ -3,9 +3,13 @@ astronaut (tests/alignment/data/astronaut-landmarks.json), upright and rotated a
 (the annotations rotate with it), and against the exact keypoints of procedural faces: upright at
 256 px, and rolled (+-45 deg), scaled (1/3 to 1) and shifted in a 384 px canvas, where MTCNN's
 landmarks are also refined in faces-128's frame by training/detector.py's keypoint detector
-(``backend.landmarks.refine_landmarks``); "floor" is that detector run on the exactly aligned frame.
+(``backend.landmarks.refine_landmarks``, the 16 keypoints mapped to the 5 landmarks by
+training/fit_landmarks.py's linear map); "floor" is that predictor run on the exactly aligned frame.
 
     python3 benchmarks/alignment_landmarks.py --out docs/alignment-landmarks.json
+    python3 benchmarks/alignment_landmarks.py --tilted-only --direct-landmarks --out OUT.json   # before session 11
+    python3 benchmarks/alignment_landmarks.py --tilted-only --params-seed 78 --placement-seed 6 --tilted 48 \
+        --out OUT.json
 """
 
 from __future__ import annotations
@@ -44,13 +48,15 @@ def measure(image: np.ndarray, truth: np.ndarray, model_side: int) -> dict:
             f"quad_corner_error_at_{model_side}": round(qerr * model_side / side, 2)}
 
 
-def refinement_cases(n: int, seed: int = 5) -> tuple[list[dict], dict]:
-    """MTCNN, MTCNN + 1 or 2 refinements, and the detector's floor on ``n`` tilted procedural faces."""
+def refinement_cases(n: int, seed: int = 5, params_seed: int = 77, direct: bool = False) -> tuple[list[dict], dict]:
+    """MTCNN, MTCNN + 1 or 2 refinements, and the detector's floor on ``n`` tilted procedural faces
+    (faces of ``params_seed``, placements of ``seed``; ``direct``: the keypoints' direct read-out
+    instead of training/fit_landmarks.py's linear map)."""
     size, template = 128, A.faces_template_quad(128)
-    predict = L.procedural_face_predictor()
+    predict = L.procedural_face_predictor(regression=None if direct else "default")
     rng = np.random.default_rng(seed)
     rows = []
-    for i, p in enumerate(faces.sample_params(np.random.default_rng(77), n)):
+    for i, p in enumerate(faces.sample_params(np.random.default_rng(params_seed), n)):
         angle, scale, centre = rng.uniform(-45, 45), rng.uniform(1 / 3, 1.0), rng.uniform(130, 254, 2)
         im, kp = faces.render(p, 256)
         m = canvas.similarity(angle, scale, tuple(centre), (127.5, 127.5))
@@ -82,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "alignment-landmarks.json")
     ap.add_argument("--tilted", type=int, default=24, help="rolled/scaled procedural cases")
+    ap.add_argument("--params-seed", type=int, default=77, help="the tilted cases' faces")
+    ap.add_argument("--placement-seed", type=int, default=5, help="the tilted cases' roll, scale and shift")
+    ap.add_argument("--direct-landmarks", action="store_true",
+                    help="refine with the detector's keypoints read out directly (before session 11)")
+    ap.add_argument("--tilted-only", action="store_true", help="skip the astronaut and the upright faces")
     args = ap.parse_args(argv)
     from skimage import data
 
@@ -90,18 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     img = data.astronaut()
     out: dict = {"astronaut (vs hand annotation, quad error at ffhq-512 scale)": {},
                  "procedural faces 256 px (vs exact keypoints, quad error at 128)": {}}
-    for angle in (0, 15, 30, 45, -30):
+    for angle in () if args.tilted_only else (0, 15, 30, 45, -30):
         m = canvas.similarity(angle, 1.0, (255.5, 255.5), (255.5, 255.5))
         r = measure(canvas.place(img, m, (512, 512), fill=(0, 0, 0)), canvas.apply(m, truth), 512)
         out["astronaut (vs hand annotation, quad error at ffhq-512 scale)"][f"rotated {angle} deg"] = r
         print("astronaut", angle, r, flush=True)
-    params = faces.sample_params(np.random.default_rng(77), 8)
+    params = faces.sample_params(np.random.default_rng(77), 0 if args.tilted_only else 8)
     for i, p in enumerate(params):
         im, kp = faces.render(p, 256)
         r = measure(im, A.keypoints_to_landmarks(kp).array(), 128)
         out["procedural faces 256 px (vs exact keypoints, quad error at 128)"][f"seed 77 #{i}"] = r
         print("procedural", i, r, flush=True)
-    tilted, summary = refinement_cases(args.tilted)
+    tilted, summary = refinement_cases(args.tilted, args.placement_seed, args.params_seed, args.direct_landmarks)
     out["procedural faces tilted in a 384 px canvas (vs exact keypoints, quad error in faces-128's frame)"] = {
         "summary": summary, "cases": tilted}
     print("tilted summary", summary, flush=True)
