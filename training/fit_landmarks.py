@@ -92,14 +92,12 @@ def load(path: Path | str | None = None) -> np.ndarray:
     return weights
 
 
-def detections(seed: int, n: int, log: Any = print) -> tuple[np.ndarray, np.ndarray]:
-    """Shift-averaged detector keypoints [n, K, 2] of ``n`` renders of seed ``seed`` and their exact
+def detections(det: Any, seed: int, n: int, log: Any = print) -> tuple[np.ndarray, np.ndarray]:
+    """Shift-averaged keypoints of detector ``det`` [n, K, 2] on ``n`` renders of seed ``seed`` and their exact
     landmarks [n, 5, 2], in chunks of 100 with a progress line."""
     from backend.align import keypoints_to_landmarks
     from backend.landmarks import shift_averaged
-    from training.detector import load_detector
 
-    det = load_detector()
     detected, exact = [], []
     params = faces.sample_params(np.random.default_rng(seed), n)   # the faces of faces.dataset(seed, n)
     t0 = time.time()
@@ -129,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     t0 = time.time()
-    train_x, train_y = detections(args.seed, args.n, log)
-    test_x, test_y = detections(args.eval_seed, args.eval_n, log)
+    from training.detector import load_detector
+
+    det = load_detector()   # once for both sets
+    train_x, train_y = detections(det, args.seed, args.n, log)
+    test_x, test_y = detections(det, args.eval_seed, args.eval_n, log)
     weights = fit_linear_map(train_x, train_y, args.ridge)
     from backend.align import keypoints_to_landmarks
 

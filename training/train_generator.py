@@ -231,10 +231,7 @@ def set_mapping_lr_multiplier(state: dict[str, Any], new: float) -> None:
 def weighted_l1(img: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Mean absolute error, optionally weighted per pixel by ``weight [N, 1, H, W]`` (normalised by
     the weights' mean, so the loss scale stays that of plain L1)."""
-    err = (img - target).abs()
-    if weight is None:
-        return err.mean()
-    return (err * weight).mean() / weight.mean()
+    return _weighted_mean((img - target).abs(), weight)
 
 
 def weighted_mse(img: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -242,7 +239,11 @@ def weighted_mse(img: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     what the target may be there, where L1's is the median: a thin tip the generator cannot place
     within its own width is covered less than half the time, so L1 cuts it off (eye, brow and mouth
     corners drawn short), while the squared error keeps it, faded."""
-    err = (img - target) ** 2
+    return _weighted_mean((img - target) ** 2, weight)
+
+
+def _weighted_mean(err: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``err``'s mean, weighted per pixel by ``weight [N, 1, H, W]`` normalised by its mean."""
     if weight is None:
         return err.mean()
     return (err * weight).mean() / weight.mean()
