@@ -61,7 +61,9 @@ def test_two_pairs_one_point_move_toward_their_targets():
         # Not a pass: reported as xfail, with the measured reason, until the model is trained.
         pytest.xfail(f"the default model is not trained enough for the fidelity protocol: the detector's "
                      f"keypoint error on its samples is {error:.1f} px (needs < 3 px; backend/data/faces-128.md)")
-    results = fidelity.run_fidelity(G, detector, pairs=2, point_counts=[1], rows=["fast"], max_steps=60,
+    # 200 steps, the benchmark's own budget: with the trained weights a 7-11 px drag needs 100-200 steps
+    # at the default lr (60 steps moved these two handles 13 % and 30 % of the way)
+    results = fidelity.run_fidelity(G, detector, pairs=2, point_counts=[1], rows=["fast"], max_steps=200,
                                     base=DragParams())
     edits = results[("fast", 1)]
     before = np.mean([e.distance_before for e in edits])
