@@ -98,6 +98,16 @@ def registry_poor_inversion(name: str) -> tuple[float, float]:
     return poor.stlpips, poor.psnr_db
 
 
+def registry_drag_lr_warmup(name: str) -> tuple[float, float]:
+    """(lr_boost, lr_half_life) of drags on model ``name`` (``models.model_drag_lr_warmup``); the
+    official constant lr (1, 20) without the registry."""
+    try:
+        from . import models
+    except ImportError:
+        return 1.0, 20.0
+    return models.model_drag_lr_warmup(name)
+
+
 def registry_alignment(name: str, overrides: Mapping[str, str] | None = None) -> str:
     """The alignment kind of model ``name``: ``overrides[name]`` (name -> kind, ``serve --model-align``)
     when there, else the registry's ("none" without an entry)."""
@@ -579,7 +589,7 @@ class EditRunner:
                                inversion=quality, text="inversion done"))
         session = DragSession(projection.generator, projection.ws, handle_points=req.handles,
                               target_points=req.targets, mask=mask,
-                              params=_drag_params(req.params, projection.generator))
+                              params=_drag_params(req.params, projection.generator, req.model))
         steps = self._drag(session, emit, should_cancel, quality)
         image_id = ""
         if self.cache:  # the same photo from the same client keeps one id
@@ -636,7 +646,7 @@ class EditRunner:
         targets = [(float(x), float(y)) for x, y in prepared.targets]
         session = DragSession(projection.generator, projection.ws, handle_points=handles,
                               target_points=targets, mask=prepared.mask,
-                              params=_drag_params(req.params, projection.generator))
+                              params=_drag_params(req.params, projection.generator, req.model))
         steps = self._drag(session, emit, should_cancel, quality, prepared.alignment)
         image_id = ""
         if self.cache:
@@ -681,7 +691,7 @@ class EditRunner:
         model_mask = None if mask is None else al.warp_mask(mask > 0.5).astype(np.float32)
         params = req.params or held.params
         session.set_points([(float(x), float(y)) for x, y in handles], [(float(x), float(y)) for x, y in targets],
-                           model_mask, params=_drag_params(params, session.G))
+                           model_mask, params=_drag_params(params, session.G, held.model))
         held.params = params
         note = ("reusing the previous drag's face alignment" if held.aligned != "none"
                 else "reusing the previous drag's crop (no face was aligned)")
@@ -703,7 +713,7 @@ class EditRunner:
         params = req.params or held.params
         _check_points(req.handles, session.width, session.height, "fields.handles")
         _check_points(req.targets, session.width, session.height, "fields.targets")
-        session.set_points(req.handles, req.targets, mask, params=_drag_params(params, session.G))
+        session.set_points(req.handles, req.targets, mask, params=_drag_params(params, session.G, held.model))
         held.params = params
         steps = self._drag(session, emit, should_cancel, held.inversion)
         return protocol.Result(image=rgb_to_image(session.image()), points=session.points,
@@ -791,11 +801,14 @@ def _check_points(points: list[tuple[float, float]], width: int, height: int, fi
                                                        f"y in 0..{height - 1})", f"{field_name}[{i}]")
 
 
-def _drag_params(params: protocol.EditParams, G: Any) -> Any:
+def _drag_params(params: protocol.EditParams, G: Any, model: str) -> Any:
     from backend.engine import DragParams
 
     # DragGAN reads features after block 5 (128 px at 512); small generators have fewer blocks.
     feature_block = min(DragParams.feature_block, int(G.synthesis.num_blocks) - 1)
+    # the model's measured step-size warm-up (larger first steps), the official constant lr otherwise
+    lr_boost, lr_half_life = registry_drag_lr_warmup(model)
     return DragParams(max_steps=params.max_steps, lr=params.lr, latent=params.latent,
                       lambda_mask=params.lambda_mask, r1=params.r1, r2=params.r2,
-                      preview_every=params.preview_every, feature_block=feature_block)
+                      preview_every=params.preview_every, feature_block=feature_block,
+                      lr_boost=lr_boost, lr_half_life=lr_half_life)

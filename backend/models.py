@@ -83,6 +83,11 @@ class ModelSpec:
     # backend/align.py ALIGNMENTS: "ffhq" = the FFHQ recipe's quad at the model's size; "faces" = that
     # quad onto the procedural faces' average face
     alignment: str = "none"
+    # the drag's larger first steps (backend.engine DragParams.lr_boost / lr_half_life): 1 = the
+    # official constant lr; a value here is measured on that model (benchmarks/fidelity.py's
+    # "fast sched" row), never guessed for the official checkpoints
+    drag_lr_boost: float = 1.0
+    drag_lr_half_life: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,13 @@ def model_alignment(name: str, option: str = "auto", overrides: Mapping[str, str
     return "none" if spec is None else spec.alignment
 
 
+def model_drag_lr_warmup(name: str) -> tuple[float, float]:
+    """(lr_boost, lr_half_life) of the drags on model `name`: its registry entry's, (1, 20) -- the
+    official constant lr -- for models without one (custom files included)."""
+    spec = REGISTRY.get(name)
+    return (1.0, 20.0) if spec is None else (spec.drag_lr_boost, spec.drag_lr_half_life)
+
+
 class ModelError(Exception):
     """Base class for registry and download errors (the message says what to do)."""
 
@@ -188,7 +200,10 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec(
         name=DEFAULT_MODEL, filename="faces-128.pt", width=128, height=128, kind="embedded",
         licence=_LICENCE_OURS, source="embedded: backend/data/faces-128.pt",
-        notes="edits only its own procedural domain (synthetic faces); real photos need an official model"),
+        notes="edits only its own procedural domain (synthetic faces); real photos need an official model",
+        # 16x first steps, half-life 20: on its fidelity pairs drags end nearer their targets in far
+        # fewer steps than at the constant lr (backend/data/faces-128.md, "Drag step size")
+        drag_lr_boost=16.0, drag_lr_half_life=20.0),
     _sd("lions-512", "lions_512", 512, "lions"),
     _sd("dogs-1024", "dogs_1024", 1024, "dogs"),
     _sd("horses-256", "horses_256", 256, "horses"),

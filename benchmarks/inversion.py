@@ -8,6 +8,9 @@ Parts (all by default):
 * ``generated``: images the model makes from known latents (seeded z, truncation psi 0.7);
   project each with the "fast" preset at several step counts (the schedule scales with the
   count, so each row is what ``steps=N`` gives). Target: ST-LPIPS < 0.05 with the default preset.
+* ``renders``: procedural faces from the training renderer (``training.faces.dataset(2026, n)``), which
+  the model never produced: the drawings README invites users to edit. Same preset as ``generated``,
+  at its default step count.
 * ``photos``: scikit-image's CC0/public-domain photos (astronaut, coffee, chelsea), centre-cropped
   and scaled to the model's size, projected with the "fast" preset without and with pivotal
   tuning. With the procedural default model these photos are far outside its domain.
@@ -16,7 +19,11 @@ Parts (all by default):
 ST-LPIPS figures are on the shift-tolerant LPIPS (VGG) scale, not comparable to plain LPIPS.
 ``scikit-image`` is needed for ``photos`` only (``pip install scikit-image``; not a dependency).
 
-Example: ``OMP_NUM_THREADS=2 python benchmarks/inversion.py --part generated --seeds 2``
+``--encoder FILE`` runs ``generated`` and ``renders`` with the W+ encoder's preset (``ENCODER_PRESETS``,
+what the server uses when the model has an encoder) instead of the plain ``fast`` preset.
+
+Examples: ``OMP_NUM_THREADS=2 python benchmarks/inversion.py --part generated --seeds 2``;
+issue 15's figures: ``--part generated --seeds 16 --steps 150`` and ``--part renders --renders 16``.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import stylegan2  # noqa: E402
-from inversion import PRESETS, project  # noqa: E402
+from inversion import ENCODER_PRESETS, PRESETS, project  # noqa: E402
 from inversion._common import tensor_to_uint8  # noqa: E402
 from inversion.lpips import STLPIPS  # noqa: E402
 
@@ -69,9 +76,9 @@ def progress_line(prefix: str):  # noqa: ANN201
     return show
 
 
-def part_generated(G: Any, seeds: int, step_counts: list[int]) -> None:
+def part_generated(G: Any, seeds: int, step_counts: list[int], encoder: Any = None) -> None:
     print(f"\n(a) images generated from known latents (z seeded 0..{seeds - 1}, truncation psi 0.7), "
-          "preset 'fast'")
+          f"preset {preset_name(encoder)}")
     targets = []
     for seed in range(seeds):
         z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(next(G.parameters()).device)
@@ -80,21 +87,48 @@ def part_generated(G: Any, seeds: int, step_counts: list[int]) -> None:
             targets.append(tensor_to_uint8(G.synthesis(ws, noise_mode="const")))
     rows = []
     for steps in step_counts:
-        settings = PRESETS["fast"].replace(steps=steps)
+        settings = (ENCODER_PRESETS if encoder is not None else PRESETS)["fast"].replace(steps=steps)
         results, cpu = [], []
         for seed, target in enumerate(targets):
             started = time.process_time()
-            results.append(project(G, target, settings=settings, progress=progress_line(f"steps={steps} seed={seed}")))
+            results.append(project(G, target, settings=settings, encoder=encoder,
+                                   progress=progress_line(f"steps={steps} seed={seed}")))
             cpu.append(time.process_time() - started)
         rows.append((steps, [r.stlpips for r in results], [r.psnr for r in results], [r.seconds for r in results],
                      cpu))
-    default_steps = PRESETS["fast"].steps
-    print(f"{'steps':>6} {'ST-LPIPS(VGG) mean':>19} {'max':>7} {'PSNR dB mean':>13} {'min':>6} {'wall s':>7} "
-          f"{'CPU s':>6}")
+    default_steps = (ENCODER_PRESETS if encoder is not None else PRESETS)["fast"].steps
+    print(f"{'steps':>6} {'ST-LPIPS(VGG) mean':>19} {'median':>7} {'max':>7} {'PSNR dB mean':>13} {'min':>6} "
+          f"{'wall s':>7} {'CPU s':>6}")
     for steps, stl, psnr, secs, cpu in rows:
         mark = "  <- default 'fast'" if steps == default_steps else ""
-        print(f"{steps:>6} {np.mean(stl):>19.4f} {np.max(stl):>7.4f} {np.mean(psnr):>13.2f} {np.min(psnr):>6.2f} "
-              f"{np.mean(secs):>7.1f} {np.mean(cpu):>6.1f}{mark}")
+        print(f"{steps:>6} {np.mean(stl):>19.4f} {np.median(stl):>7.4f} {np.max(stl):>7.4f} {np.mean(psnr):>13.2f} "
+              f"{np.min(psnr):>6.2f} {np.mean(secs):>7.1f} {np.mean(cpu):>6.1f}{mark}")
+
+
+def preset_name(encoder: Any) -> str:
+    return "'fast' with the W+ encoder (ENCODER_PRESETS)" if encoder is not None else "'fast'"
+
+
+def part_renders(G: Any, count: int, encoder: Any = None) -> None:
+    """Procedural renders (never produced by the model), the default step count of the preset."""
+    from training import faces  # only this part needs the renderer
+
+    print(f"\n(r) {count} procedural renders (training.faces.dataset(2026, {count})), preset {preset_name(encoder)}")
+    images, _ = faces.dataset(2026, count, size=G.img_resolution)
+    settings = (ENCODER_PRESETS if encoder is not None else PRESETS)["fast"]
+    stl, psnr, secs, cpu = [], [], [], []
+    print(f"{'render':>6} {'ST-LPIPS(VGG)':>14} {'PSNR dB':>8} {'steps':>6} {'wall s':>7} {'CPU s':>6}")
+    for index, image in enumerate(images):
+        started = time.process_time()
+        res = project(G, np.ascontiguousarray(image), settings=settings, encoder=encoder,
+                      progress=progress_line(f"render {index}"))
+        cpu.append(time.process_time() - started)
+        stl.append(res.stlpips), psnr.append(res.psnr), secs.append(res.seconds)
+        print(f"{index:>6} {res.stlpips:>14.4f} {res.psnr:>8.2f} {res.steps:>6} {res.seconds:>7.1f} {cpu[-1]:>6.1f}",
+              flush=True)
+    print(f"renders: ST-LPIPS(VGG) mean {np.mean(stl):.4f}, median {np.median(stl):.4f}, max {np.max(stl):.4f}; "
+          f"PSNR mean {np.mean(psnr):.2f} dB, min {np.min(psnr):.2f}; wall {np.mean(secs):.1f} s, "
+          f"CPU {np.mean(cpu):.1f} s per picture")
 
 
 def load_photos(width: int, height: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -155,11 +189,13 @@ def part_lpips_cost(side: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["all", "generated", "photos", "lpips-cost"], default="all")
+    parser.add_argument("--part", choices=["all", "generated", "renders", "photos", "lpips-cost"], default="all")
     parser.add_argument("--model", help="generator file (default: backend/data/faces-128.pt if present)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, default=3, help="generated images for part (a)")
     parser.add_argument("--steps", default="25,50,100,150", help="step counts for part (a), comma separated")
+    parser.add_argument("--renders", type=int, default=4, help="procedural renders for part (r)")
+    parser.add_argument("--encoder", help="W+ encoder file: generated and renders use ENCODER_PRESETS")
     parser.add_argument("--photos", default="astronaut,coffee,chelsea", help="scikit-image photos for part (b)")
     parser.add_argument("--random-resolution", type=int, default=128,
                         help="size of the random-weight stand-in generator when no trained model exists")
@@ -178,8 +214,15 @@ def main(argv: list[str] | None = None) -> None:
     fast = PRESETS["fast"]
     print(f"preset 'fast': {fast.steps} steps, lr {fast.lr}, search {fast.search_samples}, loss ST-LPIPS "
           f"{fast.lpips_net} + {fast.pixel_weight} MSE; PTI {fast.pti_steps} steps")
+    encoder = None
+    if args.encoder:
+        from inversion.encoder import load_encoder
+
+        encoder = load_encoder(args.encoder, device=args.device)
     if args.part in ("all", "generated"):
-        part_generated(G, args.seeds, [int(s) for s in args.steps.split(",") if s])
+        part_generated(G, args.seeds, [int(s) for s in args.steps.split(",") if s], encoder)
+    if args.part in ("all", "renders"):
+        part_renders(G, args.renders, encoder)
     if args.part in ("all", "photos"):
         part_photos(G, [p for p in args.photos.split(",") if p])
 

@@ -63,6 +63,14 @@ MODES = ("fast", "reference")
 LATENTS = ("w+", "w")
 
 
+def warm_lr(lr: float, step_index: int, boost: float, half_life: float) -> float:
+    """``lr * (1 + (boost - 1) * 0.5 ** (step_index / half_life))``: ``boost * lr`` at step 0, decaying
+    to ``lr`` with a half-life of ``half_life`` steps; exactly ``lr`` when ``boost`` is 1."""
+    if boost == 1.0:
+        return float(lr)
+    return float(lr) * (1.0 + (float(boost) - 1.0) * 0.5 ** (step_index / float(half_life)))
+
+
 class EditCancelled(Exception):
     """Raised by :meth:`DragSession.run` at the step after a cancel request."""
 
@@ -72,8 +80,13 @@ class DragParams:
     """Drag settings. Radii ``r1`` (motion supervision) and ``r2`` (tracking window) are in pixels
     *at 512 px* and scale with the image height as the official code does (Python ``round``).
 
-    ``lr_schedule``: optional ``step_index -> learning rate`` (the hook for step-size control;
-    ``None`` keeps ``lr`` constant, as the official code).
+    ``lr_boost``, ``lr_half_life``: larger first steps: step ``i`` of a drag uses
+    ``lr * (1 + (lr_boost - 1) * 0.5 ** (i / lr_half_life))`` (:func:`warm_lr`), ``lr_boost`` times
+    ``lr`` at step 0, halfway back to ``lr`` after ``lr_half_life`` steps. ``lr_boost`` 1 (default)
+    keeps ``lr`` constant, as the official code. Why: far from their targets the handles only gain
+    from larger steps; near them the constant ``lr`` keeps the official precision.
+    ``lr_schedule``: optional ``step_index -> learning rate``, the general hook; it replaces the two
+    fields above when given.
 
     ``precision``: ``"fp32"``, ``"bf16"`` or ``"auto"`` (fast mode only, see the module docstring).
     ``sync_every``: steps between host read-backs in :meth:`DragSession.run` (fast mode); ``0`` = auto:
@@ -95,7 +108,15 @@ class DragParams:
     precision: str = "fp32"
     sync_every: int = 0
     local_synthesis: bool = True
+    lr_boost: float = 1.0
+    lr_half_life: float = 20.0
     lr_schedule: Callable[[int], float] | None = field(default=None, compare=False)
+
+    def lr_at(self, step_index: int) -> float:
+        """The learning rate of step ``step_index`` (0-based, counted from the start of each drag)."""
+        if self.lr_schedule is not None:
+            return float(self.lr_schedule(step_index))
+        return warm_lr(self.lr, step_index, self.lr_boost, self.lr_half_life)
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first invalid field."""
@@ -128,6 +149,9 @@ class DragParams:
         integer("sync_every", 0)
         if not isinstance(self.local_synthesis, bool):
             raise ValueError(f"params.local_synthesis: expected true or false, got {self.local_synthesis!r}")
+        if not conventions.is_finite_number(self.lr_boost) or self.lr_boost < 1:
+            raise ValueError(f"params.lr_boost: expected a finite number >= 1, got {self.lr_boost!r}")
+        number("lr_half_life", positive=True)
         if self.lr_schedule is not None and not callable(self.lr_schedule):
             raise ValueError("params.lr_schedule: expected a callable step_index -> lr, or None")
 
@@ -357,9 +381,9 @@ class DragSession:
         started = time.perf_counter()
         params = self.params
         index = self._step_index
-        if params.lr_schedule is not None:
-            for group in self._optimizer.param_groups:
-                group["lr"] = float(params.lr_schedule(index))
+        lr = params.lr_at(index)
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
 
         ws = conventions.assemble_ws(self._w_opt, self._w0, self.optimize_ws)
         if params.mode == "reference":
@@ -463,9 +487,9 @@ class DragSession:
         """One fast step whose results stay on the device; masked out once the stop rule was reached."""
         params = self.params
         index = self._step_index
-        if params.lr_schedule is not None:
-            for group in self._optimizer.param_groups:
-                group["lr"] = float(params.lr_schedule(index))
+        lr = params.lr_at(index)
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
         stopped_before = self._stopped_t
         ws = conventions.assemble_ws(self._w_opt, self._w0, self.optimize_ws)
         tracked, loss_motion, loss_fix, stop = self._fast_forward(ws)

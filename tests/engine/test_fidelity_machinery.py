@@ -158,6 +158,8 @@ def test_warm_lr_schedule_starts_large_and_decays_to_lr():
     assert warm(0) == pytest.approx(0.008) and warm(10) == pytest.approx(0.005)
     assert all(warm(i) > warm(i + 1) > 0.002 for i in range(100)) and warm(1000) == pytest.approx(0.002)
     assert fidelity.lr_schedule("constant", 0.002) is None
+    default = fidelity.lr_schedule("warm", 0.002)  # 16x, half-life 20 steps
+    assert default(0) == pytest.approx(0.032) and default(20) == pytest.approx(0.017)
     with pytest.raises(ValueError, match="lr schedule"):
         fidelity.lr_schedule("cosine", 0.002)
     params = fidelity.row_params("fast sched", 10, TINY, warm)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from backend.engine import DragParams
+from backend.models import DEFAULT_MODEL, REGISTRY
 
 from .conftest import REPO_ROOT
 
@@ -57,18 +58,21 @@ def test_two_pairs_one_point_move_toward_their_targets():
     G = stylegan2.load_generator(require(fidelity.DEFAULT_MODEL))
     detector = load_detector(require(DEFAULT_PATH))
     error = generated_keypoint_error(G, detector)
-    if error > 3.0:
-        # Not a pass: reported as xfail, with the measured reason, until the model is trained.
-        pytest.xfail(f"the default model is not trained enough for the fidelity protocol: the detector's "
-                     f"keypoint error on its samples is {error:.1f} px (needs < 3 px; backend/data/faces-128.md)")
-    # 200 steps, the benchmark's own budget: with the trained weights a 7-11 px drag needs 100-200 steps
-    # at the default lr (60 steps moved these two handles 13 % and 30 % of the way)
-    results = fidelity.run_fidelity(G, detector, pairs=2, point_counts=[1], rows=["fast"], max_steps=200,
-                                    base=DragParams())
+    # The protocol measures drags with the detector: meaningful only when G draws the features where
+    # the renderer puts them (1.86 px on these 8 samples with the 69335 weights). No xfail: a default
+    # model that draws no recognisable features must not ship.
+    assert error < 3.0, (f"the default model is not trained enough for the fidelity protocol: the detector's "
+                         f"keypoint error on its samples is {error:.1f} px (needs < 3 px; backend/data/faces-128.md)")
+    # What the server does on this model: the official lr with its measured larger first steps (the
+    # registry's warm-up, 16x decaying with a half-life of 20 steps), within the benchmark's 200 steps.
+    # At the constant lr the chin pair moved only 40 % of the way in 200 steps (the 69335 weights).
+    spec = REGISTRY[DEFAULT_MODEL]
+    base = DragParams(lr_boost=spec.drag_lr_boost, lr_half_life=spec.drag_lr_half_life)
+    results = fidelity.run_fidelity(G, detector, pairs=2, point_counts=[1], rows=["fast"], max_steps=200, base=base)
     edits = results[("fast", 1)]
-    before = np.mean([e.distance_before for e in edits])
-    after = np.mean([e.distance_after for e in edits])
-    assert before > 2.0  # the pairs really differ
-    assert after < 0.7 * before, (before, after)
+    assert all(e.distance_before > 2.0 for e in edits)  # the pairs really differ
+    # every handle ends at least half-way to its target (by the detector, on the dragged picture)
+    for e in edits:
+        assert e.distance_after <= 0.5 * e.distance_before, (e.pair, e.distance_before, e.distance_after)
     table = fidelity.format_table(results, [1], ["fast"])
     assert "no edit" in table and "fast" in table

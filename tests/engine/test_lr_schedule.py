@@ -68,3 +68,43 @@ def test_a_schedule_matches_sync_every_one_when_steps_are_queued(tiny_G):
 def test_a_schedule_that_is_not_callable_is_refused(tiny_G):
     with pytest.raises(ValueError, match="params.lr_schedule"):
         drag(tiny_G, lr_schedule=0.01)
+
+
+# --- lr_boost / lr_half_life: the warm schedule as plain fields (what the server sets per model) ---
+
+
+def test_lr_at_is_warm_lr_and_boost_one_is_constant():
+    params = DragParams(lr=0.002, lr_boost=16.0, lr_half_life=20.0)
+    assert params.lr_at(0) == pytest.approx(0.032)
+    assert params.lr_at(20) == pytest.approx(0.002 * 8.5)  # halfway back to lr after one half-life
+    assert all(params.lr_at(i) > params.lr_at(i + 1) > 0.002 for i in range(300))
+    assert DragParams(lr=0.002).lr_at(0) == 0.002 and DragParams(lr=0.002).lr_at(500) == 0.002
+    # an explicit schedule wins over the fields
+    assert DragParams(lr_boost=16.0, lr_schedule=lambda step: 0.5).lr_at(0) == 0.5
+
+
+def test_boost_one_equals_the_official_constant_lr_bit_for_bit(tiny_G):
+    plain, plain_steps = drag(tiny_G)
+    boosted, boosted_steps = drag(tiny_G, lr_boost=1.0, lr_half_life=3.0)
+    assert torch.equal(plain.ws, boosted.ws)
+    assert [s.points for s in plain_steps] == [s.points for s in boosted_steps]
+
+
+@pytest.mark.parametrize("sync_every", [1, 3])
+def test_lr_boost_matches_the_same_schedule_given_as_a_callable(tiny_G, sync_every):
+    by_fields, field_steps = drag(tiny_G, sync_every=sync_every, lr_boost=4.0, lr_half_life=2.0)
+    by_hook, hook_steps = drag(tiny_G, sync_every=sync_every,
+                               lr_schedule=lambda step: 0.002 * (1 + 3 * 0.5 ** (step / 2)))
+    assert [s.points for s in field_steps] == [s.points for s in hook_steps]
+    assert torch.equal(by_fields.ws, by_hook.ws)
+    first, _ = drag(tiny_G, steps=1, lr_boost=4.0)
+    plain, _ = drag(tiny_G, steps=1)
+    start = tiny_latent(tiny_G)
+    assert float((first.ws - start).abs().max() / (plain.ws - start).abs().max()) == pytest.approx(4.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("field,value", [("lr_boost", 0.5), ("lr_boost", float("nan")), ("lr_half_life", 0.0),
+                                         ("lr_half_life", float("inf"))])
+def test_bad_boost_or_half_life_is_refused_by_name(tiny_G, field, value):
+    with pytest.raises(ValueError, match=f"params.{field}"):
+        drag(tiny_G, **{field: value})
