@@ -59,7 +59,7 @@ def test_two_pairs_one_point_move_toward_their_targets():
     detector = load_detector(require(DEFAULT_PATH))
     error = generated_keypoint_error(G, detector)
     # The protocol measures drags with the detector: meaningful only when G draws the features where
-    # the renderer puts them (1.86 px on these 8 samples with the 69335 weights). No xfail: a default
+    # the renderer puts them (1.68 px on these 8 samples with the 73771 weights). No xfail: a default
     # model that draws no recognisable features must not ship.
     assert error < 3.0, (f"the default model is not trained enough for the fidelity protocol: the detector's "
                          f"keypoint error on its samples is {error:.1f} px (needs < 3 px; backend/data/faces-128.md)")
