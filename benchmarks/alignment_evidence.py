@@ -18,6 +18,15 @@ Reported: ST-LPIPS (VGG) and PSNR of the reconstruction against its own 128x128 
 plug-in's poor-inversion warning sees), and the PSNR of the reconstruction pasted back into the
 canvas over the pixels inside the face quad (the same pixels for every framing).
 
+Then a drag in each framing, as the server makes it on faces-128 (``backend.jobs`` drag parameters:
+its larger first steps, at most ``--drag-steps`` steps, no mask): the mouth corners out and up and the
+chin down (``DRAG_OFFSETS``, in pixels of the upright 256 px render, carried into the canvas with the
+face's own rotation and scale, then into the framing). The dragged picture is pasted back into the
+canvas, warped into the oracle's aligned frame (the same frame for every framing) and measured with the
+keypoint detector there: ``drag_md_before`` / ``drag_md_after`` = mean distance of the three
+keypoints to their targets before / after the drag, in pixels of that 128 px frame (the fidelity
+benchmark's MD, issue 19's "keypoint error after a drag").
+
     python3 benchmarks/alignment_evidence.py --steps 100 --out docs/alignment-evidence.json \
         --figure docs/images/align-faces-128.png
 """
@@ -49,6 +58,8 @@ from training import faces  # noqa: E402
 
 RENDER = 256
 CANVAS = 384
+# the drag: keypoint name -> (dx, dy) in pixels of the upright RENDER px face (a smile, the chin down)
+DRAG_OFFSETS = {"mouth_left": (-10.0, -10.0), "mouth_right": (10.0, -10.0), "chin": (0.0, 12.0)}
 # (angle degrees, scale, centre in the canvas)
 CASES = [(40.0, 0.5, (230.0, 160.0)), (-45.0, 1 / 3, (120.0, 250.0)), (25.0, 0.75, (190.0, 200.0)),
          (-20.0, 1 / 3, (270.0, 110.0))]
@@ -87,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=len(CASES))
     ap.add_argument("--steps", type=int, default=0, help="projection steps (0: the fast preset's)")
+    ap.add_argument("--drag-steps", type=int, default=200, help="most drag steps (0: no drag)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "alignment-evidence.json")
     ap.add_argument("--figure", type=Path, default=REPO / "docs" / "images" / "align-faces-128.png")
@@ -98,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         settings = dataclasses.replace(settings, steps=args.steps)
     params = faces.sample_params(np.random.default_rng(77), len(CASES))
+    from training.detector import load_detector
+
+    detector = load_detector()
+    names = list(faces.KEYPOINT_NAMES)
+    dragged = [names.index(n) for n in DRAG_OFFSETS]
     rows, tiles = [], []
     for i, (angle, scale, centre) in enumerate(CASES[: args.cases]):
         img, kp = faces.render(params[i], RENDER)
@@ -107,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         truth = A.keypoints_to_landmarks(canvas.apply(m, kp))
         quad = A.ffhq_quad(truth)
         detected = detected_quad(big, truth.array()[0], size)
+        handles_big = canvas.apply(m, kp[dragged])
+        targets_big = canvas.apply(m, kp[dragged] + np.array(list(DRAG_OFFSETS.values())))
+        oracle = A.quad_transform(quad, size, size, A.faces_template_quad(size))
         face_px = A.quad_transform(quad, size, size).produced_area(CANVAS, CANVAS)
         row: dict = {"case": i, "angle": angle, "scale": round(scale, 3), "centre": list(centre)}
         if detected is not None:
@@ -124,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                          "face_psnr_canvas": round(A.psnr_masked(back, big, sel), 2),
                          "face_coverage": round(float(sel.sum() / face_px.sum()), 3),
                          "cpu_s": round(time.process_time() - t0, 1)}
+            if args.drag_steps:
+                row[name].update(drag_in_frame(G, res, al, big, handles_big, targets_big, oracle, detector,
+                                               dragged, args.drag_steps))
+            drag = (f", drag MD {row[name]['drag_md_before']:.2f} -> {row[name]['drag_md_after']:.2f} px in "
+                    f"{row[name]['drag_steps']} steps" if args.drag_steps else "")
             print(f"case {i} ({angle:+.0f} deg, x{scale:.2f}) {name:>8}: ST-LPIPS {res.stlpips:.3f} "
-                  f"PSNR {res.psnr:5.2f} dB, face PSNR in canvas {row[name]['face_psnr_canvas']:5.2f} dB",
+                  f"PSNR {res.psnr:5.2f} dB, face PSNR in canvas {row[name]['face_psnr_canvas']:5.2f} dB{drag}",
                   flush=True)
             tile += [frame, res.reconstruction]
             if name == "aligned":
@@ -136,15 +161,51 @@ def main(argv: list[str] | None = None) -> int:
                 tile = tile[:-2]
         rows.append(row)
         tiles.append(tile)
-        summary = {name: {k: round(float(np.mean([r[name][k] for r in rows])), 3)
-                          for k in ("stlpips", "psnr", "face_psnr_canvas")}
+        keys = ("stlpips", "psnr", "face_psnr_canvas")
+        if args.drag_steps:
+            keys += ("drag_md_before", "drag_md_after")
+        summary = {name: {k: round(float(np.mean([r[name][k] for r in rows])), 3) for k in keys}
                    for name in ("canvas", "box", "aligned", "detected") if all(name in r for r in rows)}
         args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": models.sha256_file(
             models.EMBEDDED_MODEL_FILE)[:16], "steps": settings.steps, "preset": "fast", "pti": False,
-            "threads": args.threads, "cases": rows, "mean": summary}, indent=1) + "\n", encoding="utf-8")
+            "threads": args.threads, "drag_steps": args.drag_steps, "drag_offsets": DRAG_OFFSETS,
+            "cases": rows, "mean": summary}, indent=1) + "\n", encoding="utf-8")
         figure(tiles, args.figure, quads=None)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def drag_in_frame(G: object, res: object, al: A.Alignment, big: np.ndarray, handles_big: np.ndarray,
+                  targets_big: np.ndarray, oracle: A.Alignment, detector: object, dragged: list[int],
+                  max_steps: int) -> dict[str, float]:
+    """Drag the projection ``res`` (made in framing ``al``) from ``handles_big`` to ``targets_big``
+    (canvas px, x then y); measure both before and after in the oracle's aligned frame."""
+    from backend import jobs
+    from backend import protocol as P
+    from backend.engine import DragSession
+
+    def measure(picture_big: np.ndarray, targets: np.ndarray) -> float:
+        frame, _ = oracle.warp_image(picture_big)
+        found = detector.predict(frame[None])[0][dragged]  # type: ignore[attr-defined]
+        return float(np.linalg.norm(found - oracle.to_model(targets), axis=1).mean())
+
+    def pasted(picture: np.ndarray) -> np.ndarray:
+        back, mask = al.unwarp_image(picture, CANVAS, CANVAS)
+        out = big.copy()
+        out[mask] = back[mask]
+        return out
+
+    size = int(G.img_width)  # type: ignore[attr-defined]
+    clip = np.clip  # a handle of a tiny face near the frame's edge stays inside the image
+    handles = [tuple(clip(p, 0, size - 1)) for p in al.to_model(handles_big)]
+    targets = [tuple(clip(p, 0, size - 1)) for p in al.to_model(targets_big)]
+    params = jobs._drag_params(P.EditParams(max_steps=max_steps, preview_every=0), res.generator,  # type: ignore[attr-defined]
+                               models.DEFAULT_MODEL)
+    session = DragSession(res.generator, res.ws, handle_points=handles, target_points=targets,  # type: ignore[attr-defined]
+                          params=params)
+    steps = len(list(session.run()))
+    return {"drag_md_before": round(measure(pasted(res.reconstruction), targets_big), 2),  # type: ignore[attr-defined]
+            "drag_md_after": round(measure(pasted(session.image()), targets_big), 2), "drag_steps": steps}
 
 
 def figure(tiles: list[list[np.ndarray]], path: Path, quads: object = None) -> None:
