@@ -98,14 +98,15 @@ def registry_poor_inversion(name: str) -> tuple[float, float]:
     return poor.stlpips, poor.psnr_db
 
 
-def registry_drag_lr_warmup(name: str) -> tuple[float, float]:
-    """(lr_boost, lr_half_life) of drags on model ``name`` (``models.model_drag_lr_warmup``); the
-    official constant lr (1, 20) without the registry."""
+def registry_drag_defaults(name: str) -> tuple[float, float, float]:
+    """(lr_boost, lr_half_life, stop_distance) of drags on model ``name`` (``models.model_drag_defaults``);
+    the official settings (1, 20, 0) without the registry."""
     try:
         from . import models
     except ImportError:
-        return 1.0, 20.0
-    return models.model_drag_lr_warmup(name)
+        return 1.0, 20.0, 0.0
+    d = models.model_drag_defaults(name)
+    return d.lr_boost, d.lr_half_life, d.stop_distance
 
 
 def registry_alignment(name: str, overrides: Mapping[str, str] | None = None) -> str:
@@ -806,9 +807,9 @@ def _drag_params(params: protocol.EditParams, G: Any, model: str) -> Any:
 
     # DragGAN reads features after block 5 (128 px at 512); small generators have fewer blocks.
     feature_block = min(DragParams.feature_block, int(G.synthesis.num_blocks) - 1)
-    # the model's measured step-size warm-up (larger first steps), the official constant lr otherwise
-    lr_boost, lr_half_life = registry_drag_lr_warmup(model)
+    # the model's measured drag settings (larger first steps, stop distance), the official ones otherwise
+    lr_boost, lr_half_life, stop_distance = registry_drag_defaults(model)
     return DragParams(max_steps=params.max_steps, lr=params.lr, latent=params.latent,
                       lambda_mask=params.lambda_mask, r1=params.r1, r2=params.r2,
                       preview_every=params.preview_every, feature_block=feature_block,
-                      lr_boost=lr_boost, lr_half_life=lr_half_life)
+                      lr_boost=lr_boost, lr_half_life=lr_half_life, stop_distance=stop_distance)

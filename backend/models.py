@@ -88,6 +88,8 @@ class ModelSpec:
     # "fast sched" row), never guessed for the official checkpoints
     drag_lr_boost: float = 1.0
     drag_lr_half_life: float = 20.0
+    # the drag's stop distance in the model's pixels (DragParams.stop_distance); 0 = the official rule
+    drag_stop_distance: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -158,11 +160,24 @@ def model_alignment(name: str, option: str = "auto", overrides: Mapping[str, str
     return "none" if spec is None else spec.alignment
 
 
-def model_drag_lr_warmup(name: str) -> tuple[float, float]:
-    """(lr_boost, lr_half_life) of the drags on model `name`: its registry entry's, (1, 20) -- the
-    official constant lr -- for models without one (custom files included)."""
+@dataclass(frozen=True)
+class DragDefaults:
+    """The drag settings the server uses on a model beyond the user's (backend.engine DragParams
+    fields of the same names): larger first steps and the stop distance. The defaults are the
+    official code's: constant lr, stop within max(2 / 512 * H, 2) px."""
+
+    lr_boost: float = 1.0
+    lr_half_life: float = 20.0
+    stop_distance: float = 0.0
+
+
+def model_drag_defaults(name: str) -> DragDefaults:
+    """The drag settings of model `name`: its registry entry's, the official ones for models without
+    one (custom files included)."""
     spec = REGISTRY.get(name)
-    return (1.0, 20.0) if spec is None else (spec.drag_lr_boost, spec.drag_lr_half_life)
+    if spec is None:
+        return DragDefaults()
+    return DragDefaults(spec.drag_lr_boost, spec.drag_lr_half_life, spec.drag_stop_distance)
 
 
 class ModelError(Exception):
@@ -201,9 +216,10 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
         name=DEFAULT_MODEL, filename="faces-128.pt", width=128, height=128, kind="embedded",
         licence=_LICENCE_OURS, source="embedded: backend/data/faces-128.pt",
         notes="edits only its own procedural domain (synthetic faces); real photos need an official model",
-        # 16x first steps, half-life 20: on its fidelity pairs drags end nearer their targets in far
-        # fewer steps than at the constant lr (backend/data/faces-128.md, "Drag step size")
-        drag_lr_boost=16.0, drag_lr_half_life=20.0),
+        # 16x first steps, half-life 20, stop within 1 px: on its fidelity pairs drags end nearer
+        # their targets in far fewer steps than with the official constant lr and 2 px stop
+        # (backend/data/faces-128.md, "Drag step size")
+        drag_lr_boost=16.0, drag_lr_half_life=20.0, drag_stop_distance=1.0),
     _sd("lions-512", "lions_512", 512, "lions"),
     _sd("dogs-1024", "dogs_1024", 1024, "dogs"),
     _sd("horses-256", "horses_256", 256, "horses"),

@@ -21,7 +21,8 @@ Every edited row also reports the drift outside the editable region (for unmaske
 so masked and unmasked are comparable): the mean displacement of the keypoints of A that lie outside
 it (detected after the drag vs detected on A, px) and the mean absolute RGB change of the pixels
 outside it (0..255 levels); and the steps and wall time per edit. Steps = Adam updates made: the
-official stop rule ends a drag once every handle is within ``max(2/512*H, 2)`` px of its target, an
+stop rule ends a drag once every handle is within ``max(2/512*H, 2)`` px of its target (the official
+rule; ``--drag-settings model``: the model's own stop distance, 1 px for faces-128), an
 edit that never converges counts ``--max-steps`` (so the median is a lower bound when fewer than half
 converge). Wall time per edit = building the session + all steps + rendering the final image
 (detection excluded), on ``--threads`` intra-op threads.
@@ -31,6 +32,11 @@ Pairs: pair ``i`` is drawn from ``(seed, i)`` alone and the handle subset of ``k
 and row ``r`` with ``n`` pairs uses pairs ``0..n-1``: every row shares its first pairs with every
 other row. The ``fast`` row at 1 and 5 points runs ``--pairs-fast`` pairs (default 100), every other
 cell ``--pairs-other`` (default 30), to fit a CPU budget.
+
+Engine settings (``--drag-settings``): ``paper`` (default) runs every row with the official code's
+constant ``lr`` and stop rule; ``model`` with what the server adds for this model (its registry entry:
+larger first steps and its stop distance), i.e. the edits users get; ``reference`` then still makes
+the official step's computations, with the same settings, so check 2 compares like with like.
 
 Figures are means over pairs ± the standard error of the mean (sd / sqrt(n)) unless marked median.
 Two checks from issue 15 are printed with verdicts:
@@ -185,7 +191,7 @@ def row_params(row: str, max_steps: int, base: DragParams,
     return DragParams(max_steps=max_steps, lr=base.lr, latent=latent, optimize_ws=base.optimize_ws,
                       lambda_mask=base.lambda_mask, r1=base.r1, r2=base.r2, feature_block=base.feature_block,
                       preview_every=0, mode=mode, precision=base.precision, lr_boost=base.lr_boost,
-                      lr_half_life=base.lr_half_life,
+                      lr_half_life=base.lr_half_life, stop_distance=base.stop_distance,
                       lr_schedule=schedule if row == "fast sched" else base.lr_schedule)
 
 
@@ -587,12 +593,16 @@ def load_edits(data: dict[str, Any]) -> dict[Cell, list[EditResult]]:
 
 # settings that change what an edit measures: a run is continued only when they are all the same
 PROTOCOL_KEYS = ("model_sha256", "detector_sha256", "max_steps", "lr", "r1", "r2", "lr_schedule", "mask_margin",
-                 "truncation_psi", "seed")
+                 "truncation_psi", "seed", "drag_settings")
+PROTOCOL_DEFAULTS = {"drag_settings": "paper"}  # what a run written before the key existed used
 
 
 def protocol_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key: old -> new"`` for every protocol setting that differs between two runs' configs."""
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in PROTOCOL_KEYS if old.get(key) != new.get(key)]
+    def get(config: dict[str, Any], key: str) -> Any:
+        return config.get(key, PROTOCOL_DEFAULTS.get(key))
+
+    return [f"{key}: {get(old, key)!r} -> {get(new, key)!r}" for key in PROTOCOL_KEYS if get(old, key) != get(new, key)]
 
 
 def sha256(path: Path) -> str:
@@ -638,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--r2", type=float, default=DragParams.r2)
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="warm",
                         help="the fast sched row's schedule (warm: boost x lr at step 0, decaying to lr)")
+    parser.add_argument("--drag-settings", choices=["paper", "model"], default="paper",
+                        help="every row's engine settings: the official code's (paper), or the server's for this "
+                             "model (model: its larger first steps and stop distance, backend/models.py)")
     parser.add_argument("--lr-boost", type=float, default=LR_BOOST)
     parser.add_argument("--lr-half-life", type=float, default=LR_HALF_LIFE, help="steps")
     parser.add_argument("--mask-margin", type=float, default=12.0, help="px")
@@ -677,13 +690,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     G = stylegan2.load_generator(args.model)
     detector_path = args.detector or DEFAULT_PATH
     detector = load_detector(detector_path)
-    base = DragParams(lr=args.lr, r1=args.r1, r2=args.r2)
+    base, drag_settings = base_params(args.drag_settings, args.model, args.lr, args.r1, args.r2)
     schedule = lr_schedule(args.lr_schedule, args.lr, args.lr_boost, args.lr_half_life)
     config: dict[str, Any] = {
         "model": args.model.name, "pairs_fast": pairs_fast, "pairs_other": pairs_other, "max_steps": max_steps,
         "lr": args.lr, "r1": args.r1, "r2": args.r2,
         "lr_schedule": f"{args.lr_schedule} (boost {args.lr_boost}, half-life {args.lr_half_life} steps)",
-        "mask_margin": args.mask_margin, "truncation_psi": args.truncation_psi, "seed": args.seed,
+        "mask_margin": args.mask_margin, "drag_settings": drag_settings, "truncation_psi": args.truncation_psi,
+        "seed": args.seed,
         "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
         "model_sha256": sha256(args.model), "detector_sha256": sha256(detector_path),
     }
@@ -718,6 +732,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.markdown.write_text(text + "\n")
     if args.json is not None:
         write_json(args.json, to_json(results, counts, args.rows, config, complete=True))
+
+
+def base_params(settings: str, model: Path, lr: float, r1: float, r2: float) -> tuple[DragParams, str]:
+    """The rows' common engine settings and their description for the config. ``"paper"``: the official
+    code's (constant ``lr``, stop within ``max(2 / 512 * H, 2)`` px); ``"model"``: what the server adds
+    for this model (``backend.models.model_drag_defaults`` of the file's stem: larger first steps, stop
+    distance), so the table measures the edits users get."""
+    if settings == "paper":
+        return DragParams(lr=lr, r1=r1, r2=r2), "paper"
+    if settings != "model":
+        raise ValueError(f"drag settings: expected 'paper' or 'model', got {settings!r}")
+    from backend.models import model_drag_defaults
+
+    d = model_drag_defaults(Path(model).stem)
+    text = (f"model {Path(model).stem}: lr_boost {d.lr_boost:g}, lr_half_life {d.lr_half_life:g}, "
+            f"stop_distance {d.stop_distance:g}")
+    return DragParams(lr=lr, r1=r1, r2=r2, lr_boost=d.lr_boost, lr_half_life=d.lr_half_life,
+                      stop_distance=d.stop_distance), text
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

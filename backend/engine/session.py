@@ -88,6 +88,10 @@ class DragParams:
     ``lr_schedule``: optional ``step_index -> learning rate``, the general hook; it replaces the two
     fields above when given.
 
+    ``stop_distance``: the stop rule's distance in image pixels (a drag ends once every tracked handle
+    is within it of its target); ``0`` (default) = the official ``max(2 / 512 * H, 2)``, which never
+    goes below 2 px, coarse for a small model (2 px at 128 px is 8 px at 512).
+
     ``precision``: ``"fp32"``, ``"bf16"`` or ``"auto"`` (fast mode only, see the module docstring).
     ``sync_every``: steps between host read-backs in :meth:`DragSession.run` (fast mode); ``0`` = auto:
     1 on a CPU, ``preview_every`` (or 10 without previews) on other devices.
@@ -110,6 +114,7 @@ class DragParams:
     local_synthesis: bool = True
     lr_boost: float = 1.0
     lr_half_life: float = 20.0
+    stop_distance: float = 0.0
     lr_schedule: Callable[[int], float] | None = field(default=None, compare=False)
 
     def lr_at(self, step_index: int) -> float:
@@ -152,6 +157,7 @@ class DragParams:
         if not conventions.is_finite_number(self.lr_boost) or self.lr_boost < 1:
             raise ValueError(f"params.lr_boost: expected a finite number >= 1, got {self.lr_boost!r}")
         number("lr_half_life", positive=True)
+        number("stop_distance", positive=False)
         if self.lr_schedule is not None and not callable(self.lr_schedule):
             raise ValueError("params.lr_schedule: expected a callable step_index -> lr, or None")
 
@@ -241,7 +247,7 @@ class DragSession:
         self.params = params
         self.r1_px = r1_px
         self.r2_px = conventions.pixel_radius(params.r2, self.height)
-        self.stop_distance = conventions.stop_threshold(self.height)
+        self.stop_distance = float(params.stop_distance) or conventions.stop_threshold(self.height)
         self.optimize_ws = min(params.optimize_ws, self.num_ws)
         self._w0 = w0
         self._w_opt = conventions.initial_optimised_latent(w0, params.latent, self.optimize_ws).requires_grad_(True)

@@ -227,3 +227,18 @@ def test_command_line_pair_counts_quick_mode_and_points():
     assert parse([]).rows == list(fidelity.ROWS)
     with pytest.raises(SystemExit):
         parse(["--points", "0"])
+
+
+def test_drag_settings_paper_or_the_models_own():
+    paper, text = fidelity.base_params("paper", fidelity.DEFAULT_MODEL, 0.002, 3.0, 12.0)
+    assert text == "paper" and (paper.lr_boost, paper.stop_distance) == (1.0, 0.0)
+    model, text = fidelity.base_params("model", fidelity.DEFAULT_MODEL, 0.002, 3.0, 12.0)
+    assert model.lr_boost == 16.0 and model.stop_distance == 1.0 and "faces-128" in text
+    # every row takes the base's settings; fast sched's schedule replaces the lr fields only
+    for row in fidelity.ROWS:
+        assert fidelity.row_params(row, 10, model).stop_distance == 1.0
+    with pytest.raises(ValueError, match="drag settings"):
+        fidelity.base_params("fastest", fidelity.DEFAULT_MODEL, 0.002, 3.0, 12.0)
+    # a run written before the setting existed used the paper's: it resumes under "paper" only
+    assert fidelity.protocol_mismatch({}, {"drag_settings": "paper"}) == []
+    assert fidelity.protocol_mismatch({}, {"drag_settings": text}) != []

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from backend.engine import DragParams
-from backend.models import DEFAULT_MODEL, REGISTRY
 
 from .conftest import REPO_ROOT
 
@@ -63,11 +62,10 @@ def test_two_pairs_one_point_move_toward_their_targets():
     # model that draws no recognisable features must not ship.
     assert error < 3.0, (f"the default model is not trained enough for the fidelity protocol: the detector's "
                          f"keypoint error on its samples is {error:.1f} px (needs < 3 px; backend/data/faces-128.md)")
-    # What the server does on this model: the official lr with its measured larger first steps (the
-    # registry's warm-up, 16x decaying with a half-life of 20 steps), within the benchmark's 200 steps.
-    # At the constant lr the chin pair moved only 40 % of the way in 200 steps (the 69335 weights).
-    spec = REGISTRY[DEFAULT_MODEL]
-    base = DragParams(lr_boost=spec.drag_lr_boost, lr_half_life=spec.drag_lr_half_life)
+    # What the server does on this model: its registry settings (larger first steps, 16x decaying with a
+    # half-life of 20 steps; stop within 1 px), at most the benchmark's 200 steps. With the official
+    # constant lr the chin pair moved only 40 % of the way in 200 steps (the 69335 weights).
+    base = fidelity.base_params("model", fidelity.DEFAULT_MODEL, DragParams.lr, DragParams.r1, DragParams.r2)[0]
     results = fidelity.run_fidelity(G, detector, pairs=2, point_counts=[1], rows=["fast"], max_steps=200, base=base)
     edits = results[("fast", 1)]
     assert all(e.distance_before > 2.0 for e in edits)  # the pairs really differ

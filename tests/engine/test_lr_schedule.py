@@ -108,3 +108,27 @@ def test_lr_boost_matches_the_same_schedule_given_as_a_callable(tiny_G, sync_eve
 def test_bad_boost_or_half_life_is_refused_by_name(tiny_G, field, value):
     with pytest.raises(ValueError, match=f"params.{field}"):
         drag(tiny_G, **{field: value})
+
+
+# --- stop_distance: the stop rule's distance (0 = the official max(2 / 512 * H, 2)) ---
+
+
+def test_stop_distance_zero_is_the_official_rule_and_a_value_replaces_it(tiny_G):
+    from backend.engine import conventions
+
+    official, _ = drag(tiny_G, steps=1)
+    assert official.stop_distance == conventions.stop_threshold(official.height) == 2.0
+    finer, _ = drag(tiny_G, steps=1, stop_distance=0.5)
+    assert finer.stop_distance == 0.5
+    # a distance larger than every handle's: the drag ends at once, without an update
+    start = tiny_latent(tiny_G)
+    done, steps = drag(tiny_G, steps=6, stop_distance=30.0)
+    assert len(steps) == 1 and steps[0].done and torch.equal(done.ws, start)
+    # set_points with new params takes their stop distance
+    done.set_points(HANDLES, TARGETS, params=DragParams(max_steps=6, **TINY))
+    assert done.stop_distance == 2.0
+
+
+def test_a_negative_stop_distance_is_refused_by_name(tiny_G):
+    with pytest.raises(ValueError, match="params.stop_distance"):
+        drag(tiny_G, stop_distance=-1.0)
