@@ -84,8 +84,9 @@ class ModelSpec:
     # quad onto the procedural faces' average face
     alignment: str = "none"
     # the drag's larger first steps (backend.engine DragParams.lr_boost / lr_half_life): 1 = the
-    # official constant lr; a value here is measured on that model (benchmarks/fidelity.py's
-    # "fast sched" row), never guessed for the official checkpoints
+    # official constant lr; a value here is measured on that model (backend/data/faces-128.md,
+    # session 13: fidelity pairs at several boosts and stop distances), never guessed for the
+    # official checkpoints
     drag_lr_boost: float = 1.0
     drag_lr_half_life: float = 20.0
     # the drag's stop distance in the model's pixels (DragParams.stop_distance); 0 = the official rule
