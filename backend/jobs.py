@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -98,15 +99,14 @@ def registry_poor_inversion(name: str) -> tuple[float, float]:
     return poor.stlpips, poor.psnr_db
 
 
-def registry_drag_defaults(name: str) -> tuple[float, float, float]:
-    """(lr_boost, lr_half_life, stop_distance) of drags on model ``name`` (``models.model_drag_defaults``);
-    the official settings (1, 20, 0) without the registry."""
+def registry_drag_defaults(name: str) -> Any:
+    """The drag settings of model ``name`` (``models.model_drag_defaults``: a ``DragDefaults``); the
+    official ones without the registry."""
     try:
         from . import models
     except ImportError:
-        return 1.0, 20.0, 0.0
-    d = models.model_drag_defaults(name)
-    return d.lr_boost, d.lr_half_life, d.stop_distance
+        return SimpleNamespace(lr_boost=1.0, lr_half_life=20.0, stop_distance=0.0, lambda_mask=20.0)
+    return models.model_drag_defaults(name)
 
 
 def registry_alignment(name: str, overrides: Mapping[str, str] | None = None) -> str:
@@ -807,9 +807,11 @@ def _drag_params(params: protocol.EditParams, G: Any, model: str) -> Any:
 
     # DragGAN reads features after block 5 (128 px at 512); small generators have fewer blocks.
     feature_block = min(DragParams.feature_block, int(G.synthesis.num_blocks) - 1)
-    # the model's measured drag settings (larger first steps, stop distance), the official ones otherwise
-    lr_boost, lr_half_life, stop_distance = registry_drag_defaults(model)
+    # the model's measured drag settings (larger first steps, stop distance, mask weight when the
+    # request leaves it to the model), the official ones otherwise
+    own = registry_drag_defaults(model)
+    lambda_mask = own.lambda_mask if params.lambda_mask is None else params.lambda_mask
     return DragParams(max_steps=params.max_steps, lr=params.lr, latent=params.latent,
-                      lambda_mask=params.lambda_mask, r1=params.r1, r2=params.r2,
+                      lambda_mask=lambda_mask, r1=params.r1, r2=params.r2,
                       preview_every=params.preview_every, feature_block=feature_block,
-                      lr_boost=lr_boost, lr_half_life=lr_half_life, stop_distance=stop_distance)
+                      lr_boost=own.lr_boost, lr_half_life=own.lr_half_life, stop_distance=own.stop_distance)

@@ -582,16 +582,18 @@ class _Encoder:
 class EditParams:
     """Drag and inversion settings (defaults = the engine's, as the DragGAN paper). ``lr``: Adam step
     size on the latent; ``latent``: optimise ``w`` (one vector) or ``w+`` (per layer);
-    ``lambda_mask``: weight of the keep-the-unmasked-region loss; radii ``r1`` (motion supervision)
-    and ``r2`` (tracking search) in pixels *at 512 px*, scaled to the model's height as the official
-    code does (so a 128 px model needs r1 >= 2.5); ``inversion``: projection preset;
+    ``lambda_mask``: weight of the keep-the-unmasked-region loss (None, sent as no field: the model's
+    own, which the server takes from its registry: 20, the paper's, unless measured otherwise);
+    radii ``r1`` (motion supervision) and ``r2`` (tracking search) in pixels *at 512 px*, scaled to
+    the model's height as the official code does (so a 128 px model needs r1 >= 2.5); ``inversion``:
+    projection preset;
     ``pti``: pivotal tuning (better likeness, slower); ``preview_every``: steps between preview
     images (0 = none)."""
 
     max_steps: int = 300
     lr: float = 0.002
     latent: str = "w+"
-    lambda_mask: float = 20.0
+    lambda_mask: float | None = None
     r1: float = 3.0
     r2: float = 12.0
     inversion: str = "fast"
@@ -599,7 +601,8 @@ class EditParams:
     preview_every: int = 10
 
     def to_fields(self) -> dict[str, Any]:
-        return dict(vars(self))
+        # no field for "the model's own" mask weight: servers before it had no null there
+        return {k: v for k, v in vars(self).items() if not (k == "lambda_mask" and v is None)}
 
     @classmethod
     def from_fields(cls, value: Any, path: str = "fields.params") -> EditParams:
@@ -616,7 +619,8 @@ class EditParams:
             max_steps=_int(value, "max_steps", path, 1, MAX_STEPS, d.max_steps),
             lr=_float(value, "lr", path, 0.0, 1.0, d.lr, lo_open=True),
             latent=_str(value, "latent", path, d.latent, choices=LATENT_SPACES),
-            lambda_mask=_float(value, "lambda_mask", path, 0.0, 1e4, d.lambda_mask),
+            lambda_mask=(None if value.get("lambda_mask") is None
+                         else _float(value, "lambda_mask", path, 0.0, 1e4)),
             r1=_float(value, "r1", path, 0.0, 512.0, d.r1, lo_open=True),
             r2=_float(value, "r2", path, 0.0, 1024.0, d.r2),
             inversion=_str(value, "inversion", path, d.inversion, choices=INVERSION_PRESETS),

@@ -738,7 +738,9 @@ def base_params(settings: str, model: Path, lr: float, r1: float, r2: float) -> 
     """The rows' common engine settings and their description for the config. ``"paper"``: the official
     code's (constant ``lr``, stop within ``max(2 / 512 * H, 2)`` px); ``"model"``: what the server adds
     for this model (``backend.models.model_drag_defaults`` of the file's stem: larger first steps, stop
-    distance), so the table measures the edits users get."""
+    distance), so the table measures the edits users get; the ``fast mask`` row keeps the paper's mask
+    weight 20 either way (the server's per-model weight is compared with others by
+    ``benchmarks/mask_strength.py``)."""
     if settings == "paper":
         return DragParams(lr=lr, r1=r1, r2=r2), "paper"
     if settings != "model":

@@ -68,6 +68,19 @@ def test_read_options_and_protocol_params_validate() -> None:
     assert options.read_options(FakeConfig(values)).backend_address == options.DEFAULT_ADDRESS
 
 
+def test_mask_strength_defaults_to_the_models_own() -> None:
+    """The dialog's default (-1) sends no lambda_mask, so the server uses the model's own weight (5 on
+    faces-128, the paper's 20 elsewhere); any value >= 0, 0 included, is sent as the user's."""
+    values = {a.name: a.default for a in options.ARGUMENTS}
+    assert values["mask-strength"] == options.MODEL_MASK_STRENGTH < 0
+    params = options.edit_params(options.read_options(FakeConfig(values)))
+    assert "lambda_mask" not in params and protocol.EditParams.from_fields(params).lambda_mask is None
+    for chosen in (0.0, 20.0, 2.5):
+        values["mask-strength"] = chosen
+        params = options.edit_params(options.read_options(FakeConfig(values)))
+        assert protocol.EditParams.from_fields(params).lambda_mask == chosen
+
+
 def test_plugin_config_file(tmp_path) -> None:
     assert options.read_plugin_config(str(tmp_path)) == {}
     (tmp_path / options.CONFIG_FILE).write_text('{"address": "tcp://10.0.0.2:5555"}')

@@ -17,6 +17,7 @@ PROCEDURE_NAME = "python-fu-draggan"
 MENU_PATH = "<Image>/Filters/Generic"
 MENU_LABEL = "_DragGAN (Drag Points)..."
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+MODEL_MASK_STRENGTH = -1.0  # mask strength "the model's own": the request carries no lambda_mask
 CONFIG_FILE = "draggan.json"   # optional, beside draggan.py; written by install.py --remote
 
 
@@ -73,7 +74,8 @@ ARGUMENTS: tuple[Arg, ...] = (
     Arg("learning-rate", "double", "Learnin_g rate", "Step size of the drag optimisation",
         0.002, 0.00001, 1.0),
     Arg("mask-strength", "double", "Mask stre_ngth",
-        "How strongly the unselected area is held fixed (0 = not at all)", 20.0, 0.0, 10000.0),
+        "How strongly the unselected area is held fixed: 0 = not at all, -1 = the model's own "
+        "(5 for the built-in faces-128, the paper's 20 for the others)", MODEL_MASK_STRENGTH, -1.0, 10000.0),
     Arg("inversion-preset", "choice", "_Inversion", "How hard the photo is fitted to the model",
         "fast", choices=PRESET_CHOICES),
     Arg("pti", "boolean", "_Pivotal tuning (PTI)",
@@ -98,7 +100,7 @@ class Options:
     max_steps: int = 200
     latent: str = "w+"
     learning_rate: float = 0.002
-    mask_strength: float = 20.0  # the paper's and the official code's lambda
+    mask_strength: float = MODEL_MASK_STRENGTH  # the backend's per-model lambda (the paper's 20 by default)
     inversion_preset: str = "fast"
     pti: bool = False
     crop_mode: str = geometry.CROP_AUTO
@@ -170,14 +172,16 @@ def edit_params(options: Options, model_size: tuple[int, int] = (512, 512)) -> d
     """The protocol's EditParams fields for these options and model (previews off: the plug-in
     shows none)."""
     r1, r2 = radii_for(model_size[1])
-    return {
+    params: dict[str, Any] = {
         "max_steps": int(options.max_steps),
         "lr": float(options.learning_rate),
         "latent": options.latent,
-        "lambda_mask": float(options.mask_strength),
         "r1": r1,
         "r2": r2,
         "inversion": options.inversion_preset,
         "pti": bool(options.pti),
         "preview_every": 0,
     }
+    if options.mask_strength >= 0:  # negative: leave it to the model (no field)
+        params["lambda_mask"] = float(options.mask_strength)
+    return params
