@@ -7,7 +7,9 @@
 #   bash scripts/gimp_tools/dialog_screenshot.sh OUTDIR ENDPOINT [PHOTO.png]
 #
 # ENDPOINT is a running backend (e.g. tests/gimp/backend_host.py's); it becomes the dialog's
-# default address through draggan.json. Writes OUTDIR/dialog-screen.png, OUTDIR/dialog-report.json.
+# default address through draggan.json. Writes OUTDIR/dialog-screen.png (the whole virtual screen; the
+# dialog sits at 0,0 with the size in OUTDIR/geometry.txt: docs/images/plugin-dialog.png is that crop),
+# OUTDIR/dialog-report.json. GIMP3_ROOT may also be the test chroot with those X packages added.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)

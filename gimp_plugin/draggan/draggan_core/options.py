@@ -73,7 +73,7 @@ ARGUMENTS: tuple[Arg, ...] = (
     Arg("latent", "choice", "Laten_t space", "Which latent is optimised", "w+", choices=LATENT_CHOICES),
     Arg("learning-rate", "double", "Learnin_g rate", "Step size of the drag optimisation",
         0.002, 0.00001, 1.0),
-    Arg("mask-strength", "double", "Mask stre_ngth",
+    Arg("mask-strength", "double", "Mask stre_ngth (-1: the model's own)",
         "How strongly the unselected area is held fixed: 0 = not at all, -1 = the model's own "
         "(5 for the built-in faces-128, the paper's 20 for the others)", MODEL_MASK_STRENGTH, -1.0, 10000.0),
     Arg("inversion-preset", "choice", "_Inversion", "How hard the photo is fitted to the model",
