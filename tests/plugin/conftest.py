@@ -58,6 +58,7 @@ class FakeBackend:
         self.undo_depth_seen: list[int] = []
         self.session_prefix = "s"
         self.geometry: dict[str, Any] = {}   # aligned sessions: (produced area, its box)
+        self.stall = False   # edit answers the handles where they started (a drag that never moved)
 
     # the factory edit.run_edit calls
     def __call__(self, address: str, timeout: float) -> FakeBackend:
@@ -102,7 +103,8 @@ class FakeBackend:
         self.sessions += 1
         w, h = size
         session = "none" if self.session_prefix == "none" else f"{self.session_prefix}{self.sessions}"
-        return protocol.Result(image=protocol.Image(w, h, 3, bytes(255 - b for b in rgb)), points=targets,
+        return protocol.Result(image=protocol.Image(w, h, 3, bytes(255 - b for b in rgb)),
+                               points=handles if self.stall else targets,
                                session_id=session, inversion=quality, steps=3)
 
     # The aligned edit as the server answers it (protocol 3): RGBA in the region's frame, alpha 255 on

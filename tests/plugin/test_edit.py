@@ -212,6 +212,38 @@ def test_poor_inversion_is_named_in_progress_and_layer() -> None:
     assert any("reconstruction poor" in t and "try PTI or another model" in t for t in texts_seen)
 
 
+@pytest.mark.parametrize("selected", [True, False])
+def test_a_drag_that_stopped_short_is_named_with_advice(backend: FakeBackend, selected: bool) -> None:
+    """The backend's tracked handles came back where they started (a stalled drag): the layer says so
+    and the status line says what may free it (the selection when there was one)."""
+    backend.stall = True
+    image, layer = _scene()
+    if not selected:
+        fakegimp.Selection.none(image)
+    out = edit.run_edit(image, [layer], _opts(), edit.Progress(), backend)
+    assert out.stopped_short and not out.poor_inversion
+    assert out.layer.name == "Photo (DragGAN — stopped short)"
+    done = [c[1] for c in fakegimp.log if c[0] == "progress_set_text"][-1]
+    assert "stopped short (0% of the way)" in done
+    assert ("Mask strength" in done) == selected and ("more steps" in done) == (not selected)
+    # a drag that got there is not flagged; a poor inversion and a short drag are both named
+    backend.stall = False
+    assert not edit.run_edit(image, [layer], _opts(), edit.Progress(), backend).stopped_short
+    backend.stall, backend.psnr, backend.stlpips = True, 11.0, 0.6
+    both = edit.run_edit(image, [layer], _opts(), edit.Progress(), backend)
+    assert both.layer.name == "Photo (DragGAN — poor inversion: try PTI or another model; stopped short)"
+
+
+def test_share_of_the_way() -> None:
+    handles, targets = [(0.0, 0.0), (10.0, 0.0)], [(10.0, 0.0), (10.0, 10.0)]
+    assert texts.share_of_the_way(handles, targets, targets) == 1.0
+    assert texts.share_of_the_way(handles, targets, handles) == 0.0
+    assert texts.share_of_the_way(handles, targets, [(5.0, 0.0), (10.0, 5.0)]) == pytest.approx(0.5)
+    assert texts.share_of_the_way(handles, targets, [(-5.0, 0.0), (10.0, 0.0)]) == pytest.approx(-0.25)
+    assert texts.share_of_the_way([(1.0, 1.0)], [(1.5, 1.0)], [(1.0, 1.0)]) is None   # nothing to do
+    assert texts.share_of_the_way(handles, targets, [(1.0, 1.0)]) is None             # a count mismatch
+
+
 def test_progress_shows_phase_and_step_and_ends_at_one(backend: FakeBackend) -> None:
     image, layer = _scene()
     edit.run_edit(image, [layer], _opts(max_steps=40), edit.Progress(), backend)

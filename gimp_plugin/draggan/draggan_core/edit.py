@@ -60,6 +60,7 @@ class EditOutcome:
     alignment: str = ""          # aligned edits (protocol 3): "ffhq" or "none" (no face found); "" otherwise
     note: str = ""               # the backend's alignment note
     region: geometry.Rect | None = None   # the native region sent for an aligned edit
+    stopped_short: bool = False  # the handles covered less than texts.SHORT_SHARE of their way
 
 
 def single_layer(drawables: list[Any]) -> Any:
@@ -177,7 +178,10 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
     if continued and record is not None and texts.POOR_SUFFIX in layer.get_name():
         poor = True  # the session still comes from that poor inversion
     image_out = result.image
-    name = texts.result_layer_name(layer.get_name(), continued, poor)
+    # result.points are the tracked handles in the frame the points were sent in (model or crop)
+    share = texts.share_of_the_way(handles, targets, list(getattr(result, "points", None) or []))
+    short = share is not None and share < texts.SHORT_SHARE
+    name = texts.result_layer_name(layer.get_name(), continued, poor, short)
     note = ""
     if native:
         target = _crop_frame_rect(result, crop, opts.backend_address)   # the produced area's box
@@ -200,6 +204,8 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
         done_text += "; " + note
     if state["psnr"] is not None and not continued:
         done_text += "; " + texts.quality_text(float(state["psnr"]), float(state["stlpips"] or 0.0), limits)
+    if short and share is not None:
+        done_text += "; " + texts.stopped_short_text(share, send_mask is not None)
     progress.text(f"DragGAN: {done_text}")
 
     image.undo_group_start()
@@ -216,7 +222,8 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
         image.undo_group_end()
     progress.update(1.0)
     return EditOutcome(new_layer, target, continued, poor, str(state["mode"]),
-                       str(getattr(result, "alignment", "")) if native else "", note, crop if native else None)
+                       str(getattr(result, "alignment", "")) if native else "", note, crop if native else None,
+                       short)
 
 
 def _crop_frame_rect(result: Any, region: geometry.Rect, address: str) -> geometry.Rect:

@@ -13,6 +13,11 @@ POOR_PSNR_DB = 16.0
 
 LAYER_SUFFIX = "DragGAN"
 POOR_SUFFIX = "poor inversion: try PTI or another model"
+SHORT_SUFFIX = "stopped short"
+# A drag that covered less than this share of the handles' way "stopped short" (the fidelity
+# benchmarks' "stalled": on the built-in model a small selection around one point can hold a drag
+# back entirely, README's mask-strength table); the user is told what may free it.
+SHORT_SHARE = 0.2
 
 
 def model_limits(model: Any) -> tuple[float, float]:
@@ -36,16 +41,38 @@ def quality_text(psnr: float, stlpips: float, limits: tuple[float, float] | None
     return f"reconstruction {verdict} (PSNR {psnr:.1f} dB, ST-LPIPS {stlpips:.3f})"
 
 
-def result_layer_name(source_name: str, continued: bool, poor: bool) -> str:
-    """e.g. 'Photo (DragGAN)', 'Photo (DragGAN, continued)', 'Photo (DragGAN — poor inversion: ...)'."""
+def share_of_the_way(handles: Any, targets: Any, final: Any) -> float | None:
+    """Share of the handles' way to their targets the drag covered: 1 - sum |final - target| / sum
+    |handle - target| over the pairs (points (x, y) in pixels of one frame; 1 = all there, 0 = none
+    of the way, negative = further away). None when the handles started within 1 px in all."""
+    def distance(a: Any, b: Any) -> float:
+        return float(((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) ** 0.5)
+
+    start = sum(distance(h, t) for h, t in zip(handles, targets))
+    if start <= 1.0 or len(final) != len(targets):
+        return None
+    return 1.0 - sum(distance(f, t) for f, t in zip(final, targets)) / start
+
+
+def stopped_short_text(share: float, masked: bool) -> str:
+    """The status line's advice for a drag that covered only ``share`` of the way."""
+    hint = ("a larger selection, a lower Mask strength or no selection may free it" if masked
+            else "more steps, or handles on features the model draws, may help")
+    return f"the drag stopped short ({max(share, 0.0):.0%} of the way): {hint}"
+
+
+def result_layer_name(source_name: str, continued: bool, poor: bool, short: bool = False) -> str:
+    """e.g. 'Photo (DragGAN)', 'Photo (DragGAN, continued)', 'Photo (DragGAN — poor inversion: ...)',
+    'Photo (DragGAN — stopped short)'."""
     tag = LAYER_SUFFIX + (", continued" if continued else "")
     base = source_name
     # dragging a result layer again: keep one tag, not 'x (DragGAN) (DragGAN)'
     cut = base.find(f" ({LAYER_SUFFIX}")
     if cut > 0:
         base = base[:cut]
-    if poor:
-        return f"{base} ({tag} — {POOR_SUFFIX})"
+    notes = [text for text, on in ((POOR_SUFFIX, poor), (SHORT_SUFFIX, short)) if on]
+    if notes:
+        return f"{base} ({tag} — {'; '.join(notes)})"
     return f"{base} ({tag})"
 
 
