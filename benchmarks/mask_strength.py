@@ -8,7 +8,7 @@ Per row: MD after (px, mean ± standard error over pairs), how many edits conver
 *stalled* (ended less than 20 % closer to their targets than they started), median steps, and the
 drift outside the box (keypoints displacement px, mean |RGB change| 0..255), as in the fidelity table.
 
-    python benchmarks/mask_strength.py --pairs 30 --lambdas 20 5 1 none --json docs/mask-strength-faces-128.json
+    python benchmarks/mask_strength.py --pairs 30 --lambdas 20 5 2 1 none --json docs/mask-strength-faces-128.json
 """
 
 from __future__ import annotations
