@@ -109,6 +109,15 @@ def registry_drag_defaults(name: str) -> Any:
     return models.model_drag_defaults(name)
 
 
+def registry_framing(name: str) -> str:
+    """What model ``name`` draws for clients' automatic crop ("any" without the registry)."""
+    try:
+        from . import models
+    except ImportError:
+        return "any"
+    return models.model_framing(name)
+
+
 def registry_alignment(name: str, overrides: Mapping[str, str] | None = None) -> str:
     """The alignment kind of model ``name``: ``overrides[name]`` (name -> kind, ``serve --model-align``)
     when there, else the registry's ("none" without an entry)."""
@@ -208,7 +217,7 @@ class ModelPool:
                 poor = registry_poor_inversion(name)
                 out.append(protocol.ModelEntry(name=name, width=width, height=height,
                                                loaded=name in self._loaded, poor_stlpips=poor[0],
-                                               poor_psnr_db=poor[1]))
+                                               poor_psnr_db=poor[1], framing=registry_framing(name)))
         return out
 
     def installed_names(self) -> list[str]:

@@ -100,6 +100,9 @@ class ModelSpec:
     # the server's drag settings on this model beyond the user's (DragDefaults: the official ones unless
     # measured on that model, never guessed for the official checkpoints)
     drag: DragDefaults = DragDefaults()
+    # protocol FRAMINGS: "whole" = the model draws whole subjects framed as in its training data, so the
+    # plug-in's automatic crop sends the whole layer, not a model-sized crop around the points
+    framing: str = "any"
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,13 @@ def poor_inversion(name: str) -> PoorInversion:
                              f"calibrated ({calibration_file(name).name}, {data.get('date', '?')})")
     except (OSError, ValueError, KeyError, TypeError):
         return DEFAULT_POOR_INVERSION
+
+
+def model_framing(name: str) -> str:
+    """What model `name` draws, for clients' automatic crop (protocol FRAMINGS): its registry entry's,
+    "any" for models without one."""
+    spec = REGISTRY.get(name)
+    return "any" if spec is None else spec.framing
 
 
 def model_alignment(name: str, option: str = "auto", overrides: Mapping[str, str] | None = None) -> str:
@@ -217,7 +227,11 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
         # their targets in far fewer steps than with the official constant lr and 2 px stop; mask
         # weight 5: masked one-point drags stall in 7 of 30 pairs instead of 12 at the paper's 20
         # (backend/data/faces-128.md, sessions 13 and 14)
-        drag=DragDefaults(lr_boost=16.0, lr_half_life=20.0, stop_distance=1.0, lambda_mask=5.0)),
+        drag=DragDefaults(lr_boost=16.0, lr_half_life=20.0, stop_distance=1.0, lambda_mask=5.0),
+        # a whole face per picture: a crop around the points of a larger drawing shows part of a face
+        # (benchmarks/crop_framing.py, 4 drawings of 256 px: ST-LPIPS 0.31-0.39 for a 128 px crop at the
+        # mouth, 0.04-0.05 for the whole drawing)
+        framing="whole"),
     _sd("lions-512", "lions_512", 512, "lions"),
     _sd("dogs-1024", "dogs_1024", 1024, "dogs"),
     _sd("horses-256", "horses_256", 256, "horses"),

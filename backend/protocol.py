@@ -51,7 +51,8 @@ Message table (server -> client)
 --------------------------------
 =========  =====================================================================================
 welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unknown), models
-           [{name, width, height, loaded, alignment ("none"|"ffhq"|"faces")}], heartbeat_s,
+           [{name, width, height, loaded, alignment ("none"|"ffhq"|"faces"), framing ("any"|"whole")}],
+           heartbeat_s,
            instance (random per server start),
            auth ("curve"|"none"), cache (bool), queue_limit, running, waiting (jobs now),
            limits {max_message_bytes, max_frame_bytes, max_image_side, max_points, max_peers}
@@ -129,6 +130,9 @@ INVERSION_PRESETS = ("fast", "quality")
 IMAGE_FORMATS = ("raw", "png")
 ALIGN_OPTIONS = ("auto", "off")  # edit.align: auto = the model's registry alignment; off = none
 ALIGNMENTS = ("none", "ffhq", "faces")  # a model's alignment kind (backend/align.py ALIGNMENTS)
+# what a model draws, for the client's automatic crop: "any" = any part of a scene (crop around the
+# points), "whole" = whole subjects framed as in its training data (send the whole layer)
+FRAMINGS = ("any", "whole")
 RESULT_FRAMES = ("model", "crop")  # result.frame: the model's output, or RGBA in the sent crop's frame
 
 
@@ -785,6 +789,7 @@ class ModelEntry:
     poor_stlpips: float = 0.0
     poor_psnr_db: float = 0.0
     alignment: str = "none"  # "ffhq"/"faces": an align="auto" edit sends a native crop (protocol 3)
+    framing: str = "any"  # FRAMINGS; absent from older servers = "any"
 
 
 @dataclass
@@ -838,6 +843,7 @@ class Welcome:
                     poor_stlpips=_float(m, "poor_stlpips", path, 0.0, 100.0, 0.0),
                     poor_psnr_db=_float(m, "poor_psnr_db", path, 0.0, 1000.0, 0.0),
                     alignment=_str(m, "alignment", path, "none", choices=ALIGNMENTS),
+                    framing=_str(m, "framing", path, "any", choices=FRAMINGS),
                 )
             )
         limits = f.get("limits") or {}

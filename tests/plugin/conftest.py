@@ -44,10 +44,11 @@ class FakeBackend:
     image inverted (edit) or the last result brightened (continue), records every call."""
 
     def __init__(self, models: list[tuple[str, int, int]] | None = None, psnr: float = 24.0,
-                 stlpips: float = 0.15, aligned: tuple[str, ...] = ()) -> None:
+                 stlpips: float = 0.15, aligned: tuple[str, ...] = (), whole: tuple[str, ...] = ()) -> None:
         from draggan_core import link
 
-        self.models_list = [link.ModelChoice(n, w, h, True, alignment="ffhq" if n in aligned else "none")
+        self.models_list = [link.ModelChoice(n, w, h, True, alignment="ffhq" if n in aligned else "none",
+                                             framing="whole" if n in whole else "any")
                             for n, w, h in (models or [("tiny", 16, 16)])]
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.psnr, self.stlpips = psnr, stlpips

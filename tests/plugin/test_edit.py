@@ -234,6 +234,28 @@ def test_a_drag_that_stopped_short_is_named_with_advice(backend: FakeBackend, se
     assert both.layer.name == "Photo (DragGAN — poor inversion: try PTI or another model; stopped short)"
 
 
+@pytest.mark.parametrize("crop_mode", ["auto", "selection"])
+def test_a_model_of_whole_pictures_gets_the_whole_layer_in_auto_mode(crop_mode: str) -> None:
+    """faces-128 draws whole faces: Auto sends the largest model-shaped crop of the layer (as *Whole
+    layer*) and says so; a crop mode the user chose is kept."""
+    backend = FakeBackend(whole=("tiny",))
+    image, layer = _scene()
+    out = edit.run_edit(image, [layer], _opts(crop_mode=crop_mode), edit.Progress(), backend)
+    points = [(20.0, 20.0), (26.5, 22.0), (30.0, 25.0), (33.0, 30.0)]
+    rect, selection = geometry.Rect(0, 0, 60, 50), geometry.Rect(18, 18, 20, 15)
+    texts_seen = [c[1] for c in fakegimp.log if c[0] == "progress_set_text"]
+    if crop_mode == "auto":
+        assert out.crop == geometry.plan_crop(points, rect, (16, 16), geometry.CROP_LAYER, selection)
+        assert (out.crop.w, out.crop.h) == (50, 50)                      # the layer's height: all of it
+        assert any("draws whole pictures: sending the whole layer" in t for t in texts_seen)
+    else:
+        assert out.crop == geometry.plan_crop(points, rect, (16, 16), geometry.CROP_SELECTION, selection)
+        assert not any("whole layer" in t for t in texts_seen)
+    # a model of any scene keeps the crop around the points
+    other = edit.run_edit(image, [layer], _opts(), edit.Progress(), FakeBackend())
+    assert other.crop == geometry.plan_crop(points, rect, (16, 16), geometry.CROP_AUTO, selection)
+
+
 def test_share_of_the_way() -> None:
     handles, targets = [(0.0, 0.0), (10.0, 0.0)], [(10.0, 0.0), (10.0, 10.0)]
     assert texts.share_of_the_way(handles, targets, targets) == 1.0

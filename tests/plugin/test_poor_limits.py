@@ -44,6 +44,32 @@ def test_welcome_carries_each_models_thresholds_to_the_plugin() -> None:
     assert jobs.registry_poor_inversion("ffhq-512") == (0.35, 16.0)
 
 
+def test_welcome_carries_each_models_framing() -> None:
+    """The built-in faces-128 draws whole faces ("whole": the plug-in's Auto crop sends the whole layer);
+    models without an entry and older servers (no field) mean "any"; anything else is refused."""
+    import pytest
+    from draggan_wire import protocol
+
+    sys_path_repo()
+    from backend import jobs, models
+
+    welcome = protocol.Welcome(server="t", protocol=protocol.PROTOCOL_VERSION, device="cpu", models=[
+        protocol.ModelEntry("faces-128", 128, 128, True, framing="whole"), protocol.ModelEntry("x", 64, 64, False)])
+    frames = protocol.encode(welcome, "r1")
+    got = protocol.decode(frames, allowed=protocol.REPLY_TYPES).message.models
+    assert [m.framing for m in got] == ["whole", "any"]
+    header = __import__("json").loads(frames[0])
+    del header["fields"]["models"][0]["framing"]                       # an older server's welcome
+    old = protocol.decode([__import__("json").dumps(header).encode(), *frames[1:]], allowed=protocol.REPLY_TYPES)
+    assert old.message.models[0].framing == "any"
+    header["fields"]["models"][0]["framing"] = "part"
+    with pytest.raises(protocol.ProtocolError, match="framing"):
+        protocol.decode([__import__("json").dumps(header).encode(), *frames[1:]], allowed=protocol.REPLY_TYPES)
+    assert jobs.registry_framing(models.DEFAULT_MODEL) == "whole"
+    assert {name for name, spec in models.REGISTRY.items() if spec.framing != "any"} == {models.DEFAULT_MODEL}
+    assert jobs.registry_framing("ffhq-512") == jobs.registry_framing("my-file") == "any"
+
+
 def sys_path_repo() -> None:
     import sys
     from pathlib import Path

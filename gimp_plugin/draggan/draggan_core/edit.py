@@ -117,7 +117,13 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
         elif choice.continue_session and choice.record:
             crop = choice.record.crop
         else:
-            crop = geometry.plan_crop(drag.all_points(), source_rect, model_size, opts.crop_mode, selection)
+            crop_mode = opts.crop_mode
+            if crop_mode == geometry.CROP_AUTO and getattr(model, "framing", "any") == "whole":
+                # a model of whole subjects (the built-in faces) cannot draw part of one: a crop around
+                # the points of a larger picture would invert poorly
+                crop_mode = geometry.CROP_LAYER
+                progress.text(f"DragGAN: {model.name} draws whole pictures: sending the whole layer")
+            crop = geometry.plan_crop(drag.all_points(), source_rect, model_size, crop_mode, selection)
         if selection is not None and selection.intersect(crop) is None:
             raise errors.selection_outside_crop()
 

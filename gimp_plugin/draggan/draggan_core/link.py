@@ -23,6 +23,7 @@ class ModelChoice:
     poor_stlpips: float = 0.0     # the model's "poor inversion" thresholds from welcome (0 = defaults)
     poor_psnr_db: float = 0.0
     alignment: str = "none"       # "ffhq": with align=auto the plug-in sends a native crop (protocol 3)
+    framing: str = "any"          # "whole": the model draws whole subjects; the Auto crop sends the whole layer
 
 
 def wire() -> tuple[Any, Any]:
@@ -127,7 +128,8 @@ class Backend:
             except Exception as exc:
                 raise explain(exc, self.address, self._connect_wait) from None
             self._models = [ModelChoice(m.name, m.width, m.height, m.loaded, getattr(m, "poor_stlpips", 0.0),
-                                        getattr(m, "poor_psnr_db", 0.0), getattr(m, "alignment", "none"))
+                                        getattr(m, "poor_psnr_db", 0.0), getattr(m, "alignment", "none"),
+                                        getattr(m, "framing", "any"))
                             for m in welcome.models]
             if not self._models:
                 raise errors.PluginError(
