@@ -14,7 +14,6 @@ drift outside the box (keypoints displacement px, mean |RGB change| 0..255), as 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -31,21 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# benchmarks/ is on sys.path as this script's folder, after REPO (so `inversion` is still the package)
+import fidelity  # noqa: E402
+
 from backend.engine.session import to_uint8  # noqa: E402
-
-
-def _load_fidelity() -> Any:
-    """benchmarks/fidelity.py as a module (not via sys.path: benchmarks/inversion.py would shadow the
-    ``inversion`` package)."""
-    spec = importlib.util.spec_from_file_location("fidelity", REPO / "benchmarks" / "fidelity.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fidelity"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-fidelity = _load_fidelity()
 
 STALL_FRACTION = 0.8  # an edit that ends at >= 80 % of its starting distance "stalled"
 

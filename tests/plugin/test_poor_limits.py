@@ -3,6 +3,7 @@ for a backend or model that sends none."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 from draggan_core import texts
@@ -58,13 +59,13 @@ def test_welcome_carries_each_models_framing() -> None:
     frames = protocol.encode(welcome, "r1")
     got = protocol.decode(frames, allowed=protocol.REPLY_TYPES).message.models
     assert [m.framing for m in got] == ["whole", "any"]
-    header = __import__("json").loads(frames[0])
+    header = json.loads(frames[0])
     del header["fields"]["models"][0]["framing"]                       # an older server's welcome
-    old = protocol.decode([__import__("json").dumps(header).encode(), *frames[1:]], allowed=protocol.REPLY_TYPES)
+    old = protocol.decode([json.dumps(header).encode(), *frames[1:]], allowed=protocol.REPLY_TYPES)
     assert old.message.models[0].framing == "any"
     header["fields"]["models"][0]["framing"] = "part"
     with pytest.raises(protocol.ProtocolError, match="framing"):
-        protocol.decode([__import__("json").dumps(header).encode(), *frames[1:]], allowed=protocol.REPLY_TYPES)
+        protocol.decode([json.dumps(header).encode(), *frames[1:]], allowed=protocol.REPLY_TYPES)
     assert jobs.registry_framing(models.DEFAULT_MODEL) == "whole"
     assert {name for name, spec in models.REGISTRY.items() if spec.framing != "any"} == {models.DEFAULT_MODEL}
     assert jobs.registry_framing("ffhq-512") == jobs.registry_framing("my-file") == "any"
