@@ -32,7 +32,8 @@ from torch import nn
 from backend.align import FaceLandmarks
 
 __all__ = ["LandmarksUnavailable", "MTCNN", "detect_faces", "weights_dir", "load_mtcnn", "refine_landmarks",
-           "procedural_face_predictor", "procedural_face_predictor_at", "FramePredictor"]
+           "procedural_face_predictor", "procedural_face_predictor_at", "FramePredictor", "LandmarkRefiner",
+           "procedural_corner_refiner"]
 
 WEIGHTS_ENV = "DRAGGAN_MTCNN_WEIGHTS"
 _FILES = ("pnet.pt", "rnet.pt", "onet.pt")
@@ -386,3 +387,44 @@ def procedural_face_predictor_at(size: int) -> FramePredictor:
 
             _SIZED_PREDICTORS[size] = scaled
     return _SIZED_PREDICTORS[size]
+
+
+# ---------------------------------------------------------------------- second stage: patches in a finer frame
+#: A second-stage refiner: (image uint8 [H, W, 3], landmarks in its pixels) -> refined landmarks.
+LandmarkRefiner = Callable[[np.ndarray, FaceLandmarks], FaceLandmarks]
+
+_CORNER_REFINERS: dict[str, LandmarkRefiner] = {}
+
+
+def procedural_corner_refiner(path: str | os.PathLike[str] | None = None, iterations: int = 2) -> LandmarkRefiner:
+    """The second stage for training/faces.py renders (training/corner_refiner.py, loaded once per file):
+    the face is warped so that its landmarks' FFHQ quad lands on faces-128's template in a 256 px frame,
+    and a patch network moves each eye centre and mouth corner onto the feature it sees (``iterations``
+    passes, each averaged over 9 patch shifts). The nose is kept. Run it after
+    :func:`refine_landmarks`: it expects landmarks within about 2 px (at 128 px) of the truth.
+
+    Why a second stage: the FFHQ quad's corners move about 4x as far as the eye centres and 2.5x as
+    far as the mouth corners (docs/alignment.md), and the whole-face detector's stride-4 heatmaps
+    leave the mouth corners 0.9 px off."""
+    import importlib
+
+    from backend.align import ffhq_quad, quad_transform
+
+    key = str(path) + f"@{iterations}"
+    if key in _CORNER_REFINERS:
+        return _CORNER_REFINERS[key]
+    module: Any = importlib.import_module("training.corner_refiner")   # only the procedural domain needs it
+    net = module.load_refiner(path)
+    template = module.frame_template()
+    size = module.FRAME
+
+    def refine(image: np.ndarray, face: FaceLandmarks) -> FaceLandmarks:
+        al = quad_transform(ffhq_quad(face), size, size, template)
+        frame, _valid = al.warp_image(np.asarray(image)[..., :3])
+        pts = module.refine_in_frame(net, frame, al.to_model(face.array()), iterations)
+        if not np.isfinite(pts).all():
+            raise ValueError("the corner refiner returned non-finite points")
+        return FaceLandmarks.from_array(al.to_crop(pts), face.box, face.score)
+
+    _CORNER_REFINERS[key] = refine
+    return refine

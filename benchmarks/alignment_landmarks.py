@@ -4,7 +4,9 @@ astronaut (tests/alignment/data/astronaut-landmarks.json), upright and rotated a
 256 px, and rolled (+-45 deg), scaled (1/3 to 1) and shifted in a 384 px canvas, where MTCNN's
 landmarks are also refined in faces-128's frame by training/detector.py's keypoint detector
 (``backend.landmarks.refine_landmarks``, the 16 keypoints mapped to the 5 landmarks by
-training/fit_landmarks.py's linear map); "floor" is that predictor run on the exactly aligned frame.
+training/fit_landmarks.py's linear map), then by the second stage (training/corner_refiner.py's patch
+network in a 256 px frame, ``backend.landmarks.procedural_corner_refiner``: "corners"); "floor" is the
+first-stage predictor run on the exactly aligned frame ("floor_corners": then the second stage).
 
     python3 benchmarks/alignment_landmarks.py --out docs/alignment-landmarks.json
     python3 benchmarks/alignment_landmarks.py --tilted-only --direct-landmarks --out OUT.json   # before session 11
@@ -54,6 +56,7 @@ def refinement_cases(n: int, seed: int = 5, params_seed: int = 77, direct: bool 
     instead of training/fit_landmarks.py's linear map)."""
     size, template = 128, A.faces_template_quad(128)
     predict = L.procedural_face_predictor(regression=None if direct else "default")
+    corners = L.procedural_corner_refiner()
     rng = np.random.default_rng(seed)
     rows = []
     for i, p in enumerate(faces.sample_params(np.random.default_rng(params_seed), n)):
@@ -67,17 +70,19 @@ def refinement_cases(n: int, seed: int = 5, params_seed: int = 77, direct: bool 
         def err(face: A.FaceLandmarks, exact: A.Alignment = exact) -> float:
             return round(float(np.hypot(*(exact.to_model(A.ffhq_quad(face)) - template).T).max()), 2)
 
+        floor = L.refine_landmarks(big, truth, predict, template, size, 1)
         row: dict = {"case": i, "roll_deg": round(float(angle), 1), "scale": round(float(scale), 2),
-                     "floor": err(L.refine_landmarks(big, truth, predict, template, size, 1))}
+                     "floor": err(floor), "floor_corners": err(corners(big, floor))}
         found = L.detect_faces(big)
         face = A.choose_face(found, truth.array()[:1]) if found else None
         if face is not None:
+            refined_2 = L.refine_landmarks(big, face, predict, template, size, 2)
             row.update(mtcnn=err(face), refined_1=err(L.refine_landmarks(big, face, predict, template, size, 1)),
-                       refined_2=err(L.refine_landmarks(big, face, predict, template, size, 2)))
+                       refined_2=err(refined_2), corners=err(corners(big, refined_2)))
         rows.append(row)
         print("tilted", row, flush=True)
     summary: dict = {"cases": n, "faces_found": sum("mtcnn" in r for r in rows)}
-    for key in ("mtcnn", "refined_1", "refined_2", "floor"):
+    for key in ("mtcnn", "refined_1", "refined_2", "corners", "floor", "floor_corners"):
         v = np.array([r[key] for r in rows if key in r])
         summary[key] = {"mean": round(float(v.mean()), 2), "median": round(float(np.median(v)), 2),
                         "max": round(float(v.max()), 2), "within_1px": int((v <= 1.0).sum()), "n": int(v.size)}
