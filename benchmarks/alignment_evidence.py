@@ -10,9 +10,10 @@ conditions alike) in three framings:
 * ``box``: the axis-aligned square with the FFHQ quad's centre and size (face-fitted, but the roll
   is not undone);
 * ``aligned``: the FFHQ quad mapped onto the quad of faces-128's average face (backend/align.py).
-* ``detected``: the same from detected landmarks instead of the oracle: MTCNN, refined once in
-  faces-128's frame by the keypoint detector (``backend.landmarks.refine_landmarks``); skipped when
-  MTCNN is not installed or finds no face.
+* ``detected``: the same from detected landmarks instead of the oracle, found as the server finds
+  them (``backend.aligned_edit.refined_procedural_face``: MTCNN, refined twice in faces-128's frame
+  by the keypoint detector, then by the patch refiner); skipped when MTCNN is not installed or finds
+  no face.
 
 Reported: ST-LPIPS (VGG) and PSNR of the reconstruction against its own 128x128 input (what the
 plug-in's poor-inversion warning sees), and the PSNR of the reconstruction pasted back into the
@@ -66,8 +67,10 @@ CASES = [(40.0, 0.5, (230.0, 160.0)), (-45.0, 1 / 3, (120.0, 250.0)), (25.0, 0.7
 
 
 def detected_quad(big: np.ndarray, handle: np.ndarray, size: int) -> np.ndarray | None:
-    """The FFHQ quad from MTCNN + one refinement, or None (no MTCNN weights, or no face there)."""
+    """The FFHQ quad from the server's landmarks (MTCNN + refinements), or None (no MTCNN weights, or
+    no face there)."""
     from backend import landmarks as L
+    from backend.aligned_edit import refined_procedural_face
 
     try:
         found = L.detect_faces(big)
@@ -76,7 +79,7 @@ def detected_quad(big: np.ndarray, handle: np.ndarray, size: int) -> np.ndarray 
     face = A.choose_face(found, handle[None])
     if face is None:
         return None
-    refined = L.refine_landmarks(big, face, L.procedural_face_predictor(), A.faces_template_quad(size), size)
+    refined, _template = refined_procedural_face(big, face, size, size)
     return A.ffhq_quad(refined)
 
 
