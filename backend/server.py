@@ -233,7 +233,7 @@ class Server:
         self._outbox: Any = None
         self._monitor: Any = None
         self._zap: Any = None
-        self._monitor_lock = threading.Lock()  # the loop and the ZAP thread both drain the monitor: every use is under it
+        self._monitor_lock = threading.Lock()  # every use of the monitor (loop and ZAP thread) is under it
         self._live_fds: set[int] = set()  # accepted connections not closed yet (monitor's view)
         self._closed_fds: collections.deque[tuple[str, int]] = collections.deque()  # for the loop
 
