@@ -4,8 +4,8 @@ Why: the face-alignment quad (``backend/align.py`` ``ffhq_quad``) magnifies land
 about 4 eye distances and 3.6 eye-to-mouth distances, so with eye centres 0.2 px off at 128 px the
 quad's worst corner is already 0.66 px off on average, and the mouth corners' 0.9 px from the
 whole-face keypoint detector (``training/detector.py``, stride-4 heatmaps) take it past 1 px on a
-third of faces (docs/alignment.md). A Monte-Carlo check of that sensitivity: eye centres 0.1 px and
-mouth corners 0.3 px keep 99 % of quads within 1 px.
+third of faces (docs/alignment.md). ``benchmarks/quad_sensitivity.py`` measures that sensitivity: eye
+centres 0.1 px and mouth corners 0.3 px keep 99 % of quads within 1 px.
 
 What: once the face has been aligned by the first stage, its picture is warped into a frame of
 ``FRAME`` x ``FRAME`` pixels (faces-128's template quad at twice the size, so a large face keeps
