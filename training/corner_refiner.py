@@ -46,6 +46,7 @@ from PIL import Image
 from torch import nn
 
 from training import faces
+from training.model_files import read_model_file, save_model_file
 
 FORMAT = "draggan-corner-refiner-v1"
 DEFAULT_PATH = Path(__file__).resolve().parent / "models" / "corner_refiner.pt"
@@ -190,7 +191,8 @@ def make_frames(seed: int, n: int, quad_noise: float = 1.5, log: Any = None) -> 
         fill = tuple(int(v) for v in rng.integers(0, 256, 3))
         canvas = _place(img, m, (side, side), fill)   # type: ignore[arg-type]
         exact = keypoints_to_landmarks(kp @ m[:, :2].T + m[:, 2]).array()
-        quad_side = float(np.hypot(*(ffhq_quad(exact)[3] - ffhq_quad(exact)[0])))
+        exact_quad = ffhq_quad(exact)
+        quad_side = float(np.hypot(*(exact_quad[3] - exact_quad[0])))
         noisy = exact + rng.uniform(-1, 1, exact.shape) * quad_noise * quad_side / per_128
         al = quad_transform(ffhq_quad(FaceLandmarks.from_array(noisy)), FRAME, FRAME, template)
         frames[i], _ = al.warp_image(canvas)
@@ -248,31 +250,14 @@ class RefinerFileError(RuntimeError):
 
 
 def save_refiner(net: CornerRefiner, path: str | Path, meta: dict[str, Any] | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": FORMAT, "config": dict(net.config),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-            "meta": dict(meta or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    save_model_file(net, net.config, path, FORMAT, meta)
 
 
 def load_refiner(path: str | Path | None = None) -> CornerRefiner:
     """A refiner saved by :func:`save_refiner` (default: the committed file), in eval mode; raises
     :class:`RefinerFileError` naming the file and what is wrong."""
     path = Path(path) if path is not None else DEFAULT_PATH
-    if not path.is_file():
-        raise RefinerFileError(f"corner refiner file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise RefinerFileError(f"cannot read corner refiner file {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise RefinerFileError(f"{path} is not a corner refiner file (expected format {FORMAT!r})")
-    cfg, state = blob.get("config"), blob.get("state_dict")
-    if not isinstance(cfg, dict) or not isinstance(state, dict):
-        raise RefinerFileError(f"{path}: missing 'config' or 'state_dict'")
+    cfg, state, meta = read_model_file(path, FORMAT, "corner refiner", RefinerFileError)
     try:
         net = CornerRefiner(widths=cfg["widths"], hidden=cfg["hidden"], kinds=cfg["kinds"], patch=cfg["patch"])
         net.load_state_dict(state)
@@ -280,7 +265,7 @@ def load_refiner(path: str | Path | None = None) -> CornerRefiner:
         raise RefinerFileError(f"{path}: weights do not match the refiner config: {e}") from e
     if net.patch != PATCH or net.kinds != 2:
         raise RefinerFileError(f"{path}: patch {net.patch} / kinds {net.kinds}, expected {PATCH} / 2")
-    net.meta = blob.get("meta", {})  # type: ignore[assignment]
+    net.meta = meta  # type: ignore[assignment]
     return net.eval()
 
 
@@ -297,8 +282,10 @@ def frame_errors(net: CornerRefiner, frames: np.ndarray, truth: np.ndarray, star
     err = np.linalg.norm(refined - truth, axis=-1) * scale
     quad = np.array([np.linalg.norm(ffhq_quad(a) - ffhq_quad(b), axis=1).max() for a, b in zip(refined, truth)])
     quad *= scale
-    names = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
-    return {"landmark_error_px_at_128": {n: round(float(err[:, i].mean()), 3) for i, n in enumerate(names) if i != 2},
+    from training.fit_landmarks import LANDMARK_NAMES
+
+    return {"landmark_error_px_at_128": {n: round(float(err[:, i].mean()), 3)
+                                         for i, n in enumerate(LANDMARK_NAMES) if i != 2},
             "quad_error_px_at_128": {"mean": round(float(quad.mean()), 3), "median": round(float(np.median(quad)), 3),
                                      "max": round(float(quad.max()), 3),
                                      "within_1px": round(float((quad <= 1.0).mean()), 3), "n": int(len(quad))}}

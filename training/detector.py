@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.model_files import read_model_file, save_model_file
+
 FORMAT = "draggan-keypoint-detector-v1"
 DEFAULT_PATH = Path(__file__).resolve().parent / "models" / "keypoint_detector.pt"
 
@@ -176,38 +178,19 @@ class KeypointDetector(nn.Module):
 
 def save_detector(det: KeypointDetector, path: str | Path, meta: dict[str, Any] | None = None) -> None:
     """Write ``det`` (float32 weights) to ``path`` atomically in the ``FORMAT`` layout."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": FORMAT, "config": dict(det.config),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in det.state_dict().items()},
-            "meta": dict(meta or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    save_model_file(det, det.config, path, FORMAT, meta)
 
 
 def load_detector(path: str | Path | None = None, device: str | torch.device = "cpu") -> KeypointDetector:
     """Load a detector saved by ``save_detector`` (default: the committed ``training/models`` file),
     in eval mode. Raises ``DetectorFileError`` naming the file and what is wrong."""
     path = Path(path) if path is not None else DEFAULT_PATH
-    if not path.is_file():
-        raise DetectorFileError(f"keypoint detector file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DetectorFileError(f"cannot read keypoint detector file {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise DetectorFileError(f"{path} is not a keypoint detector file (format {got!r}, expected {FORMAT!r})")
-    cfg = blob.get("config")
-    state = blob.get("state_dict")
-    if not isinstance(cfg, dict) or not isinstance(state, dict):
-        raise DetectorFileError(f"{path}: missing 'config' or 'state_dict'")
+    cfg, state, meta = read_model_file(path, FORMAT, "keypoint detector", DetectorFileError)
     try:
         det = KeypointDetector(num_keypoints=cfg["num_keypoints"], widths=cfg["widths"],
                                head_width=cfg["head_width"], keypoint_names=cfg.get("keypoint_names"))
         det.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise DetectorFileError(f"{path}: weights do not match the detector config: {e}") from e
-    det.meta = blob.get("meta", {})  # type: ignore[assignment]
+    det.meta = meta  # type: ignore[assignment]
     return det.to(device).eval()
