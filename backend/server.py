@@ -392,8 +392,8 @@ class Server:
         poller.register(self._outbox, zmq.POLLIN)
         # The monitor socket is not polled here: zmq_poll reads a socket's state (ZMQ_FD/ZMQ_EVENTS)
         # outside the monitor lock while the ZAP thread receives on it under the lock, a data race
-        # inside libzmq (sockets are not thread-safe) that aborted the process once in ~10^4
-        # connections. Both threads touch it only in _drain_monitor, under the lock; this loop
+        # inside libzmq (sockets are not thread-safe); the likely cause of one process abort seen
+        # under a 10^4-connection probe. Both threads touch it only in _drain_monitor, under the lock; this loop
         # drains it every pass, so a closed connection is still seen within one tick (<= 0.1 s) and
         # always before a message on a reused routing id is handled.
         tick = max(0.01, min(0.1, self.config.heartbeat_s / 4))
