@@ -154,6 +154,15 @@ def test_projection_starts_from_the_encoder_and_keys_the_cache_on_it(tiny_genera
 
 def test_training_on_free_pairs_beats_w_avg_on_held_out_pictures(tiny_generator_file: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Training teaches the encoder something, with margins another CPU cannot cross.
+
+    300 iterations of Adam on random batches are a chaotic trajectory: another CPU's kernels (AVX2,
+    AVX-512, AMX round sums differently) or another thread count send it somewhere else, as another
+    seed does. Measured over seeds 0-7 (one thread) and seed 0 with two threads: the held-out latent
+    error ended at 0.73-0.89 of the untrained encoder's (seed 0 alone: 0.89 with one thread, 0.79 with
+    two) and the PSNR gain at 1.2-2.2 dB. So a bound inside that spread (the former 0.8) fails on some
+    machines; the bounds below lie outside it: the latent error at most 0.95 of the untrained one, and a
+    PSNR gain of at least 0.5 dB."""
     out = tmp_path / "tiny.encoder.pt"
     rc = train_encoder_main([str(tiny_generator_file), "--out", str(out), "--iterations", "300", "--batch", "8",
                              "--lr", "3e-3", "--render-fraction", "0.25", "--image-images", "1",
@@ -166,6 +175,6 @@ def test_training_on_free_pairs_beats_w_avg_on_held_out_pictures(tiny_generator_
     untrained.set_latent_statistics(enc.w_avg, float(enc.w_scale))
     baseline = held_out_figures(G, untrained, 32)
     # the latent error of the untrained encoder (= w_avg) is the spread of W itself
-    assert trained["generated_latent_error"] < 0.8 * baseline["generated_latent_error"]
-    assert trained["generated_psnr_db"] > baseline["generated_psnr_db"]
+    assert trained["generated_latent_error"] < 0.95 * baseline["generated_latent_error"]
+    assert trained["generated_psnr_db"] > baseline["generated_psnr_db"] + 0.5
     assert "generated_psnr_db" in capsys.readouterr().out
