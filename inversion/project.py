@@ -332,7 +332,7 @@ def project(
     ws, generator = _project_latent(G, target, settings, report, should_cancel, start_ws)
     steps_done = settings.steps
     figures = None  # (reconstruction, PSNR, ST-LPIPS) of the current latent, when known
-    if settings.refine_steps > 0:
+    if settings.refine_steps > 0 and not pti:
         figures = _final_figures(generator, ws, pixels, target, settings.lpips_max_side)
         if figures[2] > settings.refine_above:
             figures = None

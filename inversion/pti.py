@@ -56,7 +56,7 @@ def pivotal_tuning(
 
     ``ws``: the pivot [1, num_ws, w_dim]; ``target``: the photo [1, 3, H, W] in [-1, 1] on G's
     device (the generator's output size). Uses ``settings.pti_*`` (steps, lr, pixel weight,
-    locality weight/alpha/interval, early-stop ST-LPIPS) and ``lpips_net``/``lpips_max_side``.
+    locality weight/alpha/interval, early-stop ST-LPIPS, perceptual net and side).
     ``progress(step, total, metrics)`` after every step (metrics: phase "pti", loss, stlpips,
     psnr); ``should_cancel()`` -> True raises :class:`inversion.InversionCancelled`.
     With ``return_steps=True`` returns (copy, steps run).
@@ -77,7 +77,9 @@ def pivotal_tuning(
     params = [p for p in tuned.synthesis.parameters()]
     for p in params:
         p.requires_grad_(True)
-    objective = PerceptualObjective(target, settings.lpips_net, settings.lpips_max_side, settings.pti_pixel_weight)
+    net = settings.pti_lpips_net or settings.lpips_net
+    max_side = settings.pti_lpips_max_side or settings.lpips_max_side
+    objective = PerceptualObjective(target, net, max_side, settings.pti_pixel_weight)
     optimizer = torch.optim.Adam(params, lr=settings.pti_lr)
     gen = torch.Generator(device="cpu").manual_seed(settings.seed + 2)
     dtype = resolve_precision(settings.precision, device)

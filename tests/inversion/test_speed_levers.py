@@ -19,11 +19,12 @@ def test_new_fields_stay_out_of_the_cache_key_at_their_defaults() -> None:
     settings = ProjectionSettings()
     old = {k: v for k, v in dataclasses.asdict(settings).items()
            if k not in ("precision", "early_fraction", "early_net", "early_max_side", "refine_steps",
-                        "refine_above")}
+                        "refine_above", "pti_lpips_net", "pti_lpips_max_side")}
     assert settings_key(settings) == old  # entries written before these fields existed still hit
     assert settings_key(settings.replace(early_fraction=0.5))["early_fraction"] == 0.5
     assert settings_key(settings.replace(precision="bf16"))["precision"] == "bf16"
     assert settings_key(settings.replace(refine_steps=100))["refine_steps"] == 100
+    assert settings_key(settings.replace(pti_lpips_net="alex"))["pti_lpips_net"] == "alex"
 
 
 @pytest.mark.parametrize(("field", "value"), [("precision", "fp16"), ("early_fraction", 1.5),
