@@ -1,0 +1,183 @@
+"""The drag's dense motion and the edit carried by the picture's own pixels (backend/engine/motion.py),
+on synthetic pictures whose motion is known exactly: a shift and a rotation are recovered and
+reproduced at a finer resolution within 1 px, nothing outside the moving region changes by a single
+byte, and new content comes from the model's pixels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from backend.engine import motion
+
+
+def scene(size: int, dots: np.ndarray, sigma: float, angle_deg: float = 0.0, shift: tuple[float, float] = (0.0, 0.0),
+          scale: float = 1.0) -> np.ndarray:
+    """uint8 [size, size, 3]: a picture whose content (dark Gaussian dots at ``dots`` ([N, 2], x then y)
+    on gentle colour waves) is rotated by ``angle_deg`` about the centre and then shifted by ``shift``,
+    all in pixels of ``size / scale`` (``scale`` renders the same picture at another resolution).
+    Pixel centres sample the content exactly, so the motion between two scenes is known exactly."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    ys, xs = (ys + 0.5) / scale - 0.5, (xs + 0.5) / scale - 0.5   # this grid's centres in base pixels
+    centre = (size / scale - 1) / 2
+    a = math.radians(angle_deg)
+    px, py = xs - centre - shift[0], ys - centre - shift[1]       # undo the motion: content coordinates
+    u = math.cos(a) * px + math.sin(a) * py + centre
+    v = -math.sin(a) * px + math.cos(a) * py + centre
+    img = np.stack([140 + 30 * np.sin(u / 9.0), 130 + 30 * np.sin(v / 11.0), 150 + 20 * np.sin((u + v) / 13.0)], -1)
+    for cx, cy in dots:
+        d = np.exp(-((u - cx) ** 2 + (v - cy) ** 2) / (2 * sigma ** 2))
+        img = img * (1 - 0.8 * d[..., None])
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def as_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def centroids(img: np.ndarray, guesses: np.ndarray, radius: float) -> np.ndarray:
+    """Darkness-weighted centroids near each guess (x, y)."""
+    dark = 255.0 - img.astype(np.float64).mean(axis=2)
+    dark -= np.median(dark)
+    ys, xs = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+    out = []
+    for gx, gy in guesses:
+        w = np.where((xs - gx) ** 2 + (ys - gy) ** 2 <= radius ** 2, np.clip(dark, 0, None), 0)
+        out.append(((w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()))
+    return np.array(out)
+
+
+def grid_points(size: int, step: int, margin: int) -> np.ndarray:
+    ticks = np.arange(margin, size - margin + 1, step, dtype=np.float64)
+    return np.array([(x, y) for y in ticks for x in ticks])
+
+
+def rigid(points: np.ndarray, angle_deg: float, shift: tuple[float, float], centre: float) -> np.ndarray:
+    a = math.radians(angle_deg)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return (points - centre) @ rot.T + centre + np.array(shift)
+
+
+def test_a_zero_flow_returns_an_8_bit_picture_unchanged() -> None:
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, 17, 23))).float()
+    assert torch.equal(motion.warp(img, torch.zeros(1, 2, 17, 23)).round(), img)
+
+
+@pytest.mark.parametrize("shift", [(3.0, -2.0), (0.4, 1.6)])
+def test_block_matching_recovers_a_shift(shift: tuple[float, float]) -> None:
+    """Block matching with Lucas-Kanade refinement on a gently textured picture: most of it within a
+    fifth of a pixel (the waves leave some windows with one direction only, hence the 90th percentile)."""
+    size = 96
+    dots = grid_points(size, 12, 8)
+    before = scene(size, dots, 2.0)
+    after = scene(size, dots, 2.0, shift=shift)
+    # the matcher alone (no preference for standing still: here everything moved)
+    flow = motion.match_flow(as_tensor(before), as_tensor(after), motion.MotionSettings(stay_margin=0.0))
+    inner = motion.flow_at(flow, grid_points(size, 2, 24))   # content near the border left the frame
+    errors = np.hypot(*(inner + np.array(shift)).T)           # the backward flow points back to the content
+    assert np.median(errors) <= 0.2 and np.percentile(errors, 90) <= 0.5, (np.median(errors), errors.max())
+
+
+def test_what_did_not_change_stays_exactly_still_beside_what_moved() -> None:
+    size = 64
+    dots = grid_points(size, 12, 8)
+    before = scene(size, dots, 2.0)
+    moved = scene(size, dots, 2.0, shift=(2.0, 1.0))
+    after = before.copy()
+    after[20:44, 20:44] = moved[20:44, 20:44]          # a patch moved; the rest is the same picture
+    flow = motion.match_flow(as_tensor(before), as_tensor(after))
+    still = np.ones((size, size), bool)
+    still[14:50, 14:50] = False                        # away from the patch (and its box-filter reach)
+    assert float(flow[0].norm(dim=0)[torch.from_numpy(still)].max()) == 0.0
+    inside = motion.flow_at(flow, grid_points(size, 2, 26))
+    assert np.median(np.hypot(*(inside + np.array([2.0, 1.0])).T)) <= 0.3
+
+
+def test_the_warp_reproduces_a_known_rotation_and_shift_at_four_times_the_model_s_resolution_within_1_px() -> None:
+    """A flow known exactly in a 64 px model frame (rotation by 6 deg about the centre, then a shift)
+    moves the dots of the 256 px native picture onto where the exact motion puts them: the crop <->
+    model mapping, the flow's units and its direction all line up."""
+    native_size, model_size, angle, shift = 256, 64, 6.0, (6.0, -4.0)
+    dots = grid_points(native_size, 40, 48)
+    centre = (native_size - 1) / 2
+    moved = rigid(dots, angle, shift, centre)
+    native_before = scene(native_size, dots, 5.0)
+    exact = scene(native_size, dots, 5.0, angle, shift)
+    small = model_size / native_size
+    # the exact backward flow on the model grid: where each model pixel's content came from
+    ys, xs = np.mgrid[0:model_size, 0:model_size].astype(np.float64)
+    native_xy = np.stack([(xs + 0.5) / small - 0.5, (ys + 0.5) / small - 0.5], -1).reshape(-1, 2)
+    a = math.radians(angle)
+    rot_inv = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+    source = (native_xy - centre - np.array(shift)) @ rot_inv.T + centre
+    source_model = (source + 0.5) * small - 0.5
+    flow = torch.from_numpy((source_model - np.stack([xs, ys], -1).reshape(-1, 2)).T.reshape(1, 2, model_size,
+                                                                                              model_size)).float()
+    region = torch.ones(1, 1, model_size, model_size)
+    crop_to_model = np.array([[small, 0.0, 0.5 * small - 0.5], [0.0, small, 0.5 * small - 0.5]])
+    pictures = torch.zeros(1, 3, model_size, model_size)
+    result = motion.transfer_detail(native_before, crop_to_model, (model_size, model_size), flow, region,
+                                    pictures, pictures)
+    found = centroids(result, moved, 10.0)
+    errors = np.hypot(*(found - centroids(exact, moved, 10.0)).T)
+    assert errors.max() <= 1.0, errors.round(2)
+    assert np.median(np.hypot(*(moved - dots).T)) > 7.0     # the dots really moved
+
+
+def test_the_region_is_the_motion_connected_to_the_points_and_landed_checks_each_handle() -> None:
+    flow = torch.zeros(1, 2, 40, 40)
+    flow[0, 0, 5:15, 5:15] = -3.0      # one patch moved 3 px right (backward flow -3)
+    flow[0, 1, 25:35, 25:35] = 2.0     # another, elsewhere, moved 2 px up
+    settings = motion.MotionSettings(threshold=1.0, grow=0, feather=0)
+    hard, soft = motion.motion_region(flow, [(8.0, 10.0)], settings)
+    assert hard[5:15, 5:15].all() and not hard[25:35, 25:35].any() and hard.sum() == 100
+    assert torch.equal(soft[0, 0] > 0, hard)
+    allowed = torch.zeros(40, 40)
+    allowed[:, :10] = 1
+    _, limited = motion.motion_region(flow, [(8.0, 10.0)], settings, allowed)
+    assert (limited[0, 0] > 0).sum() == 50
+    # handle 1 at (6, 10) moved to (9, 10): the flow at the target points back to it; handle 2 did not move
+    assert motion.landed(flow, [(6.0, 10.0), (20.0, 20.0)], [(9.0, 10.0), (24.0, 20.0)], 1.0) == [True, False]
+
+
+def test_outside_the_region_and_the_selection_every_pixel_is_the_original_s() -> None:
+    rng = np.random.default_rng(1)
+    native = rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    model = 32
+    before = torch.rand(1, 3, model, model) * 2 - 1
+    after = torch.rand(1, 3, model, model) * 2 - 1            # the model changed everything
+    flow = torch.full((1, 2, model, model), 1.5)               # and moved everything
+    region = torch.zeros(1, 1, model, model)
+    region[..., 8:20, 8:20] = 1.0
+    crop_to_model = np.array([[model / 80, 0.0, 0.5 * model / 80 - 0.5], [0.0, model / 96, 0.5 * model / 96 - 0.5]])
+    keep = np.zeros((96, 80), bool)
+    keep[:, :40] = True                                        # outside the selection
+    out = motion.transfer_detail(native, crop_to_model, (model, model), flow, region, before, after, keep=keep)
+    mx = (np.arange(80) + 0.5) * model / 80 - 0.5
+    my = (np.arange(96) + 0.5) * model / 96 - 0.5
+    in_region = ((my[:, None] > 7) & (my[:, None] < 20)) & ((mx[None, :] > 7) & (mx[None, :] < 20))
+    untouched = ~in_region | keep
+    assert np.array_equal(out[untouched], native[untouched])
+    assert not np.array_equal(out[in_region & ~keep], native[in_region & ~keep])
+    # no region at all: the crop comes back as it was, byte for byte
+    empty = torch.zeros_like(region)
+    assert np.array_equal(motion.transfer_detail(native, crop_to_model, (model, model), flow, empty, before, after),
+                          native)
+
+
+def test_new_content_comes_from_the_model_and_small_model_changes_do_not() -> None:
+    size = 32
+    native = np.full((64, 64, 3), 180, np.uint8)
+    before = torch.full((1, 3, size, size), 180 / 127.5 - 1)
+    after = before.clone()
+    after[..., 10:20, 10:20] = -1.0                           # a dark mouth opened (no motion)
+    after[..., 24:30, 24:30] += 0.05                          # a faint drift (6 levels): not added
+    flow = torch.zeros(1, 2, size, size)
+    region = torch.ones(1, 1, size, size)
+    crop_to_model = np.array([[0.5, 0.0, -0.25], [0.0, 0.5, -0.25]])
+    out = motion.transfer_detail(native, crop_to_model, (size, size), flow, region, before, after, residual_floor=0.1)
+    assert out[30:38, 30:38].max() < 40                        # inside the new dark area
+    assert np.array_equal(out[52:58, 52:58], native[52:58, 52:58])
