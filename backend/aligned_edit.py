@@ -22,8 +22,8 @@ import numpy as np
 
 from backend.align import Alignment, FaceLandmarks, choose_face, faces_template_quad, ffhq_quad, quad_transform
 
-__all__ = ["NoFace", "PreparedEdit", "prepare", "prepare_box", "box_alignment", "map_points", "paste_back",
-           "paste_back_cut", "progress_text"]
+__all__ = ["NoFace", "PreparedEdit", "prepare", "prepare_box", "prepare_whole", "box_alignment", "whole_alignment",
+           "default_region", "map_points", "paste_back", "paste_back_cut", "progress_text"]
 
 LandmarkFn = Callable[[np.ndarray], list[FaceLandmarks]]
 
@@ -170,6 +170,42 @@ def box_alignment(points: Any, crop_width: int, crop_height: int, model_width: i
     return Alignment(matrix, int(model_width), int(model_height))
 
 
+def whole_alignment(crop_width: int, crop_height: int, model_width: int, model_height: int) -> Alignment:
+    """The whole crop as the model's frame: model pixel-centre ``u`` -> crop ``(u + 0.5) * W / w - 0.5``
+    (and so on y; a crop of another aspect is stretched, as the plug-in's crops have the model's aspect
+    up to rounding)."""
+    sx, sy = crop_width / model_width, crop_height / model_height
+    return Alignment(np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]]), int(model_width),
+                     int(model_height))
+
+
+def prepare_whole(crop: np.ndarray, model_width: int, model_height: int, handles: Sequence[Sequence[float]],
+                  targets: Sequence[Sequence[float]], mask: np.ndarray | None = None) -> PreparedEdit:
+    """:func:`prepare` for a model without alignment: the whole crop scaled to the model's frame."""
+    crop = np.asarray(crop)
+    H, W = crop.shape[:2]
+    return _warp_inputs(crop, whole_alignment(W, H, model_width, model_height), handles, targets, mask, None)
+
+
+#: The box the drag may change when there is no selection: around the handles and targets, with a margin
+#: of half their spread and at least this share of the model's height (12 px at 128).
+REGION_MIN_MARGIN = 12.0 / 128.0
+
+
+def default_region(handles: Any, targets: Any, model_width: int, model_height: int) -> np.ndarray:
+    """float32 [h, w] (1 = may move) in the model's frame: the box around ``handles`` and ``targets``
+    ([N, 2] model pixels) grown by max(REGION_MIN_MARGIN * height, half the points' spread)."""
+    pts = np.concatenate([np.asarray(handles, np.float64).reshape(-1, 2),
+                          np.asarray(targets, np.float64).reshape(-1, 2)])
+    spread = float((pts.max(0) - pts.min(0)).max())
+    margin = max(REGION_MIN_MARGIN * model_height, 0.5 * spread)
+    x0, y0 = np.floor(pts.min(0) - margin).astype(int)
+    x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
+    region = np.zeros((model_height, model_width), np.float32)
+    region[max(y0, 0):max(y1 + 1, 0), max(x0, 0):max(x1 + 1, 0)] = 1.0
+    return region
+
+
 def prepare_box(crop: np.ndarray, model_width: int, model_height: int, handles: Sequence[Sequence[float]],
                 targets: Sequence[Sequence[float]], mask: np.ndarray | None = None) -> PreparedEdit:
     """:func:`prepare` without a face: the model-shaped box of :func:`box_alignment` around the
@@ -224,6 +260,19 @@ def paste_back_cut(al: Alignment, crop_width: int, crop_height: int,
     rgb, area = box.unwarp_image(result, x1 - x0, y1 - y0)
     alpha = np.where(area, 255, 0).astype(np.uint8)
     return np.concatenate([rgb, alpha[..., None]], axis=2), (x0, y0)
+
+
+def cut_to_produced_area(al: Alignment, crop_rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """A crop-frame picture (uint8 [H, W, 3]) as :func:`paste_back_cut` answers: RGBA cut to the
+    bounding box of the area the model's frame covers, alpha 255 exactly there; and the box's offset."""
+    H, W = crop_rgb.shape[:2]
+    produced = al.produced_area(W, H)
+    ys, xs = np.nonzero(produced)
+    if len(xs) == 0:
+        raise ValueError("the model's frame covers no pixel of the crop")
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    alpha = np.where(produced[y0:y1, x0:x1], 255, 0).astype(np.uint8)
+    return np.concatenate([crop_rgb[y0:y1, x0:x1, :3], alpha[..., None]], axis=2), (x0, y0)
 
 
 def paste_back(prepared: PreparedEdit, result: np.ndarray) -> np.ndarray:

@@ -374,16 +374,25 @@ class OwnedStore:
 
 @dataclass
 class HeldSession:
+    """A drag session kept for ``continue``: the engine session, what the first edit inverted (the
+    native crop, the transform between its frame and the model's, the inversion's latent) and what the
+    drags so far asked for (their points and regions, model pixels)."""
+
     model: str
     session: Any  # backend.engine.DragSession
     inversion: protocol.InversionQuality | None
     image_id: str
     params: protocol.EditParams
-    # a session made from a native crop (protocol 3): the transform between the model's frame and
-    # the crop (backend.align.Alignment.to_dict, reused by "drag again") and the crop's size
-    alignment: dict[str, Any] | None = None
-    crop_size: tuple[int, int] | None = None
-    aligned: str = "none"  # the alignment kind when a face was aligned, "none" for the unaligned box
+    alignment: dict[str, Any]  # backend.align.Alignment.to_dict: model frame -> crop
+    crop_size: tuple[int, int]
+    aligned: str = "none"  # the alignment kind when a face was aligned, "none" otherwise
+    result: str = "detail"  # protocol RESULT_MODES
+    native: Any = None  # uint8 [H, W, 3]: the crop as sent
+    ws_initial: Any = None  # [1, num_ws, w_dim]: the inversion's latent (the picture before any drag)
+    seeds: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # every drag's points
+    allowed: Any = None  # float32 [h, w]: where the drags may move (no selection), None = anywhere
+    keep: Any = None  # bool [H, W]: crop pixels outside the last drag's selection
+    last: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])  # the last drag's points
 
 
 class OwnerCache:
@@ -562,6 +571,10 @@ class EditRunner:
     # pipeline --------------------------------------------------------------------------------
 
     def _edit(self, owner: str, req: protocol.Edit, emit: Emit, should_cancel: ShouldCancel) -> protocol.Result:
+        """Protocol 4: the native crop into the model's frame (the whole crop scaled, or a face
+        alignment for ``align="auto"`` on a model with one), inversion, drag, and the result in the crop's
+        frame (``result="detail"``: the crop's own pixels moved; ``"model"``: the model's pixels)."""
+        from backend import aligned_edit
         from backend.engine import DragSession
 
         started = time.monotonic()
@@ -579,55 +592,59 @@ class EditRunner:
             pixels = self.images.get(owner, req.image_id)
             if pixels is None:
                 raise self._unknown_image(req.image_id)
-        if req.align == "auto" and self.alignment_of(req.model) != "none":
-            return self._edit_native(owner, req, G, pixels, emit, should_cancel, started)
-        if pixels.shape[:2] != (height, width):
-            raise ProtocolError(ErrorCode.BAD_REQUEST,
-                                f"fields.image: the image is {pixels.shape[1]}x{pixels.shape[0]} but model "
-                                f"'{req.model}' works on {width}x{height}; scale the crop to the model size",
-                                "fields.image")
-        mask = self._mask(req.mask, width, height)
-        _check_points(req.handles, width, height, "fields.handles")
-        _check_points(req.targets, width, height, "fields.targets")
-        if should_cancel():
-            raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
-
-        projection = self._project(owner, G, pixels, req.params, emit, should_cancel)
-        quality = protocol.InversionQuality(psnr=float(projection.psnr), stlpips=float(projection.stlpips),
-                                            from_cache=bool(projection.from_cache))
-        emit(protocol.Progress(phase="inversion", step=int(projection.steps), total=int(projection.steps),
-                               inversion=quality, text="inversion done"))
-        session = DragSession(projection.generator, projection.ws, handle_points=req.handles,
-                              target_points=req.targets, mask=mask,
-                              params=_drag_params(req.params, projection.generator, req.model))
-        steps = self._drag(session, emit, should_cancel, quality)
-        image_id = ""
-        if self.cache:  # the same photo from the same client keeps one id
-            image_id = req.image_id or hashlib.sha256(owner.encode() + pixels.tobytes()).hexdigest()[:32]
-            self.images.put(owner, pixels, key=image_id)
-        session_id = ""
-        if self.cache:
-            session_id = self.sessions.put(owner, HeldSession(req.model, session, quality, image_id, req.params))
-        else:
-            session_id = "none"
-        return protocol.Result(image=rgb_to_image(session.image()), points=session.points, session_id=session_id,
-                               image_id=image_id, inversion=quality, steps=steps,
-                               seconds=time.monotonic() - started)
-
-    def _edit_native(self, owner: str, req: protocol.Edit, G: Any, pixels: np.ndarray, emit: Emit,
-                     should_cancel: ShouldCancel, started: float) -> protocol.Result:
-        """An ``align="auto"`` edit of a native crop (protocol 3) for a model with an alignment: find
-        the face, warp crop/points/mask into the model's frame, invert and drag there, and answer
-        RGBA in the crop's frame (alpha = the produced area) at its offset."""
-        from backend import aligned_edit
-        from backend.engine import DragSession
-        from backend.landmarks import LandmarksUnavailable
-
-        width, height = int(G.img_width), int(G.img_height)
         H, W = pixels.shape[:2]
         mask = self._mask(req.mask, W, H)
         _check_points(req.handles, W, H, "fields.handles")
         _check_points(req.targets, W, H, "fields.targets")
+        kind = "none"
+        notes: list[str] = []
+        if req.align == "auto" and self.alignment_of(req.model) != "none":
+            prepared, kind, note = self._prepare_aligned(req, pixels, mask, width, height, emit)
+            notes.append(note)
+        else:
+            try:
+                prepared = aligned_edit.prepare_whole(pixels, width, height, req.handles, req.targets, mask)
+            except ValueError as exc:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"fields.handles: {exc}", "fields.handles") from None
+        if should_cancel():
+            raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
+
+        pti = registry_pti(req.model) if req.params.pti is None else bool(req.params.pti)
+        projection = self._project(owner, G, prepared.image, req.params, emit, should_cancel, pti)
+        from inversion.colour import local_colour_difference
+
+        colour, where = local_colour_difference(projection.reconstruction, prepared.image)
+        quality = protocol.InversionQuality(psnr=float(projection.psnr), stlpips=float(projection.stlpips),
+                                            from_cache=bool(projection.from_cache), colour=colour, colour_at=where)
+        emit(protocol.Progress(phase="inversion", step=int(projection.steps), total=int(projection.steps),
+                               inversion=quality, text="; ".join(["inversion done", *notes])))
+        handles = [(float(x), float(y)) for x, y in prepared.handles]
+        targets = [(float(x), float(y)) for x, y in prepared.targets]
+        drag_mask, allowed, region_note = _drag_region(prepared.mask, req.params, handles, targets, width, height)
+        if region_note:
+            notes.append(region_note)
+        session = DragSession(projection.generator, projection.ws, handle_points=handles, target_points=targets,
+                              mask=drag_mask, params=_drag_params(req.params, projection.generator, req.model))
+        held = HeldSession(req.model, session, quality, "", req.params, alignment=prepared.alignment.to_dict(),
+                           crop_size=(W, H), aligned=kind, result=req.result, native=pixels,
+                           ws_initial=projection.ws.detach().clone(), seeds=handles + targets, allowed=allowed,
+                           keep=None if mask is None else mask <= 0.0, last=(handles, targets))
+        steps = self._drag(session, emit, should_cancel, quality, prepared.alignment)
+        session_id = "none"
+        if self.cache:  # the same photo from the same client keeps one id
+            held.image_id = req.image_id or hashlib.sha256(owner.encode() + pixels.tobytes()).hexdigest()[:32]
+            self.images.put(owner, pixels, key=held.image_id)
+            session_id = self.sessions.put(owner, held)
+        return self._crop_result(held, session_id, steps, started, "; ".join(notes))
+
+    def _prepare_aligned(self, req: protocol.Edit, pixels: np.ndarray, mask: np.ndarray | None, width: int,
+                         height: int, emit: Emit) -> tuple[Any, str, str]:
+        """Find the face and warp the crop into the model's aligned frame; with no face (or no landmark
+        weights) a model-shaped box around the points. -> (prepared edit, alignment kind, note)."""
+        from backend import aligned_edit
+        from backend.landmarks import LandmarksUnavailable
+
+        H, W = pixels.shape[:2]
         emit(protocol.Progress(phase="inversion", step=0, total=0,
                                text=f"looking for the face in the {W}x{H} crop (alignment)"))
         prepared: aligned_edit.PreparedEdit | None = None
@@ -639,96 +656,94 @@ class EditRunner:
             note = aligned_edit.progress_text(None)
         except LandmarksUnavailable as exc:  # the MTCNN weights are not installed: say so, edit unaligned
             note = f"face alignment unavailable ({exc}); editing without alignment"
+        except ValueError as exc:  # a point outside the aligned frame
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"fields.handles: {exc}", "fields.handles") from None
         if prepared is None:
             prepared = aligned_edit.prepare_box(pixels, width, height, req.handles, req.targets, mask)
         kind = self.alignment_of(req.model) if prepared.face is not None else "none"
         log.info("native %dx%d crop for '%s': %s", W, H, req.model, note)
         emit(protocol.Progress(phase="inversion", step=0, total=0, text=note))
-        if should_cancel():
-            raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
+        return prepared, kind, note
 
-        projection = self._project(owner, G, prepared.image, req.params, emit, should_cancel)
-        quality = protocol.InversionQuality(psnr=float(projection.psnr), stlpips=float(projection.stlpips),
-                                            from_cache=bool(projection.from_cache))
-        emit(protocol.Progress(phase="inversion", step=int(projection.steps), total=int(projection.steps),
-                               inversion=quality, text=f"inversion done; {note}"))
-        handles = [(float(x), float(y)) for x, y in prepared.handles]
-        targets = [(float(x), float(y)) for x, y in prepared.targets]
-        session = DragSession(projection.generator, projection.ws, handle_points=handles,
-                              target_points=targets, mask=prepared.mask,
-                              params=_drag_params(req.params, projection.generator, req.model))
-        steps = self._drag(session, emit, should_cancel, quality, prepared.alignment)
-        image_id = ""
-        if self.cache:
-            image_id = req.image_id or hashlib.sha256(owner.encode() + pixels.tobytes()).hexdigest()[:32]
-            self.images.put(owner, pixels, key=image_id)
-            session_id = self.sessions.put(owner, HeldSession(
-                req.model, session, quality, image_id, req.params, alignment=prepared.alignment.to_dict(),
-                crop_size=(W, H), aligned=kind))
-        else:
-            session_id = "none"
-        return self._crop_result(session, prepared.alignment, (W, H), session_id, image_id, quality, steps,
-                                 started, kind, note)
-
-    def _crop_result(self, session: Any, alignment: Any, crop_size: tuple[int, int], session_id: str,
-                     image_id: str, quality: protocol.InversionQuality | None, steps: int, started: float,
-                     kind: str, note: str) -> protocol.Result:
+    def _crop_result(self, held: HeldSession, session_id: str, steps: int, started: float,
+                     note: str) -> protocol.Result:
+        """The session's picture in the crop's frame (RGBA cut to the area the model's frame covers)
+        and, per handle of the last drag, whether the dense motion carries it to its target."""
         from backend import aligned_edit
+        from backend.align import Alignment
+        from backend.engine import motion
 
-        W, H = crop_size
-        rgba, offset = aligned_edit.paste_back_cut(alignment, W, H, session.image())
-        points = [(float(x), float(y)) for x, y in alignment.to_crop(session.points)]
+        al = Alignment.from_dict(held.alignment)
+        W, H = held.crop_size
+        session = held.session
+        settings = motion.MotionSettings()
+        with torch.no_grad():
+            before = session.G.synthesis(held.ws_initial, noise_mode="const")
+            after = session.G.synthesis(session.ws, noise_mode="const")
+        flow = motion.dense_motion(session.G, held.ws_initial, session.ws, settings)
+        scale = np.array([(flow.shape[-1] - 1) / max(al.width - 1, 1), (flow.shape[-2] - 1) / max(al.height - 1, 1)])
+        allowed = None
+        if held.allowed is not None:
+            allowed = torch.nn.functional.interpolate(torch.from_numpy(held.allowed)[None, None],
+                                                      size=tuple(flow.shape[-2:]), mode="area")[0, 0]
+        _, soft = motion.motion_region(flow, np.asarray(held.seeds) * scale, settings, allowed)
+        handles, targets = held.last
+        landed = motion.landed(flow, np.asarray(handles) * scale, np.asarray(targets) * scale,
+                               settings.land_tolerance)
+        if held.result == "model":
+            rgba, offset = aligned_edit.paste_back_cut(al, W, H, session.image())
+        else:
+            rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,
+                                         after, settings.residual_floor, held.keep)
+            rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
+        points = [(float(x), float(y)) for x, y in al.to_crop(session.points)]
+        if not all(landed):
+            short = ", ".join(str(i + 1) for i, ok in enumerate(landed) if not ok)
+            note = "; ".join(filter(None, [note, f"stopped short: handle {short} did not reach its target"]))
         return protocol.Result(image=rgb_to_image(rgba), points=points, session_id=session_id,
-                               image_id=image_id, inversion=quality, steps=steps,
+                               image_id=held.image_id, inversion=held.inversion, steps=steps,
                                seconds=time.monotonic() - started, frame="crop", offset=offset,
-                               alignment=kind, note=note)
+                               alignment=held.aligned, note=note, landed=landed)
 
-    def _continue_native(self, held: HeldSession, req: protocol.Continue, emit: Emit,
-                         should_cancel: ShouldCancel, started: float) -> protocol.Result:
-        """Drag again on a session made from a native crop: the stored transform maps the new
-        crop-pixel points and mask into the model's frame (the same face frame as the first drag)."""
+    def _continue(self, owner: str, req: protocol.Continue, emit: Emit,
+                  should_cancel: ShouldCancel) -> protocol.Result:
+        """Drag again on a session: the stored transform maps the new crop-pixel points and mask into the
+        model's frame (the same frame as the first drag)."""
         from backend import aligned_edit
         from backend.align import Alignment
 
-        assert held.alignment is not None and held.crop_size is not None
+        started = time.monotonic()
+        held: HeldSession | None = self.sessions.get(owner, req.session_id)
+        if held is None:
+            raise self._unknown_session(req.session_id)
         al = Alignment.from_dict(held.alignment)
         W, H = held.crop_size
         session = held.session
         mask = self._mask(req.mask, W, H)
         _check_points(req.handles, W, H, "fields.handles")
         _check_points(req.targets, W, H, "fields.targets")
-        handles, targets = aligned_edit.map_points(al, req.handles, req.targets)
+        try:
+            h, t = aligned_edit.map_points(al, req.handles, req.targets)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"fields.handles: {exc}", "fields.handles") from None
+        handles = [(float(x), float(y)) for x, y in h]
+        targets = [(float(x), float(y)) for x, y in t]
         model_mask = None if mask is None else al.warp_mask(mask > 0.5).astype(np.float32)
         params = req.params or held.params
-        session.set_points([(float(x), float(y)) for x, y in handles], [(float(x), float(y)) for x, y in targets],
-                           model_mask, params=_drag_params(params, session.G, held.model))
+        drag_mask, allowed, region_note = _drag_region(model_mask, params, handles, targets, al.width, al.height)
+        session.set_points(handles, targets, drag_mask, params=_drag_params(params, session.G, held.model))
         held.params = params
-        note = ("reusing the previous drag's face alignment" if held.aligned != "none"
-                else "reusing the previous drag's crop (no face was aligned)")
+        held.result = req.result or held.result
+        held.seeds = held.seeds + handles + targets
+        held.last = (handles, targets)
+        held.allowed = None if held.allowed is None or allowed is None else np.maximum(held.allowed, allowed)
+        held.keep = None if mask is None else mask <= 0.0
+        reused = ("reusing the previous drag's face alignment" if held.aligned != "none"
+                  else "reusing the previous drag's inversion")
+        note = "; ".join(filter(None, [reused, region_note]))
         emit(protocol.Progress(phase="drag", step=0, total=0, text=note))
         steps = self._drag(session, emit, should_cancel, held.inversion, al)
-        return self._crop_result(session, al, (W, H), req.session_id, held.image_id, held.inversion, steps,
-                                 started, held.aligned, note)
-
-    def _continue(self, owner: str, req: protocol.Continue, emit: Emit,
-                  should_cancel: ShouldCancel) -> protocol.Result:
-        started = time.monotonic()
-        held: HeldSession | None = self.sessions.get(owner, req.session_id)
-        if held is None:
-            raise self._unknown_session(req.session_id)
-        if held.alignment is not None:
-            return self._continue_native(held, req, emit, should_cancel, started)
-        session = held.session
-        mask = self._mask(req.mask, session.width, session.height)
-        params = req.params or held.params
-        _check_points(req.handles, session.width, session.height, "fields.handles")
-        _check_points(req.targets, session.width, session.height, "fields.targets")
-        session.set_points(req.handles, req.targets, mask, params=_drag_params(params, session.G, held.model))
-        held.params = params
-        steps = self._drag(session, emit, should_cancel, held.inversion)
-        return protocol.Result(image=rgb_to_image(session.image()), points=session.points,
-                               session_id=req.session_id, image_id=held.image_id, inversion=held.inversion,
-                               steps=steps, seconds=time.monotonic() - started)
+        return self._crop_result(held, req.session_id, steps, started, note)
 
     def _mask(self, mask: protocol.Image | protocol.PendingImage | None, width: int,
               height: int) -> np.ndarray | None:
@@ -741,7 +756,7 @@ class EditRunner:
         return mask_to_float(mask)
 
     def _project(self, owner: str, G: Any, pixels: np.ndarray, params: protocol.EditParams, emit: Emit,
-                 should_cancel: ShouldCancel) -> Any:
+                 should_cancel: ShouldCancel, pti: bool) -> Any:
         from inversion import ENCODER_PRESETS, PRESETS, InversionCancelled, project
 
         def progress(step: int, total: int, metrics: Any) -> None:
@@ -762,7 +777,7 @@ class EditRunner:
                                                pti_steps=min(base.pti_steps, self.inversion_steps))
             before = self._cache_files() if self.latent_cache is not None else set()
             owner_cache: Any = OwnerCache(self.latent_cache, owner) if self.cache and self.latent_cache else None
-            result = project(G, pixels, preset=params.inversion, pti=params.pti, progress=progress,
+            result = project(G, pixels, preset=params.inversion, pti=pti, progress=progress,
                              should_cancel=should_cancel, cache=owner_cache,
                              settings=settings, encoder=encoder)
         except InversionCancelled:
@@ -809,6 +824,29 @@ def _check_points(points: list[tuple[float, float]], width: int, height: int, fi
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{field_name}[{i}]: ({x:g}, {y:g}) is outside the "
                                                        f"{width}x{height} image (x in 0..{width - 1}, "
                                                        f"y in 0..{height - 1})", f"{field_name}[{i}]")
+
+
+def registry_pti(name: str) -> bool:
+    """Whether model ``name`` is pivotally tuned when the request leaves it to the model."""
+    from . import models
+
+    return models.model_pti(name)
+
+
+def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, handles: list[tuple[float, float]],
+                 targets: list[tuple[float, float]], width: int, height: int
+                 ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """(the drag's mask, where its motion may reach, a note): with a selection, the selection (model
+    frame) for both; without one, ``params.region == "points"`` makes both a box around the points, so
+    that a drag moves what was dragged rather than the whole picture; "whole" leaves both open."""
+    from backend import aligned_edit
+
+    if selection is not None:
+        return selection, selection.astype(np.float32), ""
+    if params.region == "whole":
+        return None, None, ""
+    box = aligned_edit.default_region(handles, targets, width, height)
+    return box, box, "no selection: the drag may move a box around its points (Region: Whole picture frees it)"
 
 
 def _drag_params(params: protocol.EditParams, G: Any, model: str) -> Any:

@@ -103,6 +103,8 @@ class ModelSpec:
     # protocol FRAMINGS: "whole" = the model draws whole subjects framed as in its training data, so the
     # plug-in's automatic crop sends the whole layer, not a model-sized crop around the points
     framing: str = "any"
+    # pivotal tuning when the request leaves it to the model (protocol 4 ``params.pti`` absent)
+    pti: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,13 @@ def model_drag_defaults(name: str) -> DragDefaults:
     return DragDefaults() if spec is None else spec.drag
 
 
+def model_pti(name: str) -> bool:
+    """Whether model `name` is pivotally tuned when the request leaves it to the model (False for
+    models without a registry entry)."""
+    spec = REGISTRY.get(name)
+    return False if spec is None else spec.pti
+
+
 class ModelError(Exception):
     """Base class for registry and download errors (the message says what to do)."""
 
@@ -231,7 +240,11 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
         # a whole face per picture: a crop around the points of a larger drawing shows part of a face
         # (benchmarks/crop_framing.py, 4 drawings of 256 px: ST-LPIPS 0.31-0.39 for a 128 px crop at the
         # mouth, 0.04-0.05 for the whole drawing)
-        framing="whole"),
+        framing="whole",
+        # its inversion of a picture it did not draw misplaces local features by about 3 px (more than
+        # a local drag moves them) and changes colours; PTI brings drags 0.9-1.5 px from the exact
+        # answers in about 21 s on 2 cores (docs/paired-faces-128.md)
+        pti=True),
     _sd("lions-512", "lions_512", 512, "lions"),
     _sd("dogs-1024", "dogs_1024", 1024, "dogs"),
     _sd("horses-256", "horses_256", 256, "horses"),

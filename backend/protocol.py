@@ -35,12 +35,13 @@ Message table (client -> server)
 --------------------------------
 =========  =====================================================================================
 hello      client (str), protocol (int)                       -> ``welcome`` or ``error``
-edit       model (name), image (spec) | image_id (str), handles, targets ([[x, y], ...] float
-           pixels), mask (spec, uint8 H x W, 255 = may move; optional), params (EditParams),
-           align ("auto"|"off", default "off"; protocol 3)
+edit       model (name), image (spec: the native crop) | image_id (str), handles, targets
+           ([[x, y], ...] float crop pixels), mask (spec, uint8 H x W, 255 = may move; optional),
+           params (EditParams), align ("auto"|"off", default "off"), result ("detail"|"model",
+           default "detail"; protocol 4)
                                                               -> ``progress``* then ``result``/``error``
-continue   session_id, handles, targets, mask (optional), params (optional); for a session made
-           from a native crop (``result.frame`` "crop") points and mask are in that crop's frame
+continue   session_id, handles, targets, mask (optional), params (optional), result (optional: as
+           the session's last); points and mask in the session's crop frame
                                                               -> ``progress``* then ``result``/``error``
 cancel     job (request id of an edit/continue; null = all of this client's jobs) -> ``cancel_ok``
 ping       (no fields)                                        -> ``pong``  (the heartbeat)
@@ -59,11 +60,25 @@ welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unkno
 progress   phase (queued|loading|inversion|drag), step, total, points, loss, position (in queue),
            inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text
 result     image (spec), points, session_id, image_id, inversion (optional), steps, seconds,
-           frame ("model"|"crop"), offset ([x, y] crop pixels), alignment ("none"|"ffhq"|"faces"), note
+           frame ("crop"), offset ([x, y] crop pixels), alignment ("none"|"ffhq"|"faces"), note,
+           landed ([bool] per handle; protocol 4)
 error      code (ErrorCode), message (for a person), field (offending field or ""), trace_id
 pong       instance, jobs (request ids of this connection's queued/running jobs)
 cancel_ok  cancelled (int) / purged: images, sessions (ints)
 =========  =====================================================================================
+
+Native crops and the picture's own pixels (protocol 4): every ``edit`` carries the crop at its own
+resolution (any size up to MAX_IMAGE_SIDE a side); handles, targets and mask are in its pixels. The
+server maps the crop into the model's frame (the whole crop scaled to the model's size, or a face
+alignment, below), inverts and drags there, and answers ``frame="crop"``: RGBA in the crop's frame,
+alpha 255 on the area the model's frame covers, cut to that area's bounding box at ``offset``.
+``result="detail"`` (default): the crop's own pixels moved by the motion the drag made, the model's
+pixels only where the drag made new content, every pixel outside the moved region (and outside the
+mask) exactly the crop's; ``"model"``: the model's output resampled into the crop (protocol 3's
+result). ``result.landed`` says, per handle, whether the drag's dense motion carries the handle's
+content to its target (False: the drag stopped short there, whatever the point tracker reported).
+Without a mask, ``params.region="points"`` (default) lets the drag move only a box around the points;
+``"whole"`` lets it move the whole crop.
 
 Face alignment (protocol 3): an ``edit`` with ``align="auto"`` for a model whose ``alignment`` is
 not "none" ("ffhq"; or "faces", added on 2026-11-28: a protocol-3 peer from before that rejects a
@@ -100,10 +115,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 # 2: identity token in every request header; routing ids grant nothing.
-# 3: face alignment (issue 19): ``edit.align``; for a model whose ``alignment`` (welcome) is not
-#    "none", an ``align="auto"`` edit sends a native-resolution crop (any size up to MAX_IMAGE_SIDE)
-#    and gets back ``result.frame="crop"`` (RGBA in that crop's frame at ``result.offset``).
-PROTOCOL_VERSION = 3
+# 3: face alignment: ``edit.align``; for a model whose ``alignment`` (welcome) is not "none", an
+#    ``align="auto"`` edit sends a native-resolution crop (any size up to MAX_IMAGE_SIDE) and gets back
+#    ``result.frame="crop"`` (RGBA in that crop's frame at ``result.offset``).
+# 4: every edit sends its native crop and gets RGBA in the crop's frame; ``edit.result`` ("detail":
+#    the picture's own pixels moved; "model"), ``params.region``, ``params.pti`` may be absent (the
+#    model's own), ``result.landed``.
+PROTOCOL_VERSION = 4
 
 # ---------------------------------------------------------------------------------------------
 # Limits, checked before any work is done. Both sides set zmq.MAXMSGSIZE to MAX_FRAME_BYTES so that
@@ -133,7 +151,9 @@ ALIGNMENTS = ("none", "ffhq", "faces")  # a model's alignment kind (backend/alig
 # what a model draws, for the client's automatic crop: "any" = any part of a scene (crop around the
 # points), "whole" = whole subjects framed as in its training data (send the whole layer)
 FRAMINGS = ("any", "whole")
-RESULT_FRAMES = ("model", "crop")  # result.frame: the model's output, or RGBA in the sent crop's frame
+RESULT_FRAMES = ("model", "crop")  # result.frame: protocol 4 servers answer "crop" (RGBA in the sent crop's frame)
+RESULT_MODES = ("detail", "model")  # edit.result: the picture's own pixels moved, or the model's pixels
+REGIONS = ("points", "whole")  # params.region without a mask: a box around the points, or the whole crop
 
 
 class ErrorCode:
@@ -591,8 +611,9 @@ class EditParams:
     radii ``r1`` (motion supervision) and ``r2`` (tracking search) in pixels *at 512 px*, scaled to
     the model's height as the official code does (so a 128 px model needs r1 >= 2.5); ``inversion``:
     projection preset;
-    ``pti``: pivotal tuning (better likeness, slower); ``preview_every``: steps between preview
-    images (0 = none)."""
+    ``pti``: pivotal tuning (better likeness, slower; None, sent as no field: the model's own);
+    ``preview_every``: steps between preview images (0 = none); ``region``: what may move when there
+    is no mask ("points": a box around the points; "whole": everything)."""
 
     max_steps: int = 300
     lr: float = 0.002
@@ -601,12 +622,13 @@ class EditParams:
     r1: float = 3.0
     r2: float = 12.0
     inversion: str = "fast"
-    pti: bool = False
+    pti: bool | None = None
     preview_every: int = 10
+    region: str = "points"
 
     def to_fields(self) -> dict[str, Any]:
-        # no field for "the model's own" mask weight: servers before it had no null there
-        return {k: v for k, v in vars(self).items() if not (k == "lambda_mask" and v is None)}
+        # no field for "the model's own" mask weight and PTI
+        return {k: v for k, v in vars(self).items() if not (k in ("lambda_mask", "pti") and v is None)}
 
     @classmethod
     def from_fields(cls, value: Any, path: str = "fields.params") -> EditParams:
@@ -628,8 +650,9 @@ class EditParams:
             r1=_float(value, "r1", path, 0.0, 512.0, d.r1, lo_open=True),
             r2=_float(value, "r2", path, 0.0, 1024.0, d.r2),
             inversion=_str(value, "inversion", path, d.inversion, choices=INVERSION_PRESETS),
-            pti=_bool(value, "pti", path, d.pti),
+            pti=None if value.get("pti") is None else _bool(value, "pti", path),
             preview_every=_int(value, "preview_every", path, 0, MAX_STEPS, d.preview_every),
+            region=_str(value, "region", path, d.region, choices=REGIONS),
         )
 
 
@@ -651,8 +674,9 @@ class Hello:
 class Edit:
     """Drag ``handles`` to ``targets`` on ``image`` (or the cached ``image_id``) with model ``model``.
 
-    ``image`` is RGB (3), RGBA (4, alpha ignored) or gray (1) at the model's size; ``mask`` is one
-    channel at the same size, 255 = may move, 0 = keep (values in between are soft)."""
+    ``image`` is the native crop, RGB (3), RGBA (4, alpha ignored) or gray (1), any size up to
+    MAX_IMAGE_SIDE a side; ``mask`` is one channel at the same size, 255 = may move, 0 = keep (values in
+    between are soft); points are the crop's pixels. ``result``: RESULT_MODES."""
 
     TYPE: ClassVar[str] = "edit"
     model: str
@@ -663,9 +687,10 @@ class Edit:
     mask: Image | PendingImage | None = None
     params: EditParams = field(default_factory=EditParams)
     image_format: str = "raw"  # how to send ``image`` (raw or png); not itself on the wire
-    # "auto": align the face as the model's training data was (a native crop for models whose
-    # alignment is not "none"); "off": the model-sized crop of protocol 2
+    # "auto": align the face as the model's training data was (models whose alignment is not "none");
+    # "off": the whole crop is scaled to the model's frame
     align: str = "off"
+    result: str = "detail"
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -674,6 +699,7 @@ class Edit:
             "targets": _points_out(self.targets),
             "params": self.params.to_fields(),
             "align": self.align,
+            "result": self.result,
         }
         if self.image is not None:
             out["image"] = enc.image(_decoded(self.image), self.image_format)
@@ -703,12 +729,14 @@ class Edit:
             mask=mask,
             params=EditParams.from_fields(f.get("params")),
             align=_str(f, "align", "fields", "off", choices=ALIGN_OPTIONS),
+            result=_str(f, "result", "fields", "detail", choices=RESULT_MODES),
         )
 
 
 @dataclass
 class Continue:
-    """Drag again from a session's current latent (no new inversion). ``params`` None = keep."""
+    """Drag again from a session's current latent (no new inversion). ``params`` / ``result`` None =
+    keep the session's."""
 
     TYPE: ClassVar[str] = "continue"
     session_id: str
@@ -716,6 +744,7 @@ class Continue:
     targets: list[Point]
     mask: Image | PendingImage | None = None
     params: EditParams | None = None
+    result: str | None = None
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -727,6 +756,8 @@ class Continue:
             out["mask"] = enc.image(_decoded(self.mask))
         if self.params is not None:
             out["params"] = self.params.to_fields()
+        if self.result is not None:
+            out["result"] = self.result
         return out
 
     @classmethod
@@ -735,7 +766,9 @@ class Continue:
         handles, targets = _handles_targets(f, "fields")
         mask = frames.any_image(f["mask"], "fields.mask", channels=(1,)) if f.get("mask") is not None else None
         params = EditParams.from_fields(f["params"]) if f.get("params") is not None else None
-        return cls(session_id=session_id, handles=handles, targets=targets, mask=mask, params=params)
+        result = None if f.get("result") is None else _str(f, "result", "fields", choices=RESULT_MODES)
+        return cls(session_id=session_id, handles=handles, targets=targets, mask=mask, params=params,
+                   result=result)
 
 
 @dataclass
@@ -870,11 +903,16 @@ class Welcome:
 
 @dataclass
 class InversionQuality:
-    """How well the photo was reproduced: PSNR in dB, ST-LPIPS distance (lower is better)."""
+    """How well the photo was reproduced: PSNR in dB, ST-LPIPS distance (lower is better), and the worst
+    local colour difference (``colour``: CIE76 delta E averaged over a few pixels, the spot where the
+    likeness changed most, e.g. an eye colour; at ``colour_at`` (x, y) in the model's frame; 0 = not
+    measured; protocol 4)."""
 
     psnr: float
     stlpips: float
     from_cache: bool = False
+    colour: float = 0.0
+    colour_at: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_value(cls, value: Any, path: str) -> InversionQuality | None:
@@ -886,6 +924,8 @@ class InversionQuality:
             psnr=_float(value, "psnr", path, -1e9, 1e9),
             stlpips=_float(value, "stlpips", path, -1e9, 1e9),
             from_cache=_bool(value, "from_cache", path, False),
+            colour=_float(value, "colour", path, 0.0, 1000.0, 0.0),
+            colour_at=_offset(value.get("colour_at", [0, 0]), f"{path}.colour_at"),
         )
 
 
@@ -911,7 +951,7 @@ class Progress:
             "loss": self.loss,
             "position": self.position,
             "text": self.text,
-            "inversion": vars(self.inversion) if self.inversion else None,
+            "inversion": _quality_out(self.inversion),
         }
         if self.preview is not None:
             out["preview"] = enc.image(self.preview)
@@ -944,14 +984,14 @@ class Result:
     inversion: InversionQuality | None = None
     steps: int = 0
     seconds: float = 0.0
-    # "model": ``image`` is the model's output at its size (points: model pixels). "crop" (an aligned
-    # edit of a native crop, protocol 3): ``image`` is RGBA in the sent crop's frame, alpha 255
-    # exactly where the model produced the pixel, cut to that area's bounding box whose top-left
-    # corner is at ``offset`` (x, y crop pixels); points are crop pixels.
-    frame: str = "model"
+    # "crop" (every protocol 4 result): ``image`` is RGBA in the sent crop's frame, alpha 255 exactly
+    # where the model's frame covers the pixel, cut to that area's bounding box whose top-left corner is
+    # at ``offset`` (x, y crop pixels); points are crop pixels. ("model": protocol 2's model-sized image.)
+    frame: str = "crop"
     offset: tuple[int, int] = (0, 0)
     alignment: str = "none"  # the model's kind ("ffhq"/"faces") when the face was aligned
-    note: str = ""  # the alignment note for a person ("face aligned ...", "no face found ...")
+    note: str = ""  # notes for a person (alignment, the region that could move)
+    landed: list[bool] = field(default_factory=list)  # per handle: the dense motion carries it to its target
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
         return {
@@ -959,13 +999,14 @@ class Result:
             "points": _points_out(self.points),
             "session_id": self.session_id,
             "image_id": self.image_id,
-            "inversion": vars(self.inversion) if self.inversion else None,
+            "inversion": _quality_out(self.inversion),
             "steps": self.steps,
             "seconds": self.seconds,
             "frame": self.frame,
             "offset": [int(self.offset[0]), int(self.offset[1])],
             "alignment": self.alignment,
             "note": self.note,
+            "landed": [bool(v) for v in self.landed],
         }
 
     @classmethod
@@ -980,11 +1021,24 @@ class Result:
             inversion=InversionQuality.from_value(f.get("inversion"), "fields.inversion"),
             steps=_int(f, "steps", "fields", 0, 1 << 30, 0),
             seconds=_float(f, "seconds", "fields", 0.0, 1e9, 0.0),
-            frame=_str(f, "frame", "fields", "model", choices=RESULT_FRAMES),
+            frame=_str(f, "frame", "fields", "crop", choices=RESULT_FRAMES),
             offset=_offset(f.get("offset", [0, 0]), "fields.offset"),
             alignment=_str(f, "alignment", "fields", "none", choices=ALIGNMENTS),
             note=_str(f, "note", "fields", ""),
+            landed=_bools(f.get("landed", []), "fields.landed"),
         )
+
+
+def _bools(value: Any, field_name: str) -> list[bool]:
+    if not isinstance(value, list) or len(value) > MAX_POINTS or not all(isinstance(v, bool) for v in value):
+        raise _bad(field_name, f"expected a list of at most {MAX_POINTS} true/false values, got {_show(value)}")
+    return list(value)
+
+
+def _quality_out(quality: InversionQuality | None) -> dict[str, Any] | None:
+    if quality is None:
+        return None
+    return {**vars(quality), "colour_at": [int(quality.colour_at[0]), int(quality.colour_at[1])]}
 
 
 def _offset(value: Any, field_name: str) -> tuple[int, int]:

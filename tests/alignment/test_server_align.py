@@ -1,7 +1,7 @@
-"""Protocol 3 face alignment over REAL ZeroMQ: a server whose tiny model is flagged ``alignment:
-ffhq`` takes a native crop, aligns the face, edits in the model's frame and answers RGBA in the
-crop's frame (alpha = exactly the produced area); drag again reuses the transform; no face -> the
-unaligned box with a clear note; ``auto`` is ``none`` for a model without alignment.
+"""Face alignment over REAL ZeroMQ: a server whose tiny model is flagged ``alignment: ffhq`` takes a
+native crop, aligns the face, edits in the model's frame and answers RGBA in the crop's frame (alpha =
+exactly the produced area); drag again reuses the transform; no face -> the unaligned box with a clear
+note; ``auto`` is ``none`` for a model without alignment (the whole crop scaled to the model, protocol 4).
 
 The oracle landmarks (training/faces.py's exact keypoints) stand in for MTCNN where the geometry is
 checked; one test runs the real MTCNN on scikit-image's astronaut, tilted."""
@@ -87,7 +87,7 @@ def test_welcome_says_which_models_align(served) -> None:
     server, _ = served
     with Client(server.endpoint, timeout_s=20) as client:
         entries = {m.name: m for m in client.hello().models}
-    assert client.welcome is not None and client.welcome.protocol == P.PROTOCOL_VERSION == 3
+    assert client.welcome is not None and client.welcome.protocol == P.PROTOCOL_VERSION == 4
     assert entries["tinyface"].alignment == "ffhq" and entries["tiny"].alignment == "none"
     assert entries["tinydrawn"].alignment == "faces"
 
@@ -167,27 +167,28 @@ def test_no_face_edits_the_unaligned_box_and_says_so(served, tilted) -> None:
     assert x + layer.shape[1] <= CROP[0] and y + layer.shape[0] <= CROP[1]
 
 
-def test_align_off_and_models_without_alignment_keep_the_model_sized_path(served) -> None:
+def test_align_off_and_models_without_alignment_scale_the_whole_crop(served) -> None:
     server, oracle = served
     calls = oracle.calls
     photo = P.Image(32, 32, 3, np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8).tobytes())
-    # auto on a model without an alignment entry is none: the model-sized path of protocol 2
+    # auto on a model without an alignment entry is none: the whole crop is the model's frame
     result, _ = run(server, P.Edit(model="tiny", handles=[(10.0, 12.0)], targets=[(16.0, 12.0)], image=photo,
-                                   params=FAST, align="auto"))
-    assert result.frame == "model" and (result.image.width, result.image.height) == (32, 32)
-    assert result.image.channels == 3 and result.offset == (0, 0)
-    # align off on the face model: a native crop is refused with a clear typed error
+                                   params=FAST, align="auto", result="model"))
+    assert result.frame == "crop" and (result.image.width, result.image.height) == (32, 32)
+    assert result.image.channels == 4 and result.offset == (0, 0) and (rgba(result)[..., 3] == 255).all()
+    # align off on the face model: the native crop, scaled as a whole, answered at its own size
     big = P.Image(CROP[0], CROP[1], 3, bytes(CROP[0] * CROP[1] * 3))
-    with pytest.raises(ProtocolError) as err:
-        run(server, P.Edit(model="tinyface", handles=[(10.0, 12.0)], targets=[(16.0, 12.0)], image=big,
-                           params=FAST, align="off"))
-    assert err.value.code == ErrorCode.BAD_REQUEST and "scale the crop to the model size" in err.value.message
+    result, _ = run(server, P.Edit(model="tinyface", handles=[(10.0, 12.0)], targets=[(16.0, 12.0)], image=big,
+                                   params=FAST, align="off"))
+    assert result.frame == "crop" and result.alignment == "none" and result.offset == (0, 0)
+    assert (result.image.width, result.image.height) == CROP and (rgba(result)[..., 3] == 255).all()
     assert oracle.calls == calls   # no detection on either path
 
 
-def test_old_protocol_versions_get_a_typed_error(served) -> None:
-    """A protocol-2 client's hello gets version_mismatch (in a v3 header, which the old client
-    reports as a version mismatch too: install the same release on both sides)."""
+@pytest.mark.parametrize("old", [2, 3])
+def test_old_protocol_versions_get_a_typed_error(served, old: int) -> None:
+    """A protocol-2 or -3 client's hello and edit get version_mismatch (in a v4 header, which the old
+    client reports as a version mismatch too: install the same release on both sides)."""
     import json
 
     import zmq
@@ -198,14 +199,16 @@ def test_old_protocol_versions_get_a_typed_error(served) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(server.endpoint)
     try:
-        header = {"v": 2, "type": "hello", "id": "h1", "token": "0" * 64, "fields": {"client": "old", "protocol": 2}}
-        sock.send_multipart([json.dumps(header).encode()])
-        assert sock.poll(10000)
-        env = P.decode(sock.recv_multipart(), allowed=P.REPLY_TYPES)
+        for kind, fields in (("hello", {"client": "old", "protocol": old}),
+                             ("edit", {"model": "tiny", "handles": [[1, 1]], "targets": [[2, 2]], "image_id": "x"})):
+            header = {"v": old, "type": kind, "id": "h1", "token": "0" * 64, "fields": fields}
+            sock.send_multipart([json.dumps(header).encode()])
+            assert sock.poll(10000)
+            env = P.decode(sock.recv_multipart(), allowed=P.REPLY_TYPES)
+            assert isinstance(env.message, P.Error) and env.message.code == ErrorCode.VERSION_MISMATCH
+            assert f"protocol version {old}" in env.message.message and "install.py" in env.message.message
     finally:
         sock.close(0)
-    assert isinstance(env.message, P.Error) and env.message.code == ErrorCode.VERSION_MISMATCH
-    assert "protocol version 2" in env.message.message and "install.py" in env.message.message
 
 
 def test_real_mtcnn_aligns_a_tilted_astronaut(served) -> None:

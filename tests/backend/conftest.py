@@ -78,9 +78,10 @@ def real_server(tiny_model: Path) -> Iterator[Server]:
 
 def edit(handles: list[tuple[float, float]] | None = None, targets: list[tuple[float, float]] | None = None,
          image: protocol.Image | None = None, image_id: str | None = None,
-         params: protocol.EditParams = FAST, model: str = "tiny", mask: protocol.Image | None = None) -> protocol.Edit:
+         params: protocol.EditParams = FAST, model: str = "tiny", mask: protocol.Image | None = None,
+         result: str = "detail") -> protocol.Edit:
     return protocol.Edit(model=model, handles=handles or [(10.0, 12.0)], targets=targets or [(16.0, 12.0)],
-                         image=image, image_id=image_id, params=params, mask=mask)
+                         image=image, image_id=image_id, params=params, mask=mask, result=result)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

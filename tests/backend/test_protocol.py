@@ -47,11 +47,43 @@ def roundtrip(message: P.Message, rid: str = "r1") -> P.Envelope:
     P.Progress(phase="queued", position=2, text="waiting"),
     P.Result(image=RGB, points=[(1.0, 2.0)], session_id="s", image_id="i", steps=4, seconds=1.5,
              inversion=P.InversionQuality(30.0, 0.1)),
+    # protocol 4: the result mode, the region without a mask, PTI left to the model, the landed verdict
+    # and the local colour figure
+    P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image=RGB, result="model",
+           params=P.EditParams(pti=None, region="whole")),
+    P.Continue(session_id="s1", handles=[(1, 2)], targets=[(3, 4)], result="detail"),
+    P.Result(image=P.Image(2, 2, 4, bytes(16)), points=[(1.0, 2.0), (3.0, 4.0)], session_id="s", frame="crop",
+             offset=(7, 9), landed=[True, False],
+             inversion=P.InversionQuality(30.0, 0.1, colour=33.5, colour_at=(64, 70))),
     P.Error(code=ErrorCode.BUSY, message="busy", field="", trace_id="t"),
     P.Pong(instance="x", jobs=["a", "b"]), P.CancelOk(cancelled=1), P.Purged(images=2, sessions=1),
 ])
 def test_every_message_round_trips(message: P.Message) -> None:
     assert roundtrip(message).message == message
+
+
+def test_protocol_4_fields_are_checked_and_absent_ones_take_their_defaults() -> None:
+    assert P.PROTOCOL_VERSION == 4
+    bare = roundtrip(P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image=RGB)).message
+    assert bare.result == "detail" and bare.params.pti is None and bare.params.region == "points"
+    assert "pti" not in P.EditParams().to_fields()          # None = the model's own: no field at all
+    header, *frames = P.encode(P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image=RGB), "r1", TOKEN)
+    for path, value, field_name in ((("fields", "result"), "pixels", "fields.result"),
+                                    (("fields", "params", "region"), "face", "fields.params.region"),
+                                    (("fields", "params", "pti"), "yes", "fields.params.pti")):
+        doc = json.loads(header)
+        target = doc
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+        with pytest.raises(ProtocolError) as info:
+            P.decode([json.dumps(doc).encode(), *frames])
+        assert info.value.code == ErrorCode.BAD_REQUEST and info.value.field == field_name
+    header, *frames = P.encode(P.Result(image=RGB, points=[(1.0, 2.0)], session_id="s", landed=[True]), "r1")
+    doc = json.loads(header)
+    doc["fields"]["landed"] = ["yes"]
+    with pytest.raises(ProtocolError, match="fields.landed"):
+        P.decode([json.dumps(doc).encode(), *frames])
 
 
 def test_png_frames_round_trip_and_decode_pillow_filters() -> None:

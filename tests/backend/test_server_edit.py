@@ -33,8 +33,8 @@ def test_round_trip_with_progress_previews_and_result(real_server: Server, photo
         # the embedded default model is always offered beside the ones the server was given
         listed = [(m.name, m.width, m.height) for m in welcome.models if m.name != DEFAULT_MODEL]
         assert listed == [("tiny", SIDE, SIDE)]
-        result = client.edit(edit(image=photo, mask=P.Image(SIDE, SIDE, 1, bytes([255]) * SIDE * SIDE)),
-                             on_progress=seen.append)
+        result = client.edit(edit(image=photo, mask=P.Image(SIDE, SIDE, 1, bytes([255]) * SIDE * SIDE),
+                                  result="model"), on_progress=seen.append)
     phases = [p.phase for p in seen]
     assert "inversion" in phases and "drag" in phases
     assert phases.index("inversion") < phases.index("drag")
@@ -43,17 +43,21 @@ def test_round_trip_with_progress_previews_and_result(real_server: Server, photo
     assert all(len(p.points) == 1 and p.loss is not None for p in drag)
     previews = [p.preview for p in drag if p.preview is not None]
     assert previews and all((im.width, im.height, im.channels) == (SIDE, SIDE, 3) for im in previews)
-    assert (result.image.width, result.image.height, result.image.channels) == (SIDE, SIDE, 3)
+    # protocol 4: RGBA in the crop's frame; the whole crop is the model's frame here, all of it produced
+    assert (result.image.width, result.image.height, result.image.channels) == (SIDE, SIDE, 4)
+    assert result.frame == "crop" and result.offset == (0, 0) and len(result.landed) == 1
+    rgba = np.frombuffer(result.image.data, np.uint8).reshape(SIDE, SIDE, 4)
+    assert (rgba[..., 3] == 255).all()
     assert result.steps == FAST.max_steps and len(result.points) == 1
     assert result.session_id and result.image_id
     assert result.inversion is not None and np.isfinite(result.inversion.psnr)
-    # the drag changed the picture (the engine ran on the projected latent)
-    assert result.image.data != photo.data
+    # the model's pixels: the drag changed the picture (the engine ran on the projected latent)
+    assert rgba[..., :3].tobytes() != photo.data
 
 
 def test_continue_drags_again_without_inverting(real_server: Server, photo: P.Image) -> None:
     with Client(real_server.endpoint, timeout_s=60) as client:
-        first = client.edit(edit(image=photo))
+        first = client.edit(edit(image=photo, result="model"))
         phases: list[str] = []
         again = client.continue_(P.Continue(session_id=first.session_id, handles=first.points,
                                             targets=[(20.0, 12.0)], params=FAST),
@@ -112,11 +116,11 @@ def test_bad_requests_get_errors_a_person_can_act_on(real_server: Server, photo:
         with pytest.raises(ProtocolError) as info:
             client.edit(edit(image=photo, model="ffhq-512"))
         assert info.value.code == ErrorCode.UNKNOWN_MODEL and "install.py --model ffhq-512" in info.value.message
-        small = P.Image(16, 16, 3, bytes(16 * 16 * 3))
+        small = P.Image(16, 16, 3, bytes(16 * 16 * 3))   # any crop size goes; its points must lie on it
         with pytest.raises(ProtocolError) as info:
             client.edit(edit(image=small))
-        assert info.value.code == ErrorCode.BAD_REQUEST and "16x16" in info.value.message
-        assert "32x32" in info.value.message
+        assert info.value.code == ErrorCode.BAD_REQUEST and "outside the 16x16 image" in info.value.message
+        assert info.value.field == "fields.targets[0]"
         with pytest.raises(ProtocolError) as info:
             client.edit(edit(image=photo, handles=[(40.0, 3.0)]))
         assert info.value.code == ErrorCode.BAD_REQUEST and info.value.field == "fields.handles[0]"

@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO))
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", type=Path, required=True)
-    ap.add_argument("--inversion-steps", type=int, default=2)
+    ap.add_argument("--inversion-steps", type=int, default=2,
+                    help="cap on every inversion's steps (quick tests); -1 = the presets' own, as served")
     ap.add_argument("--max-seconds", type=float, default=600.0)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -50,7 +51,8 @@ def main() -> int:
     stylegan2.save_generator(G, model_path)
 
     runner = EditRunner(models={"tiny": model_path, "tinyface": model_path}, device="cpu", cache=True,
-                        cache_dir=None, inversion_steps=args.inversion_steps, alignments={"tinyface": "ffhq"})
+                        cache_dir=None, inversion_steps=None if args.inversion_steps < 0 else args.inversion_steps,
+                        alignments={"tinyface": "ffhq"})
     jobs_log = args.dir / "jobs.jsonl"
     lock = threading.Lock()
     real_run = runner.run
@@ -71,6 +73,9 @@ def main() -> int:
         started = time.monotonic()
         entry = {"type": request.TYPE, "owner": owner, "handles": [list(p) for p in request.handles],
                  "targets": [list(p) for p in request.targets], "mask": request.mask is not None}
+        image = getattr(request, "image", None)
+        if image is not None:
+            entry["image_size"] = [image.width, image.height]
         try:
             result = real_run(owner, request, observe, should_cancel)
             entry.update(outcome="result", session_id=result.session_id, frame=result.frame)

@@ -42,8 +42,11 @@ STEPS = int(os.environ.get("DRAG_STEPS", "5"))
 
 def call(image, drawable, address=ENDPOINT, timeout_s=120):
     """The procedure on ``drawable`` -> (status nick, result layer or None, error text).  The backend
-    also offers the embedded default model (faces-128); these runs use its 'tiny'."""
-    return run_procedure(image, drawable, address, "tiny", timeout_s=timeout_s, timings=timings, max_steps=STEPS)
+    also offers the embedded default model (faces-128); these runs use its 'tiny' (a random model: its
+    drags move no content a person would see, so the result is the model's pixels, which always change;
+    detail_driver.py runs the picture's-own-pixels result on the built-in model)."""
+    return run_procedure(image, drawable, address, "tiny", timeout_s=timeout_s, timings=timings, max_steps=STEPS,
+                         result="model")
 
 
 DRIVER_STARTED = time.monotonic()

@@ -84,7 +84,7 @@ def test_the_face_was_aligned_and_the_layer_placed_exactly(drive) -> None:
     result = (io / "result.rgba").read_bytes()
     assert hashlib.sha256(result).hexdigest() == job["rgba_sha256"]
     session = new["session"]
-    assert session["v"] == 3 and session["frame"] == "crop" and session["region"] == list(PHOTO)
+    assert session["v"] == 4 and session["frame"] == "crop" and session["region"] == list(PHOTO)
     assert session["crop"] == new["offsets"] + new["size"]
 
 

@@ -139,14 +139,14 @@ def test_composite_changes_only_inside_the_mask(drive) -> None:
     assert outside_same >= W * H - cw * ch
 
 
-def test_backend_got_model_sized_points_and_inverted_once(drive) -> None:
+def test_backend_got_the_crop_s_own_pixels_points_and_inverted_once(drive) -> None:
     report, _io, jobs = drive
     crop = geometry.Rect(*report["edit"]["layers"][0]["session"]["crop"])
     assert [j["type"] for j in jobs] == ["edit", "continue"], jobs
     first = jobs[0]
     assert first["outcome"] == "result" and "inversion" in first["phases"] and "drag" in first["phases"]
-    want = geometry.clamp_to_model(geometry.to_model_points(HANDLES, crop, MODEL), MODEL)
-    assert first["handles"] == [list(p) for p in want]
+    want = geometry.to_sent_points(HANDLES, crop, (crop.w, crop.h))    # protocol 4: the crop's own pixels
+    assert first["handles"] == [list(p) for p in want] and first["image_size"] == [crop.w, crop.h]
     assert first["mask"] is True
 
 

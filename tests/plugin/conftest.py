@@ -40,8 +40,8 @@ def _fresh_fake():
 
 
 class FakeBackend:
-    """Stands in for draggan_core.link.Backend: one model, answers edit/continue with the input
-    image inverted (edit) or the last result brightened (continue), records every call."""
+    """Stands in for draggan_core.link.Backend (protocol 4): one model, answers edit with the crop it
+    was sent inverted and continue with grey, as RGBA in the crop's frame; records every call."""
 
     def __init__(self, models: list[tuple[str, int, int]] | None = None, psnr: float = 24.0,
                  stlpips: float = 0.15, aligned: tuple[str, ...] = (), whole: tuple[str, ...] = ()) -> None:
@@ -58,7 +58,8 @@ class FakeBackend:
         self.address = ""
         self.undo_depth_seen: list[int] = []
         self.session_prefix = "s"
-        self.geometry: dict[str, Any] = {}   # aligned sessions: (produced area, its box)
+        self.geometry: dict[str, Any] = {}   # each session's (produced area, its box)
+        self.aligned_sessions: set[str] = set()
         self.stall = False   # edit answers the handles where they started (a drag that never moved)
 
     # the factory edit.run_edit calls
@@ -88,10 +89,11 @@ class FakeBackend:
     def _note_undo(self) -> None:
         self.undo_depth_seen.extend(img.undo_depth for img in fakegimp.all_images)
 
-    def edit(self, model, rgb, size, handles, targets, mask, params, on_progress, should_cancel, align="off"):
+    def edit(self, model, rgb, size, handles, targets, mask, params, on_progress, should_cancel, align="off",
+             result="detail"):
         self._note_undo()
         self.calls.append(("edit", dict(model=model, rgb=rgb, size=size, handles=handles, targets=targets,
-                                        mask=mask, params=params, align=align)))
+                                        mask=mask, params=params, align=align, result=result)))
         quality = protocol.InversionQuality(self.psnr, self.stlpips)
         chosen = next(m for m in self.models_list if m.name == model)
         if align == "auto" and chosen.alignment != "none":
@@ -102,11 +104,12 @@ class FakeBackend:
             from draggan_core import errors
             raise errors.cancelled()
         self.sessions += 1
-        w, h = size
         session = "none" if self.session_prefix == "none" else f"{self.session_prefix}{self.sessions}"
-        return protocol.Result(image=protocol.Image(w, h, 3, bytes(255 - b for b in rgb)),
-                               points=handles if self.stall else targets,
-                               session_id=session, inversion=quality, steps=3)
+        # the whole crop is the model's frame: RGBA of all of it, every pixel produced
+        self.geometry[session] = self._whole(size)
+        return self._crop_result(size, session, handles if self.stall else targets, quality,
+                                 lambda x, y, w: [255 - b for b in rgb[(y * w + x) * 3:(y * w + x) * 3 + 3]],
+                                 aligned=False)
 
     # The aligned edit as the server answers it (protocol 3): RGBA in the region's frame, alpha 255 on
     # the "produced area" -- here a diamond of radius `face_radius` around the first handle, cut where
@@ -125,7 +128,11 @@ class FakeBackend:
         ys = [y for y in range(h) for x in range(w) if inside[y][x]]
         return inside, (min(xs), min(ys), max(xs) + 1, max(ys) + 1)
 
-    def _crop_result(self, size, session, points, quality, value):
+    def _whole(self, size):
+        w, h = size
+        return [[True] * w for _ in range(h)], (0, 0, w, h)
+
+    def _crop_result(self, size, session, points, quality, value, aligned=True):
         inside, (x0, y0, x1, y1) = self.geometry[session]
         w = size[0]
         out = bytearray()
@@ -133,11 +140,14 @@ class FakeBackend:
             for x in range(x0, x1):
                 # the server zeroes colour outside the produced area too
                 out += bytes(value(x, y, w)) + b"\xff" if inside[y][x] else b"\x00" * 4
-        note = ("no face found: editing without alignment" if self.no_face
-                else "face aligned (rotated +20 deg, 2.00 crop px per model px)")
+        note = ""
+        if aligned:
+            note = ("no face found: editing without alignment" if self.no_face
+                    else "face aligned (rotated +20 deg, 2.00 crop px per model px)")
         return protocol.Result(image=protocol.Image(x1 - x0, y1 - y0, 4, bytes(out)), points=points,
                                session_id=session, inversion=quality, steps=3, frame="crop", offset=(x0, y0),
-                               alignment="none" if self.no_face else "ffhq", note=note)
+                               alignment="ffhq" if aligned and not self.no_face else "none", note=note,
+                               landed=[not self.stall] * len(points))
 
     def _aligned(self, rgb, size, handles, targets, on_progress, quality):
         note = ("no face found: editing without alignment" if self.no_face
@@ -147,24 +157,22 @@ class FakeBackend:
         self.sessions += 1
         session = "none" if self.session_prefix == "none" else f"{self.session_prefix}{self.sessions}"
         self.geometry[session] = self._produced(size, handles[0])
+        self.aligned_sessions.add(session)
         return self._crop_result(size, session, targets, quality,
                                  lambda x, y, w: [255 - b for b in rgb[(y * w + x) * 3:(y * w + x) * 3 + 3]])
 
     def continue_session(self, session_id, size, handles, targets, mask, params, on_progress, should_cancel,
-                         model=""):
+                         model="", result=None):
         from draggan_core import link
 
         self._note_undo()
         self.calls.append(("continue", dict(session_id=session_id, size=size, handles=handles,
-                                            targets=targets, mask=mask, params=params)))
+                                            targets=targets, mask=mask, params=params, result=result)))
         if self.session_gone:
             raise link.SessionGone("unknown session")
         on_progress(protocol.Progress(phase="drag", step=1, total=params["max_steps"]))
-        if session_id in self.geometry:
-            return self._crop_result(size, session_id, targets, None, lambda x, y, w: [200, 200, 200])
-        w, h = size
-        return protocol.Result(image=protocol.Image(w, h, 3, bytes([200]) * (w * h * 3)), points=targets,
-                               session_id=session_id, steps=1)
+        return self._crop_result(size, session_id, targets, None, lambda x, y, w: [200, 200, 200],
+                                 aligned=session_id in self.aligned_sessions)
 
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.calls if kind in ("edit", "continue")]

@@ -1,8 +1,9 @@
-"""Face alignment on the plug-in's side (protocol 3), with the fake GIMP and a fake backend that
-answers as the server does: for a model whose alignment is "ffhq" and align=auto the plug-in sends
-the native region (not a model-sized crop) with region-pixel points, places the RGBA result exactly
-at the returned offset, masks only the produced area, keeps the original untouched, and drags
-again through the same session; align=off and models without alignment keep the old path."""
+"""Face alignment on the plug-in's side, with the fake GIMP and a fake backend that answers as the
+server does: for a model whose alignment is "ffhq" and align=auto the plug-in sends the largest native
+region around the points (not the model-shaped crop) with region-pixel points, places the RGBA result
+exactly at the returned offset, masks only the produced area, keeps the original untouched, and drags
+again through the same session; align=off and models without alignment send the model-shaped crop
+(at its own resolution too, protocol 4)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_aligned_edit_sends_the_native_region_and_places_the_result_exactly() ->
     # the original is untouched; the progress text said that the face was aligned
     assert layer.writes == 0 and bytes(layer.data) == before and image.layers == [out.layer, layer]
     assert any("face aligned (rotated" in t for t in seen)
-    assert any("sending a 70x56 region at full resolution" in t for t in seen)
+    assert any("sending the 70x56 crop at its own resolution; the backend aligns the face in it" in t for t in seen)
     record = parasite.read_record(out.layer)
     assert record is not None and record.native and record.region == out.region and record.crop == out.crop
 
@@ -102,15 +103,17 @@ def test_no_face_found_is_said_and_the_unaligned_box_is_placed() -> None:
 
 
 @pytest.mark.parametrize("case", ["off", "model without alignment"])
-def test_align_off_or_unaligned_model_keeps_the_model_sized_crop(case: str) -> None:
+def test_align_off_or_unaligned_model_sends_the_model_shaped_crop(case: str) -> None:
     aligned = ("face",) if case == "off" else ()
     backend = FakeBackend(models=[("face", 16, 16)], aligned=aligned)
     image, layer = _scene()
     out = edit.run_edit(image, [layer], _opts(align="off" if case == "off" else "auto"), edit.Progress(), backend)
     call = backend.calls[1][1]
-    assert call["align"] == "off" and call["size"] == (16, 16) and out.region is None and out.alignment == ""
+    crop = out.region
+    assert call["align"] == "off" and out.alignment == "" and crop is not None and crop.w == crop.h
+    assert call["size"] == (crop.w, crop.h) and crop.w < 56     # the crop around the points, natively
     record = parasite.read_record(out.layer)
-    assert record is not None and not record.native
+    assert record is not None and record.native and not record.aligned
 
 
 def test_changing_the_align_option_inverts_anew() -> None:
@@ -133,8 +136,8 @@ def test_native_region_is_capped_and_centred_on_the_points() -> None:
     with pytest.raises(errors.PluginError, match="at most 2048x2048"):
         geometry.plan_native_region([(0.0, 0.0), (4000.0, 10.0)], layer)
     # region pixel-centre coordinates, kept on the region's grid
-    assert geometry.to_region_points([(10.5, 20.5), (0.0, 0.0)], geometry.Rect(10, 20, 5, 5)) == [(0.0, 0.0),
-                                                                                                 (0.0, 0.0)]
+    assert geometry.to_sent_points([(10.5, 20.5), (0.0, 0.0)], geometry.Rect(10, 20, 5, 5), (5, 5)) == [(0.0, 0.0),
+                                                                                                       (0.0, 0.0)]
 
 
 def test_a_result_that_does_not_fit_the_region_is_refused_before_anything_is_written() -> None:

@@ -35,9 +35,11 @@ class ScriptedReplica(ScriptedRouter):
         if isinstance(message, protocol.Edit):
             if self.edit_error:
                 return protocol.Error(*self.edit_error)
-            return protocol.Result(image=protocol.Image(SIDE, SIDE, 3, bytes([90]) * SIDE * SIDE * 3),
+            w, h = message.image.width, message.image.height   # protocol 4: RGBA in the crop's frame
+            return protocol.Result(image=protocol.Image(w, h, 4, bytes([90, 90, 90, 255]) * w * h),
                                    points=message.targets, session_id="fresh", steps=2,
-                                   inversion=protocol.InversionQuality(24.0, 0.1))
+                                   inversion=protocol.InversionQuality(24.0, 0.1), frame="crop",
+                                   landed=[True] * len(message.targets))
         return protocol.Error("bad_request", "not scripted")
 
 

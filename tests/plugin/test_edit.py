@@ -17,6 +17,11 @@ def _opts(**kw) -> options.Options:
     return options.Options(**base)
 
 
+def _rgb(drawable, x0: int, y0: int, w: int, h: int) -> bytes:
+    """RGB bytes of a rectangle of a fake drawable (its own pixels, alpha dropped)."""
+    return b"".join(drawable.pixel(x, y)[:3] for y in range(y0, y0 + h) for x in range(x0, x0 + w))
+
+
 def _scene(offsets=(0, 0)):
     """A 60x50 photo layer at `offsets` in a bigger image, a two-stroke path and a selection."""
     image, layer = fakegimp.make_photo(60, 50, offsets=offsets, image_size=(100, 80))
@@ -55,32 +60,44 @@ def test_edit_makes_one_masked_layer_at_the_crop_in_one_undo_group(backend: Fake
     start, end = names.index("undo_group_start"), names.index("undo_group_end")
     inserted = [i for i, c in enumerate(fakegimp.log) if c[:2] == ("insert_layer", out.layer.name)]
     assert len(inserted) == 1 and start < inserted[0] < end
-    for inside in ("add_mask", "attach_parasite", "Selection.grow", "Selection.feather"):
+    for inside in ("add_mask", "attach_parasite"):
         assert start < names.index(inside) < end, inside
 
-    # temporary scaling images: crop -> model with LoHalo, model -> crop with cubic; all deleted
-    scales = [c for c in fakegimp.log if c[0] == "Image.scale"]
-    assert scales[0][1:] == (crop.w, crop.h, 16, 16, "LOHALO")
-    assert scales[1][1:] == (16, 16, crop.w, crop.h, "CUBIC")
-    temps = [img for img in fakegimp.all_images if img is not image]
-    assert temps and all(img.deleted for img in temps)
+    # protocol 4: the crop goes at its own resolution, nothing is scaled, no temporary image
+    assert not any(c[0] == "Image.scale" for c in fakegimp.log)
+    assert all(img is image for img in fakegimp.all_images)
 
-    # what the backend got: model-sized RGB, the selection as a mask, points in model pixels
+    # what the backend got: the crop's own RGB, the selection as a mask, points in crop pixels
     kind, req = backend.calls[1]
-    assert kind == "edit" and req["size"] == (16, 16) and len(req["rgb"]) == 16 * 16 * 3
-    assert req["mask"] is not None and 0 < sum(1 for b in req["mask"] if b) < 16 * 16
-    expect = geometry.to_model_points([(27.0, 25.0), (37.0, 30.0)], crop, (16, 16))
-    assert req["handles"] == expect
-    assert req["params"]["max_steps"] == 20
+    assert kind == "edit" and req["size"] == (crop.w, crop.h) and len(req["rgb"]) == crop.w * crop.h * 3
+    assert req["rgb"] == _rgb(layer, crop.x - 7, crop.y - 5, crop.w, crop.h)
+    assert req["mask"] is not None and 0 < sum(1 for b in req["mask"] if b) < crop.w * crop.h
+    expect = geometry.to_sent_points([(27.0, 25.0), (37.0, 30.0)], crop, (crop.w, crop.h))
+    assert req["handles"] == expect and expect[0] == (27.0 - crop.x - 0.5, 25.0 - crop.y - 0.5)
+    assert req["params"]["max_steps"] == 20 and req["result"] == "detail" and "pti" not in req["params"]
+
+    # the layer holds what came back, pixel for pixel (the fake inverts the crop it was sent)
+    assert _rgb(out.layer, 0, 0, crop.w, crop.h) == bytes(255 - b for b in req["rgb"])
 
     # the session record: crop, model, address
     rec = parasite.read_record(out.layer)
-    assert rec is not None and rec.crop == crop and rec.session_id == "s1" and rec.model == "tiny"
+    assert rec is not None and rec.crop == crop and rec.region == crop and rec.session_id == "s1"
+    assert rec.model == "tiny" and rec.pti == "auto" and not rec.aligned
 
 
-def test_layer_mask_is_the_grown_selection_inside_the_inset_crop(backend: FakeBackend) -> None:
+def test_with_the_picture_s_detail_the_mask_is_the_whole_result(backend: FakeBackend) -> None:
+    """The backend keeps every pixel the drag did not move: nothing to hide, nothing feathered."""
     image, layer = _scene()
     out = edit.run_edit(image, [layer], _opts(), edit.Progress(), backend)
+    crop, mask = out.crop, out.layer.get_mask()
+    assert all(mask.pixel(x, y)[0] == 255 for y in range(crop.h) for x in range(crop.w))
+    assert not any(c[0] in ("Selection.grow", "Selection.feather", "Selection.shrink") for c in fakegimp.log)
+
+
+def test_with_the_model_s_pixels_the_mask_is_the_grown_selection_inside_the_inset_crop(backend: FakeBackend) -> None:
+    image, layer = _scene()
+    out = edit.run_edit(image, [layer], _opts(result="model"), edit.Progress(), backend)
+    assert backend.calls[1][1]["result"] == "model"
     crop, mask = out.crop, out.layer.get_mask()
     plan = geometry.plan_mask(crop, True)
     inner = crop.inset(plan.inset)
@@ -94,14 +111,14 @@ def test_layer_mask_is_the_grown_selection_inside_the_inset_crop(backend: FakeBa
     assert ("Selection.feather", float(plan.feather)) in fakegimp.log
 
 
-def test_without_selection_the_whole_crop_with_a_soft_border(backend: FakeBackend) -> None:
+def test_with_the_model_s_pixels_and_no_selection_the_whole_crop_with_a_soft_border(backend: FakeBackend) -> None:
     image, layer = _scene()
     fakegimp.Selection.none(image)
-    out = edit.run_edit(image, [layer], _opts(), edit.Progress(), backend)
+    out = edit.run_edit(image, [layer], _opts(result="model"), edit.Progress(), backend)
     assert backend.calls[1][1]["mask"] is None                   # everything may move
     plan = geometry.plan_mask(out.crop, False)
-    inner = out.crop.inset(plan.inset)
-    assert ("select_rectangle", "REPLACE", inner.x, inner.y, inner.w, inner.h, 1) in fakegimp.log
+    assert ("Selection.shrink", plan.inset) in fakegimp.log and plan.inset > 0
+    assert ("Selection.feather", float(plan.feather)) in fakegimp.log
     assert not any(c[0] == "Selection.grow" for c in fakegimp.log)
     assert fakegimp.Selection.bounds(image)[1] is False          # still nothing selected
 
@@ -162,7 +179,7 @@ def test_drag_again_continues_the_session_without_inverting(backend: FakeBackend
     assert second.continued and second.crop == first.crop
     # the record holds no secret and no routing id: the identity token (GIMP's folder) owns the session
     raw = json.loads(bytes(first.layer.get_parasite(parasite.PARASITE_NAME).get_data()))
-    assert raw["v"] == 3 and "routing_id" not in raw and "token" not in raw and raw["frame"] == "model"
+    assert raw["v"] == 4 and "routing_id" not in raw and "token" not in raw and raw["frame"] == "crop"
     kind, req = backend.calls[-2]
     assert kind == "continue" and req["session_id"] == "s1"
     assert image.layers == [second.layer, first.layer, layer]
@@ -214,8 +231,8 @@ def test_poor_inversion_is_named_in_progress_and_layer() -> None:
 
 @pytest.mark.parametrize("selected", [True, False])
 def test_a_drag_that_stopped_short_is_named_with_advice(backend: FakeBackend, selected: bool) -> None:
-    """The backend's tracked handles came back where they started (a stalled drag): the layer says so
-    and the status line says what may free it (the selection when there was one)."""
+    """The backend says the handles did not land (its dense-motion check): the layer says so and the
+    status line says which and what may free it (the selection when there was one)."""
     backend.stall = True
     image, layer = _scene()
     if not selected:
@@ -224,7 +241,7 @@ def test_a_drag_that_stopped_short_is_named_with_advice(backend: FakeBackend, se
     assert out.stopped_short and not out.poor_inversion
     assert out.layer.name == "Photo (DragGAN — stopped short)"
     done = [c[1] for c in fakegimp.log if c[0] == "progress_set_text"][-1]
-    assert "stopped short (0% of the way)" in done
+    assert "stopped short (every handle did not reach its target)" in done
     assert ("Mask strength" in done) == selected and ("more steps" in done) == (not selected)
     # a drag that got there is not flagged; a poor inversion and a short drag are both named
     backend.stall = False
@@ -322,3 +339,25 @@ def test_a_layer_from_an_older_plug_in_inverts_anew_and_says_why(backend: FakeBa
     texts_seen = [c[1] for c in fakegimp.log if c[0] == "progress_set_text"]
     assert any("made by an older plug-in" in t for t in texts_seen)
     assert parasite.read_record(second.layer) is not None    # the new result can be continued
+
+
+def test_a_changed_colour_is_named_in_the_status_line() -> None:
+    """The backend's local colour figure (protocol 4): a reconstruction that is good on average but turned
+    an eye blue is said to have changed a colour, with what keeps it (PTI); a small one is not named."""
+    from draggan_wire import protocol
+
+    backend = FakeBackend(psnr=27.0, stlpips=0.03)
+    image, layer = _scene()
+    real = backend._crop_result
+
+    def with_colour(*args, **kw):
+        result = real(*args, **kw)
+        if result.inversion is not None:
+            result.inversion = protocol.InversionQuality(27.0, 0.03, colour=33.0, colour_at=(8, 9))
+        return result
+
+    backend._crop_result = with_colour  # type: ignore[method-assign]
+    out = edit.run_edit(image, [layer], _opts(), edit.Progress(), backend)
+    done = [c[1] for c in fakegimp.log if c[0] == "progress_set_text"][-1]
+    assert not out.poor_inversion and "changed a colour somewhere (delta E 33" in done and "PTI" in done
+    assert "changed a colour" not in texts.quality_text(27.0, 0.03, None, texts.COLOUR_NOTICE - 1)

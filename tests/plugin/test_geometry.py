@@ -98,18 +98,27 @@ def test_random_crops_always_fit_contain_points_and_keep_aspect() -> None:
         assert abs(crop.w / crop.h - model[0] / model[1]) <= 1.0 / crop.h + 1.0 / crop.w + 1e-9
 
 
-def test_model_coordinates_round_trip_and_pixel_centres() -> None:
-    crop = Rect(100, 50, 256, 128)
-    model = (128, 64)
-    pts = [(100.0, 50.0), (101.0, 51.0), (356.0, 178.0), (200.25, 99.5)]
-    there = geometry.to_model_points(pts, crop, model)
-    assert there[0] == (-0.5, -0.5)          # the crop's corner is the model's first pixel's corner
-    assert there[1] == (0.0, 0.0)            # centre of the first 2x2 block -> centre of model pixel 0
-    back = geometry.from_model_points(there, crop, model)
+def test_sent_coordinates_round_trip_and_pixel_centres() -> None:
+    crop = Rect(100, 50, 4096, 2048)
+    size = geometry.sent_size(crop)
+    assert size == (2048, 1024)                       # over the backend's 2048 px: halved, aspect kept
+    assert geometry.sent_size(Rect(0, 0, 300, 200)) == (300, 200)   # at most 2048: sent as it is
+    pts = [(102.0, 52.0), (103.0, 53.0), (200.25, 99.5)]
+    there = geometry.to_sent_points(pts, crop, size)
+    assert there[0] == (0.5, 0.5)            # the centre of the first 2x2 block of the crop
+    assert there[1] == (1.0, 1.0)
+    back = geometry.from_sent_points(there, crop, size)
     assert all(abs(a - b) < 1e-9 for p, q in zip(pts, back) for a, b in zip(p, q))
     # the backend takes pixel indices 0..size-1: edge anchors are pulled onto the grid
-    assert geometry.clamp_to_model(there, model)[0] == (0.0, 0.0)
-    assert geometry.clamp_to_model(there, model)[2] == (127.0, 63.0)
+    edge = geometry.to_sent_points([(100.0, 50.0), (4196.0, 2098.0)], crop, size)
+    assert edge == [(0.0, 0.0), (2047.0, 1023.0)]
+    # at its own size a point's crop pixel is its image pixel minus the crop's corner
+    assert geometry.to_sent_points([(105.5, 60.5)], Rect(100, 50, 64, 64), (64, 64)) == [(5.0, 10.0)]
+
+
+def test_detail_results_need_no_feathered_mask() -> None:
+    plan = geometry.plan_mask(Rect(0, 0, 400, 300), True, detail=True)
+    assert (plan.use_selection, plan.grow, plan.inset, plan.feather) == (False, 0, 0, 0)
 
 
 def test_mask_plan_grow_feather_inset() -> None:

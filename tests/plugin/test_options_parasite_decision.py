@@ -26,7 +26,8 @@ def test_registration_follows_the_table_in_order_with_defaults() -> None:
     options.register_arguments(proc, fakegimp.Gimp, fakegimp.GObject, {"backend-address": "tcp://gpu:7000"})
     names = [a[1][0] for a in proc.args]
     assert names == ["path", "backend-address", "model", "max-steps", "latent", "learning-rate",
-                     "mask-strength", "inversion-preset", "pti", "crop-mode", "align", "backend-timeout"]
+                     "mask-strength", "inversion-preset", "pti", "result", "region", "crop-mode", "align",
+                     "backend-timeout"]
     by_name = {a[1][0]: a for a in proc.args}
     assert by_name["path"][0] == "add_path_argument" and by_name["path"][1][3] is True   # none_ok
     assert by_name["backend-address"][1][3] == "tcp://gpu:7000"
@@ -38,6 +39,16 @@ def test_registration_follows_the_table_in_order_with_defaults() -> None:
     kind, args = by_name["align"]   # face alignment (protocol 3): auto by default, off for the old way
     assert kind == "add_choice_argument" and args[4] == "auto"
     assert [e[0] for e in args[3].entries] == ["auto", "off"]
+    # protocol 4: the picture's own detail by default, the model's pixels on request
+    kind, args = by_name["result"]
+    assert kind == "add_choice_argument" and args[4] == "detail"
+    assert [e[0] for e in args[3].entries] == list(protocol.RESULT_MODES)
+    kind, args = by_name["region"]
+    assert kind == "add_choice_argument" and args[4] == "points"
+    assert [e[0] for e in args[3].entries] == list(protocol.REGIONS)
+    kind, args = by_name["pti"]   # the model's own by default (faces-128 tunes, official models do not)
+    assert kind == "add_choice_argument" and args[4] == "auto"
+    assert [e[0] for e in args[3].entries] == ["auto", "on", "off"]
 
 
 class FakeConfig:
@@ -51,14 +62,20 @@ class FakeConfig:
 def test_read_options_and_protocol_params_validate() -> None:
     values = {a.name: a.default for a in options.ARGUMENTS}
     values.update({"backend-address": "  tcp://127.0.0.1:6000 ", "model": " tiny ", "latent": "w",
-                   "max-steps": 17, "pti": True})
+                   "max-steps": 17, "pti": "on", "result": "model", "region": "whole"})
     opts = options.read_options(FakeConfig(values))
     assert opts.backend_address == "tcp://127.0.0.1:6000" and opts.model == "tiny"
     params = options.edit_params(opts)
     # the protocol's own validation accepts exactly these fields
     parsed = protocol.EditParams.from_fields(params)
     assert parsed.max_steps == 17 and parsed.latent == "w" and parsed.pti is True
-    assert parsed.preview_every == 0
+    assert parsed.preview_every == 0 and parsed.region == "whole" and opts.result == "model"
+    # PTI "auto" sends no field (the model's own), "off" sends false
+    for choice, sent in (("auto", None), ("off", False)):
+        values["pti"] = choice
+        assert protocol.EditParams.from_fields(options.edit_params(options.read_options(FakeConfig(values)))).pti \
+            is sent
+    values["pti"] = "on"
     assert (parsed.r1, parsed.r2) == (3.0, 12.0)          # the official radii for 512 px models
     for height in (32, 64, 128, 256, 512, 1024):
         r1, r2 = options.radii_for(height)
@@ -90,7 +107,7 @@ def test_plugin_config_file(tmp_path) -> None:
 
 
 RECORD = parasite.SessionRecord("tcp://127.0.0.1:5555", "sess-1", Rect(10, 20, 128, 64), "faces-128",
-                                (128, 64), pti=True)
+                                (128, 64), pti="on", region=Rect(10, 20, 128, 64))
 
 
 def test_parasite_round_trip_on_a_layer() -> None:
@@ -106,38 +123,41 @@ def test_parasite_round_trip_on_a_layer() -> None:
 def test_damaged_records_read_as_none() -> None:
     good = parasite.encode_record(RECORD)
     assert parasite.decode_record(good) == RECORD
-    for bad in (b"", b"{", b"[]", good.replace(b'"v": 3', b'"v": 4'), good.replace(b'"v": 3', b'"v": 2'),
-                good.replace(b'"v": 3', b'"v": 1'), good.replace(b"128, 64]", b"0, 64]"),
-                good.replace(b'"sess-1"', b'""'), b'{"v": 3}', bytes([0xff, 0xfe]),
-                good.replace(b'"frame": "model"', b'"frame": "crop"'),          # crop frame without region
-                good.replace(b'"frame": "model"', b'"frame": "sideways"'),
-                good.replace(b'"frame": "model"', b'"frame": "crop", "region": [0, 0, 0, 5]')):
+    assert b'"v": 4' in good
+    for bad in (b"", b"{", b"[]", good.replace(b'"v": 4', b'"v": 5'), good.replace(b'"v": 4', b'"v": 3'),
+                good.replace(b'"v": 4', b'"v": 1'), good.replace(b"128, 64]", b"0, 64]"),
+                good.replace(b'"sess-1"', b'""'), b'{"v": 4}', bytes([0xff, 0xfe]),
+                good.replace(b'"frame": "crop"', b'"frame": "model"'),          # protocol 3's model frame
+                good.replace(b'"frame": "crop"', b'"frame": "sideways"'),
+                good.replace(b'"pti": "on"', b'"pti": true'),                   # protocol 3's boolean
+                good.replace(b'"region": [10, 20, 128, 64]', b'"region": [0, 0, 0, 5]')):
         assert parasite.decode_record(bad) is None, bad
-    # version 2 (protocol 2) and 1 records are "outdated": the next drag inverts anew and says why
-    assert parasite.is_outdated(good.replace(b'"v": 3', b'"v": 2'))
-    assert parasite.is_outdated(good.replace(b'"v": 3', b'"v": 1')) and not parasite.is_outdated(good)
+    # version 3, 2 and 1 records are "outdated": the next drag inverts anew and says why
+    for older in (b'"v": 3', b'"v": 2', b'"v": 1'):
+        assert parasite.is_outdated(good.replace(b'"v": 4', older))
+    assert not parasite.is_outdated(good)
 
 
 def test_aligned_record_round_trip() -> None:
     native = parasite.SessionRecord("tcp://127.0.0.1:5555", "sess-2", Rect(30, 40, 50, 60), "ffhq-512",
-                                    (512, 512), False, parasite.FRAME_CROP, Rect(0, 0, 400, 300))
+                                    (512, 512), "off", parasite.FRAME_CROP, Rect(0, 0, 400, 300), aligned=True)
     back = parasite.decode_record(parasite.encode_record(native))
-    assert back == native and back is not None and back.native and not RECORD.native
+    assert back == native and back is not None and back.native and back.aligned and not RECORD.aligned
 
 
 def test_decision_continue_only_when_everything_matches() -> None:
     crop = RECORD.crop
     inside = [(20.0, 30.0), (100.0, 70.0)]
-    d = decision.decide(RECORD, crop, "tcp://localhost:5555", "", True, inside)
+    d = decision.decide(RECORD, crop, "tcp://localhost:5555", "", "on", inside)
     assert d.continue_session and "no re-inversion" in d.reason and d.record == RECORD
-    assert decision.decide(RECORD, crop, "tcp://127.0.0.1:5555", "faces-128", True, inside).continue_session
+    assert decision.decide(RECORD, crop, "tcp://127.0.0.1:5555", "faces-128", "on", inside).continue_session
     cases = {
-        "no previous": decision.decide(None, crop, RECORD.address, "", True, inside),
-        "lives on": decision.decide(RECORD, crop, "tcp://10.0.0.9:5555", "", True, inside),
-        "model 'other'": decision.decide(RECORD, crop, RECORD.address, "other", True, inside),
-        "PTI setting": decision.decide(RECORD, crop, RECORD.address, "", False, inside),
-        "moved or resized": decision.decide(RECORD, Rect(11, 20, 128, 64), RECORD.address, "", True, inside),
-        "outside the previous": decision.decide(RECORD, crop, RECORD.address, "", True,
+        "no previous": decision.decide(None, crop, RECORD.address, "", "on", inside),
+        "lives on": decision.decide(RECORD, crop, "tcp://10.0.0.9:5555", "", "on", inside),
+        "model 'other'": decision.decide(RECORD, crop, RECORD.address, "other", "on", inside),
+        "PTI setting": decision.decide(RECORD, crop, RECORD.address, "", "auto", inside),
+        "moved or resized": decision.decide(RECORD, Rect(11, 20, 128, 64), RECORD.address, "", "on", inside),
+        "outside the previous": decision.decide(RECORD, crop, RECORD.address, "", "on",
                                                 inside + [(5.0, 30.0)]),
     }
     for words, d in cases.items():
@@ -152,3 +172,7 @@ def test_mask_modes_constants_are_the_dialog_choices() -> None:
     assert tuple(c[0] for c in latent_arg.choices) == protocol.LATENT_SPACES[::-1]
     preset_arg = next(a for a in options.ARGUMENTS if a.name == "inversion-preset")
     assert tuple(c[0] for c in preset_arg.choices) == protocol.INVERSION_PRESETS
+    result_arg = next(a for a in options.ARGUMENTS if a.name == "result")
+    assert tuple(c[0] for c in result_arg.choices) == protocol.RESULT_MODES
+    region_arg = next(a for a in options.ARGUMENTS if a.name == "region")
+    assert tuple(c[0] for c in region_arg.choices) == protocol.REGIONS

@@ -29,7 +29,7 @@ OUTDATED = ("inverting anew: this layer's DragGAN session was made by an older p
             "cannot be continued; drag again on the new result continues it")
 
 
-def decide(record: SessionRecord | None, layer: Rect, address: str, model: str, pti: bool,
+def decide(record: SessionRecord | None, layer: Rect, address: str, model: str, pti: str,
            points: Sequence[Point], outdated: bool = False) -> Decision:
     """Continue when the layer carries a session of the same backend and model, still covers the
     session's crop exactly (not moved or resized), and every new point lies inside that crop.
@@ -46,7 +46,7 @@ def decide(record: SessionRecord | None, layer: Rect, address: str, model: str, 
                                f"not on {address}")
     if model and model != record.model:
         return Decision(False, f"inverting anew: model '{model}' differs from the session's '{record.model}'")
-    if bool(pti) != bool(record.pti):
+    if pti != record.pti:
         return Decision(False, "inverting anew: the PTI setting changed")
     if layer != record.crop:
         return Decision(False, "inverting anew: the layer was moved or resized since the last drag")

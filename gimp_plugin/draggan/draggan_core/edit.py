@@ -104,53 +104,57 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
         model = backend.pick_model(opts.model or (choice.record.model if choice.continue_session
                                                   and choice.record else ""))
         model_size = (model.width, model.height)
-        # Face alignment (protocol 3): for a model trained on aligned faces the backend gets a native
-        # region and aligns it; for any other model "auto" means none.
-        native = opts.align == options.ALIGN_AUTO and getattr(model, "alignment", "none") != "none"
+        # Face alignment: for a model trained on aligned faces the backend aligns the face in the crop;
+        # for any other model "auto" means none.
+        aligned = opts.align == options.ALIGN_AUTO and getattr(model, "alignment", "none") != "none"
         if choice.continue_session and choice.record and choice.record.model_size != model_size:
             choice = decision.Decision(False, "inverting anew: the model's size changed on the backend")
-        if choice.continue_session and choice.record and choice.record.native != native:
+        if choice.continue_session and choice.record and choice.record.aligned != aligned:
             choice = decision.Decision(False, "inverting anew: the face alignment setting changed")
-        if native:
-            crop = (choice.record.region if choice.continue_session and choice.record and choice.record.region
-                    else geometry.plan_native_region(drag.all_points(), source_rect))
-        elif choice.continue_session and choice.record:
-            crop = choice.record.crop
-        else:
+
+        def plan() -> geometry.Rect:
+            if aligned:
+                return geometry.plan_native_region(drag.all_points(), source_rect)
             crop_mode = opts.crop_mode
             if crop_mode == geometry.CROP_AUTO and getattr(model, "framing", "any") == "whole":
                 # a model of whole subjects (the built-in faces) cannot draw part of one: a crop around
                 # the points of a larger picture would invert poorly
                 crop_mode = geometry.CROP_LAYER
                 progress.text(f"DragGAN: {model.name} draws whole pictures: sending the whole layer")
-            crop = geometry.plan_crop(drag.all_points(), source_rect, model_size, crop_mode, selection)
+            return geometry.plan_crop(drag.all_points(), source_rect, model_size, crop_mode, selection)
+
+        crop = choice.record.region if choice.continue_session and choice.record else plan()
         if selection is not None and selection.intersect(crop) is None:
             raise errors.selection_outside_crop()
 
         def inputs(crop: geometry.Rect) -> tuple[bytes, bytes | None, tuple[int, int], list[geometry.Point],
                                                  list[geometry.Point]]:
-            """(pixels, selection mask, their size, handles, targets) as the backend gets them."""
+            """(pixels, selection mask, their size, handles, targets) as the backend gets them: the crop
+            at its own resolution, scaled down only to the backend's limit."""
             rgb = ops.read_rgb(layer, crop)
             sel_bytes = ops.read_selection(image, crop) if selection is not None else None
-            if native:
-                progress.text(f"DragGAN: sending a {crop.w}x{crop.h} region at full resolution; the backend "
-                              "aligns the face in it")
-                return (rgb, sel_bytes, (crop.w, crop.h), geometry.to_region_points(drag.handles, crop),
-                        geometry.to_region_points(drag.targets, crop))
-            progress.text(f"DragGAN: reading a {crop.w}x{crop.h} crop, scaling it to {model.width}x{model.height}")
-            model_rgb, model_mask = ops.scale_pixels(rgb, sel_bytes, (crop.w, crop.h), model_size)
-            return (model_rgb, model_mask, model_size,
-                    geometry.clamp_to_model(geometry.to_model_points(drag.handles, crop, model_size), model_size),
-                    geometry.clamp_to_model(geometry.to_model_points(drag.targets, crop, model_size), model_size))
+            size = geometry.sent_size(crop)
+            if size != (crop.w, crop.h):
+                progress.text(f"DragGAN: the {crop.w}x{crop.h} crop is larger than the backend takes "
+                              f"({geometry.MAX_SENT_SIDE} px a side): sending it at {size[0]}x{size[1]}, "
+                              "the result is scaled back up")
+                rgb, sel_bytes = ops.scale_pixels(rgb, sel_bytes, (crop.w, crop.h), size)
+            else:
+                progress.text(f"DragGAN: sending the {crop.w}x{crop.h} crop at its own resolution"
+                              + ("; the backend aligns the face in it" if aligned else ""))
+            return (rgb, sel_bytes, size, geometry.to_sent_points(drag.handles, crop, size),
+                    geometry.to_sent_points(drag.targets, crop, size))
 
         send_rgb, send_mask, send_size, handles, targets = inputs(crop)
         params = options.edit_params(opts, model_size)
 
-        state = {"continued": choice.continue_session, "mode": choice.reason, "psnr": None, "stlpips": None}
+        state = {"continued": choice.continue_session, "mode": choice.reason, "psnr": None, "stlpips": None,
+                 "colour": 0.0}
 
         def on_progress(message: Any) -> None:
             if message.inversion is not None:
                 state["psnr"], state["stlpips"] = message.inversion.psnr, message.inversion.stlpips
+                state["colour"] = float(getattr(message.inversion, "colour", 0.0) or 0.0)
             progress.text(texts.progress_text(message, str(state["mode"]), texts.model_limits(model)))
             progress.update(texts.progress_fraction(message, bool(state["continued"])))
 
@@ -160,86 +164,83 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
             try:
                 result = backend.continue_session(choice.record.session_id, send_size, handles, targets,
                                                   send_mask, params, on_progress, progress.should_cancel,
-                                                  model.name)
+                                                  model.name, opts.result)
             except link.SessionGone:
                 state["continued"] = False
                 state["mode"] = "inverting anew: the backend no longer holds the previous session"
                 choice = decision.Decision(False, str(state["mode"]))
                 progress.text(f"DragGAN: {state['mode']}")
-                if native:   # the old region may reach past this (result) layer: plan a new one on it
-                    crop = geometry.plan_native_region(drag.all_points(), source_rect)
-                    send_rgb, send_mask, send_size, handles, targets = inputs(crop)
+                crop = plan()   # the old region may reach past this (result) layer: plan a new one on it
+                send_rgb, send_mask, send_size, handles, targets = inputs(crop)
         if result is None:
             result = backend.edit(model.name, send_rgb, send_size, handles, targets, send_mask, params,
                                   on_progress, progress.should_cancel,
-                                  align=options.ALIGN_AUTO if native else options.ALIGN_OFF)
+                                  align=options.ALIGN_AUTO if aligned else options.ALIGN_OFF, result=opts.result)
         if progress.should_cancel():
             raise errors.cancelled()
 
     if result.inversion is not None:
         state["psnr"], state["stlpips"] = result.inversion.psnr, result.inversion.stlpips
+        state["colour"] = float(getattr(result.inversion, "colour", 0.0) or 0.0)
     continued = bool(state["continued"])
     limits = texts.model_limits(model)   # the model's own thresholds from the backend, else defaults
     poor = (not continued) and texts.is_poor(state["psnr"], state["stlpips"], limits)
     if continued and record is not None and texts.POOR_SUFFIX in layer.get_name():
         poor = True  # the session still comes from that poor inversion
-    image_out = result.image
-    # result.points are the tracked handles in the frame the points were sent in (model or crop)
+    landed = list(getattr(result, "landed", None) or [])
+    # result.points are the tracked handles in the sent frame; the backend's dense-motion check is the
+    # verdict when it sent one
     share = texts.share_of_the_way(handles, targets, list(getattr(result, "points", None) or []))
-    short = share is not None and share < texts.SHORT_SHARE
+    short = (not all(landed)) if landed else (share is not None and share < texts.SHORT_SHARE)
     name = texts.result_layer_name(layer.get_name(), continued, poor, short)
-    note = ""
-    if native:
-        target = _crop_frame_rect(result, crop, opts.backend_address)   # the produced area's box
-        note = str(getattr(result, "note", ""))
-        new_record = parasite.SessionRecord(opts.backend_address, result.session_id, target, model.name,
-                                            model_size, bool(opts.pti), parasite.FRAME_CROP, crop)
-    else:
-        if (image_out.width, image_out.height) != model_size or getattr(result, "frame", "model") != "model":
-            raise errors.backend_failed(opts.backend_address,
-                                        f"the result is {image_out.width}x{image_out.height}, expected "
-                                        f"{model_size[0]}x{model_size[1]}")
-        progress.text(f"DragGAN: scaling the result back to {crop.w}x{crop.h}")
-        back_rgb, _ = ops.scale_pixels(image_out.data, None, model_size, (crop.w, crop.h), image_out.channels)
-        target = crop
-        new_record = parasite.SessionRecord(opts.backend_address, result.session_id, crop, model.name,
-                                            model_size, bool(opts.pti))
-    plan = geometry.plan_mask(target, selection is not None)
+    target, rgba = _crop_frame_result(result, crop, send_size, opts.backend_address)
+    note = str(getattr(result, "note", ""))
+    new_record = parasite.SessionRecord(opts.backend_address, result.session_id, target, model.name,
+                                        model_size, opts.pti, parasite.FRAME_CROP, crop, aligned)
+    detail = opts.result == options.RESULT_DETAIL
+    plan_mask = geometry.plan_mask(target, selection is not None, detail)
     done_text = "continued the previous drag (no re-inversion)" if continued else "inverted and dragged"
     if note:
         done_text += "; " + note
     if state["psnr"] is not None and not continued:
-        done_text += "; " + texts.quality_text(float(state["psnr"]), float(state["stlpips"] or 0.0), limits)
-    if short and share is not None:
-        done_text += "; " + texts.stopped_short_text(share, send_mask is not None)
+        done_text += "; " + texts.quality_text(float(state["psnr"]), float(state["stlpips"] or 0.0), limits,
+                                               float(state["colour"] or 0.0))
+    if short:
+        done_text += "; " + texts.stopped_short_text(share if share is not None else 0.0, send_mask is not None,
+                                                     landed)
     progress.text(f"DragGAN: {done_text}")
 
     image.undo_group_start()
     try:
-        if native:
-            new_layer = ops.insert_rgba_layer(image, layer, name, target, image_out.data)
-            ops.add_produced_mask(image, new_layer, plan)
-        else:
-            new_layer = ops.insert_result_layer(image, layer, name, crop, back_rgb)
-            ops.add_feathered_mask(image, new_layer, crop, plan)
+        new_layer = ops.insert_rgba_layer(image, layer, name, target, rgba)
+        ops.add_produced_mask(image, new_layer, plan_mask)
         if result.session_id not in NO_SESSION:   # a backend without cache keeps no sessions
             ops.attach_session(new_layer, new_record)
     finally:
         image.undo_group_end()
     progress.update(1.0)
     return EditOutcome(new_layer, target, continued, poor, str(state["mode"]),
-                       str(getattr(result, "alignment", "")) if native else "", note, crop if native else None,
-                       short)
+                       str(getattr(result, "alignment", "")) if aligned else "", note, crop, short)
 
 
-def _crop_frame_rect(result: Any, region: geometry.Rect, address: str) -> geometry.Rect:
-    """Where an aligned result goes (image coordinates): RGBA of the produced area's box at
-    result.offset in the region sent. Anything else is the backend's fault (nothing is written)."""
+def _crop_frame_result(result: Any, crop: geometry.Rect, sent: tuple[int, int], address: str
+                       ) -> tuple[geometry.Rect, bytes]:
+    """Where the result goes (image coordinates) and its RGBA bytes at that size: the backend answers
+    RGBA of the produced area's box at result.offset in the crop it was sent (scaled back to the crop
+    when the crop was sent smaller). Anything else is the backend's fault (nothing is written)."""
     image_out = result.image
     ox, oy = (int(v) for v in getattr(result, "offset", (0, 0)))
+    sw, sh = sent
     if (getattr(result, "frame", "model") != "crop" or image_out.channels != 4
-            or ox + image_out.width > region.w or oy + image_out.height > region.h):
-        raise errors.backend_failed(address, f"the aligned result ({getattr(result, 'frame', '?')} frame, "
+            or ox + image_out.width > sw or oy + image_out.height > sh):
+        raise errors.backend_failed(address, f"the result ({getattr(result, 'frame', '?')} frame, "
                                              f"{image_out.width}x{image_out.height}x{image_out.channels} at "
-                                             f"{ox},{oy}) does not fit the {region.w}x{region.h} region sent")
-    return geometry.Rect(region.x + ox, region.y + oy, image_out.width, image_out.height)
+                                             f"{ox},{oy}) does not fit the {sw}x{sh} crop sent")
+    if (sw, sh) == (crop.w, crop.h):
+        return geometry.Rect(crop.x + ox, crop.y + oy, image_out.width, image_out.height), image_out.data
+    # scaled back to the crop's pixels: the box's edges at the same fractions of the crop
+    x0, y0 = round(ox * crop.w / sw), round(oy * crop.h / sh)
+    x1, y1 = round((ox + image_out.width) * crop.w / sw), round((oy + image_out.height) * crop.h / sh)
+    rgba, _ = ops.scale_pixels(image_out.data, None, (image_out.width, image_out.height),
+                               (max(1, x1 - x0), max(1, y1 - y0)), 4)
+    return geometry.Rect(crop.x + x0, crop.y + y0, max(1, x1 - x0), max(1, y1 - y0)), rgba

@@ -157,12 +157,15 @@ def plan_crop(points: Sequence[Point], layer: Rect, model_size: tuple[int, int],
     return Rect(x, y, wi, hi)
 
 
-# Face alignment (protocol 3): the plug-in cannot see the face (GIMP's Python has no detector), so
-# it sends the largest region the wire allows around the points, at native resolution; the backend
-# finds the face holding the handles in it (the FFHQ quad is about 4x the eye distance) and answers
-# only the area its model produced. 2048 x 2048 is the protocol's MAX_IMAGE_SIDE: as raw RGB 12 MiB
-# plus a 4 MiB mask, inside the server's ZMQ_MAXMSGSIZE frame limit (2048^2 RGBA + 1/64).
-ALIGN_MAX_SIDE = 2048
+# The backend takes crops of at most 2048 px a side (protocol MAX_IMAGE_SIDE: 2048 x 2048 as raw RGB is
+# 12 MiB plus a 4 MiB mask, inside its ZMQ_MAXMSGSIZE frame limit of 2048^2 RGBA + 1/64). Every crop is
+# sent at its own resolution up to that; a larger one is scaled down to it and its result scaled back.
+MAX_SENT_SIDE = 2048
+
+# Face alignment: the plug-in cannot see the face (GIMP's Python has no detector), so it sends the
+# largest region the wire allows around the points; the backend finds the face holding the handles in
+# it (the FFHQ quad is about 4x the eye distance) and answers only the area its model's frame covers.
+ALIGN_MAX_SIDE = MAX_SENT_SIDE
 
 
 def plan_native_region(points: Sequence[Point], layer: Rect, max_side: int = ALIGN_MAX_SIDE) -> Rect:
@@ -181,36 +184,30 @@ def plan_native_region(points: Sequence[Point], layer: Rect, max_side: int = ALI
     return Rect(x, y, w, h)
 
 
-def to_region_points(points: Sequence[Point], region: Rect) -> list[Point]:
-    """Image coordinates -> pixel-centre coordinates of the native region (the backend's crop
-    pixels: the centre of pixel i is i), kept on the region's pixel grid (an anchor on its very
-    edge would otherwise fall half a pixel outside)."""
-    return [(min(max(x - region.x - 0.5, 0.0), region.w - 1.0), min(max(y - region.y - 0.5, 0.0), region.h - 1.0))
+def sent_size(crop: Rect, max_side: int = MAX_SENT_SIDE) -> tuple[int, int]:
+    """(width, height) the crop is sent at: its own, or scaled down (aspect kept) to fit `max_side`."""
+    scale = min(1.0, max_side / max(crop.w, crop.h))
+    if scale >= 1.0:
+        return crop.w, crop.h
+    return max(1, min(max_side, round(crop.w * scale))), max(1, min(max_side, round(crop.h * scale)))
+
+
+def to_sent_points(points: Sequence[Point], crop: Rect, size: tuple[int, int]) -> list[Point]:
+    """Image coordinates -> pixel-centre coordinates of the crop as sent at `size` (the backend's crop
+    pixels: the centre of pixel i is i), kept on its pixel grid (an anchor on the crop's very edge would
+    otherwise fall half a pixel outside).
+
+    GIMP's coordinates are continuous (pixel i spans i..i+1, its centre is i + 0.5)."""
+    w, h = size
+    sx, sy = w / crop.w, h / crop.h
+    return [(min(max((x - crop.x) * sx - 0.5, 0.0), w - 1.0), min(max((y - crop.y) * sy - 0.5, 0.0), h - 1.0))
             for x, y in points]
 
 
-def to_model_points(points: Sequence[Point], crop: Rect, model_size: tuple[int, int]) -> list[Point]:
-    """Image coordinates -> model pixel coordinates of the scaled crop (floats, x then y).
-
-    GIMP's coordinates are continuous (pixel i spans i..i+1, its centre is i + 0.5); model
-    coordinates are pixel indices (the centre of pixel i is i), as the engine samples features.
-    """
-    mw, mh = model_size
-    sx, sy = mw / crop.w, mh / crop.h
-    return [((x - crop.x) * sx - 0.5, (y - crop.y) * sy - 0.5) for x, y in points]
-
-
-def clamp_to_model(points: Sequence[Point], model_size: tuple[int, int]) -> list[Point]:
-    """Keep model coordinates on the model's pixel grid (0..width-1, 0..height-1): an anchor on the
-    crop's very edge maps to -0.5 or size-0.5, which the backend would refuse."""
-    mw, mh = model_size
-    return [(min(max(x, 0.0), mw - 1.0), min(max(y, 0.0), mh - 1.0)) for x, y in points]
-
-
-def from_model_points(points: Sequence[Point], crop: Rect, model_size: tuple[int, int]) -> list[Point]:
-    """Inverse of to_model_points."""
-    mw, mh = model_size
-    sx, sy = mw / crop.w, mh / crop.h
+def from_sent_points(points: Sequence[Point], crop: Rect, size: tuple[int, int]) -> list[Point]:
+    """Inverse of to_sent_points (before its clamping)."""
+    w, h = size
+    sx, sy = w / crop.w, h / crop.h
     return [((x + 0.5) / sx + crop.x, (y + 0.5) / sy + crop.y) for x, y in points]
 
 
@@ -236,8 +233,12 @@ BORDER_FRACTION = 0.06    # without a selection: a soft frame inside the crop
 MIN_FEATHER_PX = 2
 
 
-def plan_mask(crop: Rect, has_selection: bool) -> MaskPlan:
-    """Grow/feather/inset sizes for the result layer's mask (see MaskPlan)."""
+def plan_mask(crop: Rect, has_selection: bool, detail: bool = False) -> MaskPlan:
+    """Grow/feather/inset sizes for the result layer's mask (see MaskPlan). `detail`: the result holds
+    the layer's own pixels wherever the drag moved nothing (the backend keeps them byte for byte), so
+    the mask is the produced area as it is, nothing to hide."""
+    if detail:
+        return MaskPlan(False, 0, 0, 0)
     side = max(crop.w, crop.h)
     if has_selection:
         grow = max(2, int(round(GROW_FRACTION * side)))

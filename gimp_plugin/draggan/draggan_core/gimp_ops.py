@@ -67,7 +67,8 @@ def _get_pixels(drawable: Any, w: int, h: int, fmt: str) -> bytes:
 def scale_pixels(rgb: bytes, mask: bytes | None, size: tuple[int, int], new_size: tuple[int, int],
                  channels: int = 3) -> tuple[bytes, bytes | None]:
     """Scale pixels (and optionally a one-byte mask of the same size) to new_size with GIMP's own
-    interpolation, in a temporary image that is deleted afterwards. -> (RGB bytes, mask bytes)."""
+    interpolation, in a temporary image that is deleted afterwards. -> (pixels with `channels` bytes
+    each, 3 = RGB or 4 = RGBA, mask bytes)."""
     w, h = size
     nw, nh = new_size
     shrinking = nw * nh < w * h
@@ -77,8 +78,8 @@ def scale_pixels(rgb: bytes, mask: bytes | None, size: tuple[int, int], new_size
         # LoHalo is GIMP's best downscaler; cubic is sharp and halo-free enough for 2-4x up
         Gimp.context_set_interpolation(Gimp.InterpolationType.LOHALO if shrinking
                                        else Gimp.InterpolationType.CUBIC)
-        layer = Gimp.Layer.new(tmp, "draggan-scale", w, h, Gimp.ImageType.RGB_IMAGE, 100.0,
-                               Gimp.LayerMode.NORMAL)
+        kind = Gimp.ImageType.RGBA_IMAGE if channels == 4 else Gimp.ImageType.RGB_IMAGE
+        layer = Gimp.Layer.new(tmp, "draggan-scale", w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
         tmp.insert_layer(layer, None, 0)
         _set_pixels(layer, w, h, FORMATS[channels], rgb)
         channel = None
@@ -87,7 +88,7 @@ def scale_pixels(rgb: bytes, mask: bytes | None, size: tuple[int, int], new_size
             tmp.insert_channel(channel, None, 0)
             _set_pixels(channel, w, h, MASK_U8, mask)
         tmp.scale(nw, nh)
-        out_rgb = _get_pixels(layer, nw, nh, RGB_U8)
+        out_rgb = _get_pixels(layer, nw, nh, FORMATS[channels])
         out_mask = _get_pixels(channel, nw, nh, MASK_U8) if channel is not None else None
     finally:
         tmp.delete()
@@ -113,19 +114,9 @@ def rgb_to_rgba(rgb: bytes) -> bytes:
     return bytes(out)
 
 
-def insert_result_layer(image: Any, source: Any, name: str, crop: Rect, rgb: bytes) -> Any:
-    """A new layer of the crop's size at the crop's offsets, directly above `source`."""
-    layer = Gimp.Layer.new(image, name, crop.w, crop.h, new_layer_type(image), 100.0, Gimp.LayerMode.NORMAL)
-    image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
-    layer.set_offsets(crop.x, crop.y)
-    _set_pixels(layer, crop.w, crop.h, RGBA_U8, rgb_to_rgba(rgb))
-    layer.update(0, 0, crop.w, crop.h)
-    return layer
-
-
 def insert_rgba_layer(image: Any, source: Any, name: str, rect: Rect, rgba: bytes) -> Any:
     """A new layer of `rect`'s size at its offsets, directly above `source`, holding RGBA bytes as
-    they are (an aligned result: alpha 0 outside the area the model produced)."""
+    they are (alpha 0 outside the area the model's frame covers)."""
     layer = Gimp.Layer.new(image, name, rect.w, rect.h, new_layer_type(image), 100.0, Gimp.LayerMode.NORMAL)
     image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
     layer.set_offsets(rect.x, rect.y)
@@ -135,7 +126,7 @@ def insert_rgba_layer(image: Any, source: Any, name: str, rect: Rect, rgba: byte
 
 
 def add_produced_mask(image: Any, layer: Any, plan: MaskPlan) -> Any:
-    """Give an aligned result `layer` a mask inside the area the model produced (the layer's alpha):
+    """Give a result `layer` a mask inside the area the model's frame covers (the layer's alpha):
     that area shrunk by plan.inset (intersected with the selection grown by plan.grow, if any),
     feathered by plan.feather, then cut hard to the produced area, so no pixel outside it (the
     padding of a face near the layer's edge, the corners of a rotated frame) can show. The user's
@@ -175,29 +166,6 @@ def _mask_from_selection(image: Any, layer: Any, saved: Any) -> Any:
         image.remove_channel(saved)
     else:
         Gimp.Selection.none(image)
-    return mask
-
-
-def add_feathered_mask(image: Any, layer: Any, crop: Rect, plan: MaskPlan) -> Any:
-    """Give `layer` a mask: the selection grown by plan.grow (or the whole crop), cut to the crop
-    inset by plan.inset, feathered by plan.feather. The user's selection is restored afterwards."""
-    Gimp.context_push()
-    try:
-        Gimp.context_set_feather(False)
-        Gimp.context_set_antialias(False)
-        saved = Gimp.Selection.save(image) if selection_bounds(image) is not None else None
-        inner = crop.inset(plan.inset)
-        if plan.use_selection:
-            if plan.grow > 0:
-                Gimp.Selection.grow(image, plan.grow)
-            image.select_rectangle(Gimp.ChannelOps.INTERSECT, inner.x, inner.y, inner.w, inner.h)
-        else:
-            image.select_rectangle(Gimp.ChannelOps.REPLACE, inner.x, inner.y, inner.w, inner.h)
-        if plan.feather > 0:
-            Gimp.Selection.feather(image, float(plan.feather))
-        mask = _mask_from_selection(image, layer, saved)
-    finally:
-        Gimp.context_pop()
     return mask
 
 

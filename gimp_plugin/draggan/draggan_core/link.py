@@ -162,29 +162,30 @@ class Backend:
 
     def edit(self, model: str, rgb: bytes, size: tuple[int, int], handles: list[tuple[float, float]],
              targets: list[tuple[float, float]], mask: bytes | None, params: dict[str, Any],
-             on_progress: Callable[[Any], None], should_cancel: Callable[[], bool], align: str = "off") -> Any:
-        """Invert `rgb` (3 bytes per pixel, `size` = (width, height) pixels) and drag; -> protocol.Result.
-        align "off": `rgb` is model-sized; "auto" for a model with an alignment: a native crop (up to
-        2048 px a side) that the backend aligns, answered in the crop's frame (protocol 3)."""
+             on_progress: Callable[[Any], None], should_cancel: Callable[[], bool], align: str = "off",
+             result: str = "detail") -> Any:
+        """Invert the crop `rgb` (3 bytes per pixel, `size` = (width, height) pixels, up to 2048 a side)
+        and drag; -> protocol.Result, RGBA in the crop's frame (protocol 4). align "auto": the backend
+        aligns the face for a model with an alignment; result "detail" or "model"."""
         p = self.protocol
         w, h = size
         request = p.Edit(model=model, handles=handles, targets=targets,
                          image=p.Image(w, h, 3, rgb),
                          mask=None if mask is None else p.Image(w, h, 1, mask),
-                         params=p.EditParams(**params), align=align)
+                         params=p.EditParams(**params), align=align, result=result)
         return self._run(request, on_progress, should_cancel, model)
 
     def continue_session(self, session_id: str, size: tuple[int, int], handles: list[tuple[float, float]],
                          targets: list[tuple[float, float]], mask: bytes | None, params: dict[str, Any],
                          on_progress: Callable[[Any], None], should_cancel: Callable[[], bool],
-                         model: str = "") -> Any:
+                         model: str = "", result: str | None = None) -> Any:
         """Drag again from the session's latent (no inversion); raises SessionGone when the
         backend no longer holds it."""
         p = self.protocol
         w, h = size
         request = p.Continue(session_id=session_id, handles=handles, targets=targets,
                              mask=None if mask is None else p.Image(w, h, 1, mask),
-                             params=p.EditParams(**params))
+                             params=p.EditParams(**params), result=result)
         return self._run(request, on_progress, should_cancel, model)
 
 

@@ -62,6 +62,29 @@ ALIGN_CHOICES = (
     (ALIGN_OFF, "Off", "Send the crop as it is, scaled to the model's size"),
 )
 
+PTI_AUTO, PTI_ON, PTI_OFF = "auto", "on", "off"
+PTI_CHOICES = (
+    (PTI_AUTO, "Auto (the model's own)",
+     "Pivotal tuning where the model needs it to reproduce the picture (the built-in faces-128), not for "
+     "the others"),
+    (PTI_ON, "On", "Also fine-tune the model on this picture: a much closer likeness, slower"),
+    (PTI_OFF, "Off", "Invert into the model only: quicker, the model's idea of the picture"),
+)
+
+RESULT_DETAIL, RESULT_MODEL = "detail", "model"
+RESULT_CHOICES = (
+    (RESULT_DETAIL, "Keep the picture's detail",
+     "Your layer's own pixels, moved the way the drag moved the content, at the layer's resolution; the "
+     "model's pixels only where the drag made something new (an opened mouth)"),
+    (RESULT_MODEL, "Model's pixels", "The model's picture after the drag, scaled to the layer"),
+)
+
+REGION_POINTS, REGION_WHOLE = "points", "whole"
+REGION_CHOICES = (
+    (REGION_POINTS, "Around the points", "Without a selection the drag may move a box around its points"),
+    (REGION_WHOLE, "Whole picture", "Without a selection the drag may move anything"),
+)
+
 ARGUMENTS: tuple[Arg, ...] = (
     Arg("path", "path", "Path with _drag points",
         "Path whose strokes hold handle/target anchor pairs; none = the active path"),
@@ -78,8 +101,12 @@ ARGUMENTS: tuple[Arg, ...] = (
         "(5 for the built-in faces-128, the paper's 20 for the others)", MODEL_MASK_STRENGTH, -1.0, 10000.0),
     Arg("inversion-preset", "choice", "_Inversion", "How hard the photo is fitted to the model",
         "fast", choices=PRESET_CHOICES),
-    Arg("pti", "boolean", "_Pivotal tuning (PTI)",
-        "Also fine-tune the model on this photo: much closer reconstruction, slower", False),
+    Arg("pti", "choice", "_Pivotal tuning (PTI)",
+        "Also fine-tune the model on this photo: much closer reconstruction, slower", PTI_AUTO,
+        choices=PTI_CHOICES),
+    Arg("result", "choice", "_Result", "What the result layer holds", RESULT_DETAIL, choices=RESULT_CHOICES),
+    Arg("region", "choice", "Without a selection, _move", "What the drag may move when nothing is selected",
+        REGION_POINTS, choices=REGION_CHOICES),
     Arg("crop-mode", "choice", "Crop: _what the model sees", "Which part of the layer the model sees",
         geometry.CROP_AUTO, choices=CROP_CHOICES),
     Arg("align", "choice", "Face _alignment",
@@ -102,7 +129,9 @@ class Options:
     learning_rate: float = 0.002
     mask_strength: float = MODEL_MASK_STRENGTH  # the backend's per-model lambda (the paper's 20 by default)
     inversion_preset: str = "fast"
-    pti: bool = False
+    pti: str = PTI_AUTO
+    result: str = RESULT_DETAIL
+    region: str = REGION_POINTS
     crop_mode: str = geometry.CROP_AUTO
     align: str = ALIGN_AUTO
     backend_timeout: int = 30
@@ -170,7 +199,7 @@ def radii_for(model_height: int) -> tuple[float, float]:
 
 def edit_params(options: Options, model_size: tuple[int, int] = (512, 512)) -> dict[str, Any]:
     """The protocol's EditParams fields for these options and model (previews off: the plug-in
-    shows none)."""
+    shows none; PTI "auto" and mask strength -1 send no field: the model's own)."""
     r1, r2 = radii_for(model_size[1])
     params: dict[str, Any] = {
         "max_steps": int(options.max_steps),
@@ -179,9 +208,11 @@ def edit_params(options: Options, model_size: tuple[int, int] = (512, 512)) -> d
         "r1": r1,
         "r2": r2,
         "inversion": options.inversion_preset,
-        "pti": bool(options.pti),
         "preview_every": 0,
+        "region": options.region,
     }
+    if options.pti != PTI_AUTO:
+        params["pti"] = options.pti == PTI_ON
     if options.mask_strength >= 0:  # negative: leave it to the model (no field)
         params["lambda_mask"] = float(options.mask_strength)
     return params

@@ -12,6 +12,10 @@ cannot reach a protocol-2 backend, so the next drag on such a layer inverts anew
 Version 3 (protocol 3, face alignment): ``frame`` "crop" marks a session made from a native crop
 ``region`` (image coordinates) whose transform the backend keeps; ``crop`` is then the result
 layer's rectangle (the produced area's bounding box).
+
+Version 4 (protocol 4): every session is made from a native crop (``frame`` "crop", ``region``);
+``aligned`` says whether the backend aligned a face in it; ``pti`` is the PTI option ("auto", "on",
+"off"). Versions 1-3 are read as "outdated" (their sessions live on protocol 1-3 backends).
 """
 
 from __future__ import annotations
@@ -23,24 +27,26 @@ from typing import Any
 from .geometry import Rect
 
 PARASITE_NAME = "draggan-session"
-RECORD_VERSION = 3  # 2: no routing id (protocol 2); 3: frame + region (protocol 3, face alignment)
+RECORD_VERSION = 4  # 2: no routing id; 3: frame + region (face alignment); 4: every edit a native crop
 FRAME_MODEL = "model"   # the crop was scaled to the model's size (protocol 2's only way)
 FRAME_CROP = "crop"     # a native crop, aligned (or boxed) by the backend
 
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """address: backend address; session_id: the backend's session; crop: image coordinates;
-    model: model name; model_size: (width, height); pti: whether the session was made with PTI."""
+    """address: backend address; session_id: the backend's session; crop: the result layer's rectangle
+    (image coordinates); model: model name; model_size: (width, height); pti: the PTI option the
+    session was made with; region: the crop sent (image coordinates); aligned: a face alignment."""
 
     address: str
     session_id: str
     crop: Rect
     model: str
     model_size: tuple[int, int]
-    pti: bool = False
-    frame: str = FRAME_MODEL
-    region: Rect | None = None   # the native crop sent (frame "crop"), image coordinates
+    pti: str = "auto"
+    frame: str = FRAME_CROP
+    region: Rect | None = None
+    aligned: bool = False
 
     @property
     def native(self) -> bool:
@@ -57,6 +63,7 @@ def encode_record(record: SessionRecord) -> bytes:
         "model_size": list(record.model_size),
         "pti": record.pti,
         "frame": record.frame,
+        "aligned": record.aligned,
     }
     if record.region is not None:
         data["region"] = list(record.region.as_tuple())
@@ -88,8 +95,11 @@ def decode_record(data: bytes | bytearray | list[int] | None) -> SessionRecord |
             region = Rect(rx, ry, rw, rh)
         elif frame != FRAME_MODEL:
             return None
-        return SessionRecord(address, session_id, Rect(x, y, w, h), model, (mw, mh), bool(raw.get("pti")),
-                             frame, region)
+        pti = raw.get("pti")
+        if frame != FRAME_CROP or region is None or pti not in ("auto", "on", "off"):
+            return None
+        return SessionRecord(address, session_id, Rect(x, y, w, h), model, (mw, mh), pti, frame, region,
+                             bool(raw.get("aligned")))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 

@@ -18,6 +18,11 @@ SHORT_SUFFIX = "stopped short"
 # benchmarks' "stalled": on the built-in model a small selection around one point can hold a drag
 # back entirely, README's mask-strength table); the user is told what may free it.
 SHORT_SHARE = 0.2
+# The backend's worst local colour difference (CIE76 delta E over a few pixels) from which the status
+# line says that the reconstruction changed a colour a person will see (an eye, the hair): on the
+# built-in model's procedural renders the inversion without PTI read 21-45 (eyes turned blue), with it
+# about half that.
+COLOUR_NOTICE = 20.0
 
 
 def model_limits(model: Any) -> tuple[float, float]:
@@ -35,10 +40,14 @@ def is_poor(psnr: float | None, stlpips: float | None, limits: tuple[float, floa
     return psnr is not None and psnr < min_psnr
 
 
-def quality_text(psnr: float, stlpips: float, limits: tuple[float, float] | None = None) -> str:
+def quality_text(psnr: float, stlpips: float, limits: tuple[float, float] | None = None, colour: float = 0.0) -> str:
     verdict = "poor — the photo is far from what the model can draw; try PTI or another model" \
         if is_poor(psnr, stlpips, limits) else "good"
-    return f"reconstruction {verdict} (PSNR {psnr:.1f} dB, ST-LPIPS {stlpips:.3f})"
+    text = f"reconstruction {verdict} (PSNR {psnr:.1f} dB, ST-LPIPS {stlpips:.3f})"
+    if colour >= COLOUR_NOTICE:
+        text += (f", but it changed a colour somewhere (delta E {colour:.0f}; e.g. an eye or the hair): "
+                 "PTI keeps the picture's own colours")
+    return text
 
 
 def share_of_the_way(handles: Any, targets: Any, final: Any) -> float | None:
@@ -54,10 +63,15 @@ def share_of_the_way(handles: Any, targets: Any, final: Any) -> float | None:
     return 1.0 - sum(distance(f, t) for f, t in zip(final, targets)) / start
 
 
-def stopped_short_text(share: float, masked: bool) -> str:
-    """The status line's advice for a drag that covered only ``share`` of the way."""
+def stopped_short_text(share: float, masked: bool, landed: list[bool] | None = None) -> str:
+    """The status line's advice for a drag that stopped short: ``landed`` (the backend's verdict per
+    handle) names the handles that did not arrive, else ``share`` says how much of the way it covered."""
     hint = ("a larger selection, a lower Mask strength or no selection may free it" if masked
-            else "more steps, or handles on features the model draws, may help")
+            else "more steps, Region: Whole picture, or handles on features the model draws, may help")
+    if landed:
+        missed = [str(i + 1) for i, ok in enumerate(landed) if not ok]
+        which = "handle " + ", ".join(missed) if len(missed) < len(landed) else "every handle"
+        return f"the drag stopped short ({which} did not reach its target): {hint}"
     return f"the drag stopped short ({max(share, 0.0):.0%} of the way): {hint}"
 
 
@@ -93,7 +107,8 @@ def progress_text(message: Any, mode_text: str, limits: tuple[float, float] | No
     elif message.total:
         parts.append(f"step {message.step}/{message.total}")
     if message.inversion is not None:
-        parts.append(quality_text(message.inversion.psnr, message.inversion.stlpips, limits))
+        parts.append(quality_text(message.inversion.psnr, message.inversion.stlpips, limits,
+                                  float(getattr(message.inversion, "colour", 0.0) or 0.0)))
     note = getattr(message, "text", "")
     if note and ("face" in note or "align" in note):   # the backend's alignment notes (protocol 3)
         parts.append(note)
