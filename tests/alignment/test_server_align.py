@@ -19,7 +19,7 @@ import pytest
 from backend import align as A
 from backend import protocol as P
 from backend.client import Client
-from backend.protocol import ErrorCode, ProtocolError
+from backend.protocol import ErrorCode
 from backend.server import Server
 from tests.alignment import canvas
 from tests.backend.conftest import FAST, make_tiny_generator, real_runner, start_server
