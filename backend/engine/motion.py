@@ -351,7 +351,7 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
     weight = _sample_at(region, wx, wy)[0, 0] * inside
     if keep is not None:
         weight = weight * torch.as_tensor(~np.asarray(keep, bool), device=device)
-    out = torch.from_numpy(np.ascontiguousarray(native[..., :3])).to(device).permute(2, 0, 1)[None].float()
+    out = torch.from_numpy(np.array(native[..., :3])).to(device).permute(2, 0, 1)[None].float()
     moving = weight > 0
     if not bool(moving.any()):
         return np.ascontiguousarray(native[..., :3]).copy()
