@@ -235,7 +235,7 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
         # 16x first steps, half-life 20, stop within 1 px: on its fidelity pairs drags end nearer
         # their targets in far fewer steps than with the official constant lr and 2 px stop; mask
         # weight 5: masked one-point drags stall in 7 of 30 pairs instead of 12 at the paper's 20
-        # (backend/data/faces-128.md, sessions 13 and 14)
+        # (training/docs/faces-128-history.md, sessions 13 and 14)
         drag=DragDefaults(lr_boost=16.0, lr_half_life=20.0, stop_distance=1.0, lambda_mask=5.0),
         # a whole face per picture: a crop around the points of a larger drawing shows part of a face
         # (benchmarks/crop_framing.py, 4 drawings of 256 px: ST-LPIPS 0.31-0.39 for a 128 px crop at the

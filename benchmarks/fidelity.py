@@ -119,7 +119,7 @@ def lr_schedule(name: str, lr: float, boost: float = LR_BOOST, half_life: float 
     up; near the targets the constant ``lr`` keeps the official code's precision (the stop rule needs every
     handle within 2 px). Defaults 16x / 20 steps: on 8 pairs of the 69335 weights (200 steps, 1 point)
     4x / 10 left the mean MD as it was (2.35 px) with median steps 123 -> 82; 8x / 20 gave 2.06 px, 16x /
-    20 1.78 px in a median 10 steps (the model card, session 13).
+    20 1.78 px in a median 10 steps (training/docs/faces-128-history.md, session 13).
     """
     if name == "constant":
         return None

@@ -10,7 +10,7 @@
 # faces-128-candidate.pt (EMA weights) and the last sample grid. Env: MINUTES, BATCH, LR, SCHEDULE,
 # ADV (the patch discriminator's weight; default 0: the critic sharpens within ~1,800 iterations but
 # pulls nose and mouth off when it runs longer, so it is a short finishing branch before an export,
-# model card session 7).
+# training/docs/faces-128-history.md, session 7).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -31,7 +31,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$OUT
 python3 -c "from inversion.lpips import load_shipped_state_dict as l; l('alex')" ||
   { echo "gpu_run: the AlexNet ST-LPIPS weights are missing: run training/gpu_prepare.sh here and carry .device" >&2; exit 1; }
 python3 -m training.renderer_rate --seconds 5 --workers "$WORKERS" | tee -a "$OUT/renderer.txt"
-# The curriculum (backend/data/faces-128.md, session 3): the shape and pose spread grows phase by
+# The curriculum (training/docs/faces-128-history.md, session 3): the shape and pose spread grows phase by
 # phase (--geometry-scale), the time split equally; the run dir carries the state between phases.
 SCHEDULE=${SCHEDULE:-"1.0"}   # the curriculum reached the real domain in session 5
 phases=$(echo $SCHEDULE | wc -w)
@@ -41,7 +41,7 @@ n=0; rc=0
 for scale in $SCHEDULE; do
   n=$((n + 1)); final=()
   [ $n -eq $phases ] && final=(--save-resumable "$OUT/faces128-resume.pt" --export "$OUT/faces-128-candidate.pt"
-                              --export-weights ema)   # the EMA beats raw at S = 1 (model card, session 5)
+                              --export-weights ema)   # the EMA beats raw at S = 1 (faces-128 history, session 5)
   echo "== phase $n/$phases: geometry scale $scale, $PHASE_MIN min" | tee -a "$OUT/train.log"
   python3 -m training.train_generator --run-dir "$RUN" --resume-from training/checkpoints/faces128-resume.pt \
     --device "$DEVICE" $BF16 --batch "$BATCH" --workers "$WORKERS" --threads "$THREADS" --lr "${LR:-0.004}" \

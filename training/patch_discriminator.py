@@ -2,10 +2,10 @@
 
 Why: an L1/ST-LPIPS regression of z -> render draws, wherever a feature's position is still
 uncertain by a few pixels, the *median* image there: thin features (brows, the nose's shading, the
-lip line) fade to skin and eyes become blobs (model card, session 7).  A discriminator that judges
-local patches of renders against local patches of G(z) rewards drawing the feature crisply; the L1
-term keeps it where the render has it.  pix2pix's PatchGAN (Isola et al. 2017) pairs an L1 loss with
-such a discriminator for the same reason.
+lip line) fade to skin and eyes become blobs (training/docs/faces-128-history.md, session 7).  A
+discriminator that judges local patches of renders against local patches of G(z) rewards drawing the
+feature crisply; the L1 term keeps it where the render has it.  pix2pix's PatchGAN (Isola et al. 2017)
+pairs an L1 loss with such a discriminator for the same reason.
 
 It is unconditional (real = procedural renders, fake = generated images) and small: three stride-2
 4x4 convolutions (32, 64, 128 channels) and a 3x3 head give one logit per 8x8-pixel cell, each seeing
@@ -14,7 +14,7 @@ generator's forward pass.  The full StyleGAN2 discriminator costs 3-16 s per G+D
 
 Losses: StyleGAN2's non-saturating logistic loss; optionally the R1 penalty on real images
 (Mescheder et al. 2018), applied lazily every few steps (off by default: it kept this critic from
-seeing the blur, model card session 7).
+seeing the blur, the same history, session 7).
 """
 
 from __future__ import annotations
