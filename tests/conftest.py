@@ -1,4 +1,4 @@
-"""Shared test helpers: paths to the repo and ../shared, tiny generators."""
+"""Shared test helpers: the repo's path, this interpreter's environment, the real-GIMP kit."""
 
 from __future__ import annotations
 
@@ -10,27 +10,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DRAGGAN_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "official-tiny"
 # The repository's own kit for the real-GIMP tests: setup.sh builds a Debian chroot with GIMP 3
 # (root, once), run.sh runs Python batches in that GIMP headless.
 GIMP_KIT = REPO / "tests" / "gimp" / "kit"
 
 # Two cores, shared with other processes in CI: keep torch from oversubscribing.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def require_fixtures() -> Path:
-    if not (FIXTURES / "G-128.pkl").is_file():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"official fixtures not found at {FIXTURES}", pytrace=False)
-        pytest.skip(f"official fixtures not found at {FIXTURES}")
-    return FIXTURES
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    return require_fixtures()
 
 
 def env_with_this_python(**extra: str) -> dict[str, str]:
