@@ -140,7 +140,10 @@ in_chroot() {   # command... : run it in the chroot with a clean environment
 
 step=$SECONDS
 say "apt-get install $PACKAGES; log: $LOGS/apt.log"
-{ in_chroot apt-get update \
+# dpkg --configure -a finishes what an interrupted earlier build left half-installed (apt refuses
+# to work until that is done); it does nothing otherwise.
+{ in_chroot dpkg --configure -a \
+    && in_chroot apt-get update \
     && in_chroot apt-get install -y --no-install-recommends $PACKAGES \
     && in_chroot apt-get clean; } >"$LOGS/apt.log" 2>&1 \
   || failed 4 "$LOGS/apt.log" "installing the packages in $ROOT failed"
