@@ -54,8 +54,9 @@ def test_runs_python_in_gimp3_and_reports_the_batch_exception(gimp3_run: Path) -
 
 def test_each_run_is_sealed(gimp3_run: Path, tmp_path: Path) -> None:
     rw, ro, plugins = tmp_path / "rw", tmp_path / "ro", tmp_path / "plug-ins"
-    for folder in (rw, ro, plugins / "lazy"):
+    for folder in (rw, ro, plugins / "lazy", plugins / "misnamed"):
         folder.mkdir(parents=True)
+    (plugins / "misnamed" / "other.py").write_text("# GIMP starts only misnamed/misnamed.py\n")
     (ro / "given.txt").write_text("from the host")
     (plugins / "lazy" / "lazy.py").write_text("# not executable: GIMP would skip it without a word\n")
     (tmp_path / "helper.py").write_text("VALUE = 'sibling imported'\n")
@@ -80,7 +81,7 @@ def test_each_run_is_sealed(gimp3_run: Path, tmp_path: Path) -> None:
         r = run(gimp3_run, "--bind", f"{rw}:/mnt/rw", "--bind", f"{ro}:/mnt/ro:ro", "--plugins", str(plugins),
                 "--env", "OUT=/mnt/rw", "--env", "KIT_GREETING=hello from --env", "--batch-file", str(driver))
         assert r.returncode == 0, r.stderr
-        assert "lazy.py is not executable" in r.stderr
+        assert "lazy.py is not executable" in r.stderr and "no misnamed.py" in r.stderr
         assert (rw / "report.txt").read_text().splitlines() == [
             "sibling imported", "hello from --env", "from the host", "read-only bind refused a write",
             "tmp had: ", "profile had marker: False"], f"run {attempt}"

@@ -89,7 +89,11 @@ for d in "${PLUGIN_DIRS[@]}"; do
   [ ! -f "$d/$(basename "$d").py" ] || say "warning: $d looks like one plug-in; --plugins wants the folder above it"
   for sub in "$d"/*/; do
     main=$sub$(basename "$sub").py
-    if [ -f "$main" ] && [ ! -x "$main" ]; then say "warning: $main is not executable: GIMP will skip it"; fi
+    if [ -f "$main" ] && [ ! -x "$main" ]; then
+      say "warning: $main is not executable: GIMP will skip it"
+    elif [ ! -e "$main" ] && compgen -G "$sub*.py" >/dev/null; then
+      say "warning: $sub has Python files but no $(basename "$sub").py, the one GIMP would start"
+    fi
   done
   n=$((n + 1))
   add_mount "$d" "/mnt/draggan-kit/plug-ins-$n" ro
