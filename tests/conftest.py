@@ -37,7 +37,7 @@ def gimp_unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def gimp3_run() -> Path:
     """Path of the kit's run.sh once its GIMP 3 chroot is ready: setup.sh builds it the first time
-    (about 1 min, 730 MB under /opt/draggan-gimp3, or $DRAGGAN_GIMP3_ROOT), then only checks it."""
+    (1-2 min, 740 MB under /opt/draggan-gimp3, or $DRAGGAN_GIMP3_ROOT), then only checks it."""
     if os.geteuid() != 0:
         gimp_unavailable("real-GIMP tests need root (debootstrap, chroot, mount)")
     r = subprocess.run(["bash", str(GIMP_KIT / "setup.sh")], capture_output=True, text=True, timeout=1800)

@@ -5,7 +5,7 @@ real backend (`draggan-backend serve`), the real GIMP 3 (tests/gimp/kit's chroot
 
 The drags come from the face's own keypoints (training.faces): the mouth corners move out and up
 (a smile) and the chin down. Prints the exact settings and timings; root is needed (the chroot, which
-tests/gimp/kit/setup.sh builds first when it is missing: about a minute).
+tests/gimp/kit/setup.sh builds first when it is missing: 1-2 minutes).
 """
 
 from __future__ import annotations
