@@ -3,8 +3,8 @@
 # Uses the project venv made by install.py when there is one, else the python3 on PATH ($PYTHON
 # overrides), and installs the test extras into it when they are missing.
 # The real-GIMP tests (tests/gimp, tests/install/test_install_gimp.py) build a GIMP 3 chroot with
-# ../shared/gimp3/setup.sh when it is missing: as root, about 520 MB under /opt/gimp3-root, packages
-# from the Debian archive (1-2 min once, then cached); without root they are skipped (CI=true: failed).
+# tests/gimp/kit/setup.sh when it is missing: as root, about 740 MB under /opt/draggan-gimp3, packages
+# from the Debian archive (1-2 min once, then reused); without root they are skipped (CI=true: failed).
 # Extra arguments go to pytest. pytest's summary line (the last line) gives the counts.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""Shared test helpers: paths to the repo and ../shared, tiny generators."""
+"""Shared test helpers: the repo's path, this interpreter's environment, the real-GIMP kit."""
 
 from __future__ import annotations
 
@@ -10,24 +10,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DRAGGAN_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "official-tiny"
+# The repository's own kit for the real-GIMP tests: setup.sh builds a Debian chroot with GIMP 3
+# (root, once), run.sh runs Python batches in that GIMP headless.
+GIMP_KIT = REPO / "tests" / "gimp" / "kit"
 
 # Two cores, shared with other processes in CI: keep torch from oversubscribing.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def require_fixtures() -> Path:
-    if not (FIXTURES / "G-128.pkl").is_file():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"official fixtures not found at {FIXTURES}", pytrace=False)
-        pytest.skip(f"official fixtures not found at {FIXTURES}")
-    return FIXTURES
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    return require_fixtures()
 
 
 def env_with_this_python(**extra: str) -> dict[str, str]:
@@ -39,9 +27,6 @@ def env_with_this_python(**extra: str) -> dict[str, str]:
     return dict(os.environ, **extra, PATH=path)
 
 
-GIMP3_KIT = Path(os.environ.get("GIMP3_KIT", SHARED / "gimp3"))
-
-
 def gimp_unavailable(reason: str) -> None:
     """Skip locally; fail in CI (CI=true), where a skip would hide a broken install step."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -51,12 +36,12 @@ def gimp_unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def gimp3_run() -> Path:
-    """Path of the kit's run.sh once the GIMP 3 chroot is ready (1-2 min the first time, then 0.02 s)."""
-    if not (GIMP3_KIT / "setup.sh").is_file():
-        gimp_unavailable(f"GIMP 3 kit not found at {GIMP3_KIT}")
+    """Path of the kit's run.sh once its GIMP 3 chroot is ready: setup.sh builds it the first time
+    (1-2 min, 740 MB under /opt/draggan-gimp3, or $DRAGGAN_GIMP3_ROOT), then only checks it."""
     if os.geteuid() != 0:
         gimp_unavailable("real-GIMP tests need root (debootstrap, chroot, mount)")
-    r = subprocess.run(["bash", str(GIMP3_KIT / "setup.sh")], capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(["bash", str(GIMP_KIT / "setup.sh")], capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
-        gimp_unavailable(f"GIMP 3 chroot could not be built (setup.sh exit {r.returncode}):\n{r.stderr[-3000:]}")
-    return GIMP3_KIT / "run.sh"
+        gimp_unavailable(f"the GIMP 3 chroot could not be built (tests/gimp/kit/setup.sh exit {r.returncode}):\n"
+                         f"{r.stderr[-3000:]}")
+    return GIMP_KIT / "run.sh"

@@ -4,7 +4,7 @@ Two modes compute the same step:
 
 * ``"reference"`` is the official ``viz/renderer.py`` step operation for operation: full synthesis
   with features, block features resized to image size, per-handle loops. It reproduces the
-  official fixtures (``../shared/fixtures/official-tiny``).
+  official fixtures (``tests/engine/test_official_fixtures.py``).
 * ``"fast"`` (default) runs the synthesis only up to the feature block while optimising, reads the
   few feature values the losses and tracking need straight from the low-resolution block output
   (exact, see :mod:`backend.engine.features`), batches all handles, and computes the mask term at

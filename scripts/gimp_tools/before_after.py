@@ -1,17 +1,17 @@
 """Make the README's before/after picture through the REAL pipeline: a procedural face photo, the
-real backend (`draggan-backend serve`), the real GIMP 3 (the kit's chroot) and the staged plug-in.
+real backend (`draggan-backend serve`), the real GIMP 3 (tests/gimp/kit's chroot) and the staged plug-in.
 
     python scripts/gimp_tools/before_after.py --model faces-128 --out docs/images/plugin-before-after.png
 
 The drags come from the face's own keypoints (training.faces): the mouth corners move out and up
-(a smile) and the chin down. Prints the exact settings and timings; root is needed (the chroot).
+(a smile) and the chin down. Prints the exact settings and timings; root is needed (the chroot, which
+tests/gimp/kit/setup.sh builds first when it is missing: 1-2 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import socket
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-KIT = Path(os.environ.get("GIMP3_KIT", REPO.parent / "shared" / "gimp3"))
+KIT = REPO / "tests" / "gimp" / "kit"
 
 
 def free_port() -> int:
@@ -41,6 +41,10 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--inversion-steps", type=int, default=None)
     args = ap.parse_args()
+    # the chroot first: built once (about a minute), afterwards only checked
+    if subprocess.run(["bash", str(KIT / "setup.sh")]).returncode != 0:
+        print("the GIMP 3 chroot is not ready (tests/gimp/kit/setup.sh failed)", file=sys.stderr)
+        return 1
     sys.path.insert(0, str(REPO))
     import numpy as np
     from PIL import Image, ImageDraw

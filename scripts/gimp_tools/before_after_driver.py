@@ -1,4 +1,4 @@
-"""Runs INSIDE GIMP (the kit's run.sh): one DragGAN edit of OUT/photo.png for the README picture.
+"""Runs INSIDE GIMP (tests/gimp/kit/run.sh): one DragGAN edit of OUT/photo.png for the README picture.
 
 Environment: OUT, ENDPOINT, EDIT (JSON: {"strokes": [[[x, y], [x, y]], ...], "select": [x, y, w, h]
 or null, "steps": N, "crop_mode": "auto"|"layer"|"selection"}). Writes OUT/after.png (the composite),

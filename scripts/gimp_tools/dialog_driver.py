@@ -1,4 +1,4 @@
-"""Runs INSIDE GIMP (the kit's run.sh, in a chroot that also has xvfb, xdotool, x11-apps, netpbm):
+"""Runs INSIDE GIMP (tests/gimp/kit/run.sh; its chroot has xvfb, xdotool, x11-apps and netpbm):
 shows the plug-in's dialog on a virtual X display, saves a screenshot, presses OK, and records
 whether the interactive run then succeeded. Used by dialog_screenshot.sh; not part of the suite.
 

@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # Screenshot of the plug-in's dialog in the real GIMP 3, and a check that the interactive run works
-# (dialog shown, OK pressed, edit done). Needs root and a second kit chroot with X tools:
+# (dialog shown, OK pressed, edit done). Needs root; runs in the chroot of tests/gimp/kit, whose
+# recipe includes the X tools this uses (Xvfb, xdotool, xwd, netpbm), and builds it when missing:
 #
-#   GIMP3_ROOT=/opt/gimp3-gui-root GIMP3_EXTRA_PKGS="xvfb xauth x11-apps xdotool netpbm" \
-#       bash ../shared/gimp3/setup.sh
 #   bash scripts/gimp_tools/dialog_screenshot.sh OUTDIR ENDPOINT [PHOTO.png]
 #
 # ENDPOINT is a running backend (e.g. tests/gimp/backend_host.py's); it becomes the dialog's
 # default address through draggan.json. Writes OUTDIR/dialog-screen.png (the whole virtual screen; the
 # dialog sits at 0,0 with the size in OUTDIR/geometry.txt: docs/images/plugin-dialog.png is that crop),
-# OUTDIR/dialog-report.json. GIMP3_ROOT may also be the test chroot with those X packages added.
+# OUTDIR/dialog-report.json. DRAGGAN_GIMP3_ROOT picks another chroot, as for the kit.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-KIT=${GIMP3_KIT:-$REPO/../shared/gimp3}
+KIT=$REPO/tests/gimp/kit
 OUT=$(realpath "$1"); ENDPOINT=$2; PHOTO=${3:-}
 mkdir -p "$OUT"
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/draggan-dialog.XXXXXX")
@@ -24,7 +23,8 @@ if [ -n "$PHOTO" ]; then cp "$PHOTO" "$OUT/input.png"; fi
 [ -f "$OUT/input.png" ] || python3 -c "
 from PIL import Image; import sys
 Image.radial_gradient('L').resize((160, 120)).convert('RGB').save(sys.argv[1])" "$OUT/input.png"
-bash "$KIT/run.sh" --root "${GIMP3_ROOT:-/opt/gimp3-gui-root}" --timeout 300 \
+bash "$KIT/setup.sh"
+bash "$KIT/run.sh" --timeout 300 \
   --plugins "$STAGE/plug-ins" --bind "$OUT:/mnt/io" --env OUT=/mnt/io --env DISPLAY=:99 \
   --batch-file "$HERE/dialog_driver.py"
 cat "$OUT/dialog-report.json"

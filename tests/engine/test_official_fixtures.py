@@ -1,20 +1,50 @@
-"""Both modes reproduce the official DragGAN drag runs (../shared/fixtures/official-tiny, README there).
+"""Both modes reproduce the official DragGAN drag runs (the official-format fixtures, README there).
 
 Tolerances are the fixture README's for an independent float32 implementation: tracked points
 identical at every step, loss rtol 1e-3, final ws and final image atol 2e-3. Fast mode meets the same
 ones here because at 128² the feature block already has image size, so its only deviation (the
 mask term at feature resolution) vanishes and what is left is float summation order.
+
+This file also finds those fixtures for every test that needs them (tests/engine/conftest.py and
+tests/stylegan2/test_fixture_equivalence.py import the fixtures below). They were made with the
+official DragGAN code, which this repository does not carry, so a clone has no copy: CI provides
+them in a folder beside the clone; DRAGGAN_OFFICIAL_FIXTURES names another folder. Without them
+the tests skip, and under CI=true they fail, since there a skip would hide lost coverage.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import stylegan2
 from backend.engine import DragParams, DragSession
+
+REPO = Path(__file__).resolve().parents[2]
+OFFICIAL_TINY = Path(os.environ.get("DRAGGAN_OFFICIAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "official-tiny"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The official-tiny fixture folder (G-128.pkl, the drag runs, the renders)."""
+    if not (OFFICIAL_TINY / "G-128.pkl").is_file():
+        reason = f"official fixtures not found at {OFFICIAL_TINY} (set DRAGGAN_OFFICIAL_FIXTURES)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return OFFICIAL_TINY
+
+
+@pytest.fixture(scope="module")
+def fixture_G(fixtures_dir) -> stylegan2.Generator:
+    """The official 128² generator of the fixtures."""
+    return stylegan2.load_generator(fixtures_dir / "G-128.pkl")
+
 
 CASES = ["drag-seed0", "drag-masked-seed1", "drag-w-seed0"]
 

@@ -1,4 +1,4 @@
-"""Runs INSIDE the real GIMP 3 (run.sh --batch-file): an aligned edit of a tilted face photo.
+"""Runs INSIDE the real GIMP 3 (tests/gimp/kit/run.sh --batch-file): an aligned edit of a tilted face photo.
 
 Environment: OUT (folder shared with the host), ENDPOINT (the real backend serving 'tinyface',
 flagged alignment ffhq). Reads OUT/input.png (scikit-image's astronaut rotated by 20 degrees, made

@@ -1,4 +1,4 @@
-"""Real-GIMP tests: the kit in ../shared/gimp3 builds a headless GIMP 3 chroot (root needed).
+"""Real-GIMP tests: tests/gimp/kit builds a Debian chroot with GIMP 3 (root needed) and runs it headless.
 
 Skipped locally when the chroot cannot be had; FAILED in CI (CI=true), where a skip would hide a
 broken install step.

@@ -1,4 +1,4 @@
-"""Runs INSIDE the real GIMP 3 (run.sh --batch-file): drives python-fu-draggan through the PDB.
+"""Runs INSIDE the real GIMP 3 (tests/gimp/kit/run.sh --batch-file): drives python-fu-draggan through the PDB.
 
 Environment: OUT (folder shared with the host), ENDPOINT (the real backend), DEAD_ENDPOINT (a port
 where nothing listens). Reads OUT/input.png (made by the host test), then:

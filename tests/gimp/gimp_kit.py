@@ -1,7 +1,7 @@
 """Helpers for the drivers that run INSIDE the real GIMP 3 (driver.py, align_driver.py, relay_driver.py).
 
-run.sh binds a --batch-file's folder read-only and puts it on sys.path, so the drivers import this
-module as a sibling.  Only GIMP's own Python is here: gi, no numpy, no pytest.
+tests/gimp/kit/run.sh binds a --batch-file's folder read-only and puts it on sys.path, so the drivers
+import this module as a sibling.  Only GIMP's own Python is here: gi, no numpy, no pytest.
 """
 
 import contextlib

@@ -1,7 +1,8 @@
-"""The real GIMP 3 (../shared/gimp3) lists our procedure after `install.py --plugin-only` staged it.
+"""The real GIMP 3 (tests/gimp/kit's chroot) lists our procedure after `install.py --plugin-only` staged it.
 
-Skipped locally when the GIMP 3 chroot cannot be had (not root, no kit); fails in CI (CI=true), where a
-skip would hide a broken install step. The plug-in's full end-to-end test lives in tests/gimp/.
+Skipped locally when the GIMP 3 chroot cannot be had (not root, no network for its build); fails in CI
+(CI=true), where a skip would hide a broken install step. The plug-in's full end-to-end test lives in
+tests/gimp/.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Our generator reproduces what the official code computed from the official-tiny pickle."""
+"""Our generator reproduces what the official code computed from the official-tiny pickle (the
+official-format fixtures: found, or skipped, as tests/engine/test_official_fixtures.py says)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import torch
 
 import stylegan2
 from stylegan2 import ops
+from tests.engine import test_official_fixtures as official
+
+fixtures_dir = official.fixtures_dir  # the fixtures' lookup (a pytest fixture)
 
 
 @pytest.fixture(scope="module")
