@@ -643,7 +643,8 @@ def choose_torch(requested: str, gpu_present: bool, platform: str) -> str:
     if requested not in ("auto", "cpu", "cuda"):
         raise InstallError(f"--torch must be auto, cpu or cuda, not {requested!r}")
     if requested == "cuda" and platform == "darwin":
-        raise InstallError("--torch cuda: there is no CUDA build of torch for macOS (use cpu; torch uses MPS)")
+        raise InstallError("--torch cuda: there is no CUDA build of torch for macOS; use --torch cpu (the backend "
+                           "runs on the CPU there)")
     if requested != "auto":
         return requested
     return "cuda" if gpu_present and platform != "darwin" else "cpu"
@@ -658,7 +659,8 @@ def pip_commands(python: str, torch: str, platform: str, repo: Path, torch_index
 
     Decision (documented in README): torch is pinned to TORCH_VERSION and installed first, from
     `torch_index` when given (for torch only), else from pip's configured index (PyPI by default: the
-    CUDA build on Linux, the CPU build on Windows and the MPS build on macOS). `torch_index_for`
+    CUDA build on Linux, the CPU build on Windows and macOS; the backend uses CUDA or the CPU, never
+    Apple's MPS). `torch_index_for`
     picks the index: the user's --torch-index / $DRAGGAN_TORCH_INDEX, else PyTorch's CPU index for a
     CPU build on Linux when it answers. The project comes second, so pip keeps that torch (it
     satisfies torch>=2.1).
