@@ -1,10 +1,12 @@
-"""Make the README's before/after picture through the REAL pipeline: a procedural face photo, the
-real backend (`draggan-backend serve`), the real GIMP 3 (tests/gimp/kit's chroot) and the staged plug-in.
+"""Make the README's before/after picture through the REAL pipeline: a drag with an exact answer
+(training/paired.py: a procedural face before and after one parameter changed), the real backend
+(`draggan-backend serve`), the real GIMP 3 (tests/gimp/kit's chroot), the staged plug-in with its defaults.
 
-    python scripts/gimp_tools/before_after.py --model faces-128 --out docs/images/plugin-before-after.png
+    python scripts/gimp_tools/before_after.py --out docs/images/plugin-before-after.png
 
-The drags come from the face's own keypoints (training.faces): the mouth corners move out and up
-(a smile) and the chin down. Prints the exact settings and timings; root is needed (the chroot, which
+Three panels at the layer's size (the picture with its handles and targets, GIMP's result, the exact
+answer) and below each a zoom of the part that should move. Prints the settings, the timings and the
+figures of the result and of no edit against the exact answer; root is needed (the chroot, which
 tests/gimp/kit/setup.sh builds first when it is missing: 1-2 minutes).
 """
 
@@ -35,8 +37,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="faces-128", help="NAME or NAME=PATH for draggan-backend serve --model")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--size", type=int, default=256, help="photo size in pixels")
+    ap.add_argument("--case-seed", type=int, default=2, help="training/paired.py seed (2: the held-out cases)")
+    ap.add_argument("--parameter", default="smile", help="the first case of the seed that changes this")
+    ap.add_argument("--size", type=int, default=512, help="layer size in pixels")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--inversion-steps", type=int, default=None)
@@ -49,24 +52,18 @@ def main() -> int:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from training import faces
+    from training import paired
 
     work = Path(tempfile.mkdtemp(prefix="draggan-before-after-"))
-    params = faces.sample_params(np.random.default_rng(args.seed), 1)[0]
-    photo, kps = faces.render(params, size=args.size)
-    Image.fromarray(photo).save(work / "photo.png")
-    names = list(faces.KEYPOINT_NAMES)
-    # keypoints: x = column at the pixel centre; GIMP coordinates put that centre at column + 0.5
-    kp = {n: (float(kps[i][0]) + 0.5, float(kps[i][1]) + 0.5) for i, n in enumerate(names)}
+    case = next(c for c in paired.make_cases(args.case_seed, 40) if c.parameter == args.parameter)
     s = args.size
-    ml, mr, chin = kp["mouth_left"], kp["mouth_right"], kp["chin"]
-    strokes = [[ml, (ml[0] - 0.03 * s, ml[1] - 0.04 * s)], [mr, (mr[0] + 0.03 * s, mr[1] - 0.04 * s)],
-               [chin, (chin[0], chin[1] + 0.05 * s)]]
-    xs = [p[0] for st in strokes for p in st]
-    ys = [p[1] for st in strokes for p in st]
-    pad = 0.08 * s
-    select = [min(xs) - pad, min(ys) - pad, max(xs) - min(xs) + 2 * pad, max(ys) - min(ys) + 2 * pad]
-    edit = {"strokes": strokes, "select": select, "steps": args.steps, "crop_mode": "layer"}
+    photo, exact = case.render(s)
+    Image.fromarray(photo).save(work / "photo.png")
+    handles, targets = case.points(s)
+    # keypoints: x = column at the pixel centre; GIMP coordinates put that centre at column + 0.5
+    strokes = [[(float(h[0]) + 0.5, float(h[1]) + 0.5), (float(t[0]) + 0.5, float(t[1]) + 0.5)]
+               for h, t in zip(handles, targets)]
+    edit = {"strokes": strokes, "select": None, "steps": args.steps, "crop_mode": "auto"}
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "backend.cli", "serve", "--bind", endpoint, "--model", args.model,
@@ -102,22 +99,54 @@ def main() -> int:
         server.terminate()
         server.wait(30)
 
-    before = Image.open(work / "photo.png").convert("RGB")
-    after = Image.open(work / "after.png").convert("RGB")
-    gap = 12
-    canvas = Image.new("RGB", (2 * s + gap, s + 28), "white")
-    canvas.paste(before, (0, 28))
-    canvas.paste(after, (s + gap, 28))
+    after = np.asarray(Image.open(work / "after.png").convert("RGB"))
+    import torch
+
+    from inversion.lpips import STLPIPS
+
+    lpips = STLPIPS("vgg").eval()
+
+    def stlpips(a: np.ndarray, b: np.ndarray) -> float:
+        def t(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+        with torch.no_grad():
+            return float(lpips(t(a), t(b)))
+
+    figures = {"result": (stlpips(after, exact), paired.psnr(after, exact)),
+               "no edit": (stlpips(photo, exact), paired.psnr(photo, exact))}
+    print(f"case {case.name} ({case.parameter}, {len(strokes)} handles, {case.moves().mean():.1f} px at 128); "
+          "against the exact answer: " + "; ".join(f"{k}: ST-LPIPS {v[0]:.4f}, PSNR {v[1]:.2f} dB"
+                                                   for k, v in figures.items()))
+    # the zoom: the moving parts' box, squared, with a margin
+    ys, xs = np.nonzero(case.moving_parts(s))
+    cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+    half = max(xs.max() - xs.min(), ys.max() - ys.min()) / 2 + 0.06 * s
+    box = [int(max(0, cx - half)), int(max(0, cy - half)), int(min(s, cx + half)), int(min(s, cy + half))]
+    gap, title = 10, 24
+    zoom = s
+    canvas = Image.new("RGB", (3 * s + 2 * gap, 2 * s + 2 * title + gap), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((6, 8), "before: handles (red) -> targets (blue)", fill="black")
-    draw.text((s + gap + 6, 8), "after: DragGAN in GIMP (new masked layer)", fill="black")
+    marked = Image.fromarray(photo)
+    mark = ImageDraw.Draw(marked)
     for (hx, hy), (tx, ty) in strokes:
-        draw.line([(hx, hy + 28), (tx, ty + 28)], fill=(255, 255, 255), width=2)
-        draw.ellipse([hx - 3, hy + 25, hx + 3, hy + 31], fill=(230, 30, 30))
-        draw.ellipse([tx - 3, ty + 25, tx + 3, ty + 31], fill=(30, 80, 230))
+        mark.line([(hx, hy), (tx, ty)], fill=(255, 255, 255), width=2)
+        mark.ellipse([hx - 4, hy - 4, hx + 4, hy + 4], fill=(230, 30, 30))
+        mark.ellipse([tx - 4, ty - 4, tx + 4, ty + 4], fill=(30, 80, 230))
+    panels = [(marked, "before: handles (red) -> targets (blue)"),
+              (Image.fromarray(after), "after: DragGAN in GIMP, the defaults"),
+              (Image.fromarray(exact), "the exact answer (the renderer)")]
+    for i, (picture, label) in enumerate(panels):
+        x = i * (s + gap)
+        draw.text((x + 6, 6), label, fill="black")
+        canvas.paste(picture, (x, title))
+        draw.rectangle([x + box[0], title + box[1], x + box[2], title + box[3]], outline=(250, 200, 0), width=2)
+        inset = (Image.fromarray(photo) if i == 0 else picture).crop(box).resize((zoom, zoom), Image.Resampling.NEAREST)
+        draw.text((x + 6, s + title + gap + 4), "zoom (nearest neighbour)", fill="black")
+        canvas.paste(inset, (x, s + 2 * title + gap))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(args.out)
-    print(f"wrote {args.out} ({canvas.size[0]}x{canvas.size[1]}); edit: {json.dumps(edit)}")
+    canvas.save(args.out, optimize=True)
+    print(f"wrote {args.out} ({canvas.size[0]}x{canvas.size[1]}); edit: {json.dumps(edit)}; GIMP: {report}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
