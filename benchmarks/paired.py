@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -259,7 +260,38 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def markdown(summary: dict[str, Any]) -> str:
+HEADER = """# Drags with exact answers: faces-128 over the wire
+
+Made by `benchmarks/paired.py` from `{json}` (regenerate with `python benchmarks/paired.py --from-json
+{json} --markdown {markdown}`); the runs: {commands}. Cases: training/paired.py (a procedural face
+before and after one geometric parameter changed within the training range; local = mouth width,
+opening and smile, gaze, brows, nose, eye height; global = pose, position and size of the head; 1-4
+handles of at least 2 px at 128 px). Held-out = seed 2, never used for tuning. Layers of the given size
+are sent as the plug-in sends them (the whole layer, natively; its parameters) to a real server on
+loopback; {threads} thread(s), {machine}, shared with other work (times are indicative).
+
+Rows: *today* = protocol 3's edit (no PTI, the model's pixels, the whole picture may move); *detail*,
+*region*, *pti* = each of the new levers alone; *default* = the server's defaults now. Baselines:
+*no edit*, *ceiling* (the exact answer drawn at 128 px and scaled up: the best a 128 px model's own
+pixels could be), *warp rbf* / *warp tps* (the layer warped by the handle -> target points alone).
+ST-LPIPS is the VGG shift-tolerant distance to the exact answer at the layer's size ("x no edit": the
+mean over the mean of no edit; "closer": the share of cases better than no edit); the keypoint error
+is the detector's, on the result at 128 px, against the renderer's targets ("x move": over the mean
+move); "stopped short reported" counts, among the edits whose detected handle ended more than 3 px
+from its target, those the server reported as stopped short; "outside moving parts" is the mean
+change (0-255) of the pixels the exact answer does not change. Seconds: the first row of a case pays
+for its inversion (today and pti; detail and region reuse today's, default reuses pti's).
+
+"""
+
+
+def markdown(summary: dict[str, Any], meta: dict[str, Any] | None = None) -> str:
+    head = ""
+    if meta is not None:
+        head = HEADER.format(json=meta.get("json", "docs/paired-faces-128.json"),
+                             markdown=meta.get("markdown", "docs/paired-faces-128.md"),
+                             commands="; ".join(f"`{c}`" for c in meta.get("commands") or [meta.get("command", "")]),
+                             threads=meta.get("threads", "?"), machine=meta.get("machine", "?"))
     lines = ["| cases | layer | selection | row | n | ST-LPIPS (x no edit) | closer than no edit: ST-LPIPS / PSNR "
              "| PSNR dB | at 128: ST-LPIPS, closer | keypoint error local / global px (x move) "
              "| stopped short reported (handle > 3 px) | outside moving parts | s per edit |",
@@ -274,7 +306,18 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {e['group']} | {e['size']} | {'yes' if e['selection'] else 'no'} | {e['row']} | {e['n']} "
                      f"| {e['stlpips']:.4f}{ratio} | {closer} | {e.get('psnr', math.inf):.2f} | {small} | {kp} "
                      f"| {e.get('far_reported', '')} | {e['outside']:.2f} | {e.get('seconds', float('nan')):.1f} |")
-    return "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+    """The CPU's model name (Linux) or the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,7 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--from-json", type=Path, default=None, help="only write --markdown from this JSON")
     args = ap.parse_args(argv)
+    if args.from_json is not None:
+        data = json.loads(args.from_json.read_text())
+        table = markdown(summarize(data["edits"]), data["meta"])
+        if args.markdown is not None:
+            args.markdown.write_text(table)
+        print(table)
+        return 0
     torch.set_num_threads(args.threads)
     records: list[dict[str, Any]] = []
     if args.resume and args.json is not None and args.json.exists():
@@ -298,8 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = paired.make_cases(HELD_OUT_SEED, args.held_out) + paired.make_cases(TUNING_SEED, args.cases)
     figures = Figures()
     wire = Wire(args.cache_dir)
-    meta = dict(model=MODEL, threads=args.threads, machine=platform.processor() or platform.machine(),
-                torch=torch.__version__, command=" ".join(["python", "benchmarks/paired.py", *(argv or sys.argv[1:])]))
+    command = " ".join(["python", "benchmarks/paired.py", *(argv or sys.argv[1:])])
+    previous = json.loads(args.json.read_text())["meta"] if args.resume and args.json and args.json.exists() else {}
+    meta = dict(model=MODEL, threads=args.threads, machine=_machine(), torch=torch.__version__,
+                json=str(args.json), markdown=str(args.markdown),
+                commands=[*previous.get("commands", [previous["command"]] if "command" in previous else []),
+                          command])
     try:
         for size in args.sizes:
             for number, case in enumerate(cases, 1):
@@ -317,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         wire.close()
     summary = summarize(records)
-    table = markdown(summary)
+    table = markdown(summary, meta)
     print(table)
     if args.markdown is not None:
         args.markdown.write_text(table)
