@@ -57,12 +57,15 @@ def main() -> int:
     lock = threading.Lock()
     real_run = runner.run
 
-    def logged_run(owner, request, emit, should_cancel):  # observe, then do exactly what serve does
+    def logged_run(owner, request, emit, should_cancel, should_stop=None):  # observe, then do what serve does
         phases: list[str] = []
         phase_started: dict[str, float] = {}
         texts: list[str] = []
+        previews: list[int] = []   # the drag steps that carried a preview
 
         def observe(progress: protocol.Progress) -> None:
+            if progress.preview is not None:
+                previews.append(progress.step)
             if progress.text and progress.text not in texts:
                 texts.append(progress.text)
             if progress.phase not in phases:
@@ -71,14 +74,18 @@ def main() -> int:
             emit(progress)
 
         started = time.monotonic()
-        entry = {"type": request.TYPE, "owner": owner, "handles": [list(p) for p in request.handles],
-                 "targets": [list(p) for p in request.targets], "mask": request.mask is not None}
+        entry = {"type": request.TYPE, "owner": owner,
+                 "handles": [list(p) for p in getattr(request, "handles", [])],
+                 "targets": [list(p) for p in getattr(request, "targets", [])],
+                 "mask": getattr(request, "mask", None) is not None}
         image = getattr(request, "image", None)
         if image is not None:
             entry["image_size"] = [image.width, image.height]
         try:
-            result = real_run(owner, request, observe, should_cancel)
-            entry.update(outcome="result", session_id=result.session_id, frame=result.frame)
+            result = real_run(owner, request, observe, should_cancel, should_stop)
+            entry.update(outcome="result", session_id=result.session_id, frame=result.frame, steps=result.steps,
+                         stopped=result.stopped, history=result.history,
+                         stop_requested=bool(should_stop is not None and should_stop()))
             if result.frame == "crop":
                 import hashlib
 
@@ -90,7 +97,8 @@ def main() -> int:
             entry.update(outcome=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            entry.update(phases=phases, phase_started=phase_started, seconds=round(time.monotonic() - started, 2))
+            entry.update(phases=phases, phase_started=phase_started, seconds=round(time.monotonic() - started, 2),
+                         previews=len(previews), ended_at=time.time())
             with lock, open(jobs_log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry) + "\n")
 
