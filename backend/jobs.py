@@ -807,6 +807,8 @@ class EditRunner:
             raise
         if stopped:
             note = "; ".join([note, f"stopped by the client at step {steps}"])
+            if steps == 0:   # stopped before its first step: nothing changed, nothing to undo
+                held.restore(held.history.pop())
         result = self._crop_result(held, req.session_id, steps, started, note)
         result.stopped, result.history = stopped, len(held.history)
         return result

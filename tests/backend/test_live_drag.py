@@ -144,3 +144,13 @@ def test_undo_is_a_request_of_its_own_on_the_wire() -> None:
     with pytest.raises(ProtocolError) as info:
         P.decode(P.encode(P.Stop(job=""), "r1", token))
     assert info.value.field == "fields.job"
+
+
+def test_a_continue_stopped_before_its_first_step_changes_nothing(tiny_model: Path, photo: P.Image) -> None:
+    runner = real_runner(tiny_model)
+    owner = "tok:test"
+    first = runner.run(owner, edit(image=photo, params=SHORT, result="model"), lambda p: None, lambda: False)
+    again = runner.run(owner, P.Continue(session_id=first.session_id, handles=first.points, targets=[(20.0, 12.0)],
+                                         params=SHORT), lambda p: None, lambda: False, should_stop=lambda: True)
+    assert again.stopped and again.steps == 0 and again.history == first.history == 1
+    assert again.image == first.image and again.points == first.points

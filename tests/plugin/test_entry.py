@@ -24,7 +24,8 @@ def test_entry_registers_the_filter_and_the_panel_and_calls_main(entry) -> None:
     assert fakegimp.main_calls[-1][0] == "GimpPlugIn"
     plugin = entry.DragGAN()
     assert plugin.do_query_procedures() == ["python-fu-draggan", "python-fu-draggan-panel"]
-    for name, label in (("python-fu-draggan", "_DragGAN (Drag Points)..."), ("python-fu-draggan-panel", "DragGAN _Panel...")):
+    for name, label in (("python-fu-draggan", "_DragGAN (Drag Points)..."),
+                        ("python-fu-draggan-panel", "DragGAN _Panel...")):
         proc = plugin.do_create_procedure(name)
         calls = dict((call, args) for call, args in proc.calls)
         assert calls["add_menu_path"] == ("<Image>/Filters/Generic",) and calls["set_menu_label"] == (label,)

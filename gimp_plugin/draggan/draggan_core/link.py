@@ -57,13 +57,18 @@ def import_pyzmq() -> Any:
 
 def explain(exc: Exception, address: str, timeout_s: float, models: list[str] | None = None,
             model: str = "") -> errors.PluginError:
-    """A protocol.ProtocolError (or anything else from the client) as a PluginError for the user."""
+    """A protocol.ProtocolError (or anything else from the client) as a PluginError for the user;
+    its ``code`` is the protocol's."""
     code = getattr(exc, "code", "")
-    message = getattr(exc, "message", None) or str(exc)
+    error = _explain(code, getattr(exc, "message", None) or str(exc), address, timeout_s, models, model)
+    error.code = code if isinstance(code, str) else ""
+    return error
+
+
+def _explain(code: str, message: str, address: str, timeout_s: float, models: list[str] | None,
+             model: str) -> errors.PluginError:
     if code in ("unavailable", "timeout"):
-        lost = errors.backend_unreachable(address, timeout_s, message)
-        lost.code = code
-        return lost
+        return errors.backend_unreachable(address, timeout_s, message)
     if code == "unknown_model":
         return errors.model_not_available(model, models or [], message)
     if code == "busy":

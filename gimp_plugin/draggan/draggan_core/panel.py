@@ -35,7 +35,8 @@ RESPONSE_DRAG, RESPONSE_STOP, RESPONSE_UNDO, RESPONSE_APPLY, RESPONSE_CLOSE = 10
 BUTTONS = (("drag", "_Drag", RESPONSE_DRAG), ("stop", "_Stop", RESPONSE_STOP), ("undo", "Und_o drag", RESPONSE_UNDO),
            ("apply", "App_ly", RESPONSE_APPLY), ("close", "_Close", RESPONSE_CLOSE))
 PATH_LABEL = "Pat_h with drag points"
-CONNECTION_CODES = ("unavailable", "timeout")
+# the backend went away, restarted or is stopping: its sessions with it
+CONNECTION_CODES = ("unavailable", "timeout", "shutting_down")
 
 
 @dataclass
@@ -486,13 +487,16 @@ class Panel:
 
     def _failed(self, job: live.Job, exc: errors.PluginError) -> None:
         text = exc.message
-        if exc.code in CONNECTION_CODES:   # the backend went away or restarted: its session with it
+        if exc.code in CONNECTION_CODES:
             self.session = None
             kept = " The result layer keeps the last picture it showed." if self.live is not None else ""
             text = (f"DragGAN: lost the backend during the {'drag' if job.kind != 'undo' else 'undo'}: "
                     f"{text.replace('DragGAN: ', '')}{kept} Press Drag to start again (the picture is "
                     "inverted anew).")
             exc = errors.PluginError(text)
+        elif exc.code == "cancelled":   # Stop before the drag began (queued, inverting): nothing to keep
+            exc = errors.PluginError("DragGAN: stopped before the drag began: nothing changed"
+                                     + (" (the layer shows the last result)." if self.live is not None else "."))
         elif job.kind == "undo" and "no longer holds" in text:
             self.session = None
         self.bar.set_text("stopped" if "cancelled" in text else "error")
