@@ -76,33 +76,46 @@ def gui_root_args(run_sh: Path) -> list[str]:
     return ["--root", root]
 
 
-@contextlib.contextmanager
-def backend(folder: Path, threads: int = 1, max_seconds: int = 1500) -> Iterator[str]:
-    """tests/gimp/backend_host.py (the real server: faces-128 with its real inversion) -> its endpoint;
-    it appends one line per finished job to folder/jobs.jsonl."""
+def start_backend(folder: Path, threads: int = 1, max_seconds: int = 1500, inversion_steps: int = -1,
+                  port: int = 0) -> tuple[subprocess.Popen[str], str]:
+    """tests/gimp/backend_host.py (the real server: faces-128, its real inversion unless
+    `inversion_steps` caps it) -> (its process, its endpoint); it appends one line per finished job to
+    folder/jobs.jsonl."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gimp" / "backend_host.py"), "--dir", str(folder),
-                             "--inversion-steps", "-1", "--max-seconds", str(max_seconds)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                             "--inversion-steps", str(inversion_steps), "--max-seconds", str(max_seconds),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for _ in range(600):
+        if (folder / "endpoint").is_file() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    if not (folder / "endpoint").is_file():
+        proc.kill()
+        raise RuntimeError("the backend did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
+    return proc, (folder / "endpoint").read_text().strip()
+
+
+def end_backend(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
     try:
-        for _ in range(600):
-            if (folder / "endpoint").is_file() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not (folder / "endpoint").is_file():
-            proc.kill()
-            raise RuntimeError("the backend did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
-        yield (folder / "endpoint").read_text().strip()
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@contextlib.contextmanager
+def backend(folder: Path, threads: int = 1, max_seconds: int = 1500) -> Iterator[str]:
+    """start_backend as a context: yields the endpoint, ends the backend afterwards."""
+    proc, endpoint = start_backend(folder, threads, max_seconds)
+    try:
+        yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        end_backend(proc)
 
 
 def run_panel_driver(run_sh: Path, endpoint: str, io: Path, max_steps: int = 60, stop_after: int = 6,
-                     timeout_s: int = 1200, root_args: list[str] | None = None) -> dict[str, Any]:
+                     timeout_s: int = 1200, root_args: list[str] | None = None,
+                     scenario: str = "session") -> dict[str, Any]:
     """Stage the plug-in into io/plug-ins and run tests/gimp/panel_driver.py in the GIMP with windows
     (io holds input.png and edit.json); its report (raises AssertionError when GIMP or the driver failed)."""
     r = subprocess.run([sys.executable, str(REPO / "install.py"), "--plugin-only", "--gimp-dir", str(io / "plug-ins")],
@@ -113,7 +126,7 @@ def run_panel_driver(run_sh: Path, endpoint: str, io: Path, max_steps: int = 60,
                         "--plugins", str(io / "plug-ins"), "--bind", f"{io}:/mnt/io",
                         "--bind", f"{GUI_BIN}:/usr/local/bin:ro", "--env", "OUT=/mnt/io",
                         "--env", f"ENDPOINT={endpoint}", "--env", f"MAX_STEPS={max_steps}",
-                        "--env", f"STOP_AFTER={stop_after}",
+                        "--env", f"STOP_AFTER={stop_after}", "--env", f"SCENARIO={scenario}",
                         "--batch-file", str(REPO / "tests" / "gimp" / "panel_driver.py")],
                        capture_output=True, text=True, timeout=timeout_s + 120)
     assert r.returncode == 0, f"GIMP exit {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"

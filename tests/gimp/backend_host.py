@@ -1,6 +1,6 @@
 """The REAL DragGAN backend for the real-GIMP tests, on 127.0.0.1, CPU, with a tiny random model.
 
-    python tests/gimp/backend_host.py --dir DIR [--inversion-steps N] [--max-seconds S]
+    python tests/gimp/backend_host.py --dir DIR [--inversion-steps N] [--max-seconds S] [--port P]
 
 Writes DIR/tiny.pt (a tiny generator saved with stylegan2.save_generator), serves it as model
 'tiny' and, flagged ``alignment: ffhq`` (face alignment, protocol 3, with the real MTCNN), as
@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--inversion-steps", type=int, default=2,
                     help="cap on every inversion's steps (quick tests); -1 = the presets' own, as served")
     ap.add_argument("--max-seconds", type=float, default=600.0)
+    ap.add_argument("--port", type=int, default=0, help="loopback port (0 = any free one); a restart test reuses it")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -103,7 +104,7 @@ def main() -> int:
                 fh.write(json.dumps(entry) + "\n")
 
     runner.run = logged_run  # type: ignore[method-assign]
-    server = Server(ServerConfig(bind="tcp://127.0.0.1:0", heartbeat_s=1.0), runner)
+    server = Server(ServerConfig(bind=f"tcp://127.0.0.1:{args.port}", heartbeat_s=1.0), runner)
     server.bind()
     tmp = args.dir / "endpoint.tmp"
     tmp.write_text(server.endpoint)

@@ -4,8 +4,9 @@ by pressing its buttons from GLib timeouts in GTK's main loop, the way a user's 
 
 Environment: OUT (shared with the host; holds input.png, edit.json and the staged plug-ins/),
 ENDPOINT (the real backend), MAX_STEPS (the panel's Max steps), STOP_AFTER (previews painted before
-Stop is pressed). edit.json: {"handles": [[x, y]], "targets": [[x, y]], "moved_target": [x, y]}, image
-coordinates (one stroke per pair; "moved_target" replaces the first target before the second drag).
+Stop is pressed), SCENARIO ("session", below, or "restart": the backend dies mid-drag and comes
+back). edit.json: {"handles": [[x, y]], "targets": [[x, y]], "moved_target": [x, y]}, image coordinates
+(one stroke per pair; "moved_target" replaces the first target before the second drag).
 
 1. the picture in an image window, a path with the handle -> target pairs, the panel on its layer;
 2. Drag (a new session: the backend inverts), watching every preview the panel paints (the result
@@ -14,6 +15,10 @@ coordinates (one stroke per pair; "moved_target" replaces the first target befor
 4. Undo drag; 5. Apply; 6. Ctrl+Z in the image window (xdotool): GIMP's own undo;
 7. python-fu-draggan-panel through the PDB: interactive (its window opens; xdotool presses Close)
    and non-interactive (refused).
+
+SCENARIO=restart: Drag, and after STOP_AFTER previews OUT/kill-now asks the host to kill the backend
+and start a new one on the same port (it answers with OUT/restarted); the panel must keep the layer at
+its last preview and say what happened; then Drag again (the new backend inverts anew).
 
 Everything observed goes to OUT/report.json, pixel dumps to OUT/*.rgba; the host test asserts.
 """
@@ -35,6 +40,7 @@ OUT = os.environ["OUT"]
 ENDPOINT = os.environ["ENDPOINT"]
 MAX_STEPS = int(os.environ.get("MAX_STEPS", "60"))
 STOP_AFTER = int(os.environ.get("STOP_AFTER", "6"))
+SCENARIO = os.environ.get("SCENARIO", "session")
 sys.path.insert(0, os.path.join(OUT, "plug-ins", "draggan"))   # the staged plug-in, as GIMP runs it
 
 from draggan_core import gimp_ops as ops  # noqa: E402
@@ -104,6 +110,30 @@ def now():
     return time.monotonic()
 
 
+def procedure_runs(proc, image, photo, report):
+    # 7. the procedure the menu runs: interactive opens the panel (closed by xdotool), scripts are refused
+    helper = subprocess.Popen(["bash", "-c", """
+for i in $(seq 120); do
+  wid=$(xdotool search --onlyvisible --name '^DragGAN Panel$' 2>/dev/null | head -n 1)
+  [ -n "$wid" ] && break; sleep 0.5
+done
+[ -n "$wid" ] || { echo none; exit 1; }
+sleep 2; xdotool windowfocus --sync "$wid"; sleep 0.3; xdotool key --clearmodifiers alt+c; echo "$wid"
+"""], stdout=subprocess.PIPE, text=True)
+    config = proc.create_config()
+    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [photo])
+    config.set_property("backend-address", ENDPOINT)
+    status = proc.run(config).index(0)
+    report["interactive"] = {"status": status.value_nick, "window": helper.communicate(timeout=90)[0].strip()}
+    config = proc.create_config()
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [photo])
+    status = proc.run(config).index(0)
+    report["noninteractive"] = {"status": status.value_nick, "error": Gimp.get_pdb().get_last_error()}
+
+
 with reporting(os.path.join(OUT, "report.json")) as report:
     import json
 
@@ -121,7 +151,7 @@ with reporting(os.path.join(OUT, "report.json")) as report:
                                                       "label": proc.get_menu_label()}
     config = proc.create_config()
     for key, value in (("backend-address", ENDPOINT), ("model", "faces-128"), ("max-steps", MAX_STEPS),
-                       ("backend-timeout", 600)):
+                       ("backend-timeout", 600 if SCENARIO == "session" else 20)):
         config.set_property(key, value)
     panel = panel_module.Panel(proc, config, image, photo)
     events = report["events"] = []
@@ -208,32 +238,35 @@ with reporting(os.path.join(OUT, "report.json")) as report:
                                   "applied_valid": applied.is_valid()}
         dump(OUT, "photo-end.rgba", pixels(photo))
 
-    scenario = Scenario(steps(), report)
+    def restart():
+        yield until(lambda: panel.models is not None, 60, "the backend's models")
+        watch["drag"] = 1
+        panel.press("drag")
+        yield until(lambda: panel.painted >= STOP_AFTER or panel.job is None, 600, "previews of the drag")
+        report["painted_before_kill"] = panel.painted
+        open(os.path.join(OUT, "kill-now"), "w").close()
+        yield until(lambda: panel.job is None, 120, "the panel to notice the backend's death")
+        report["lost"] = {"status": panel.status.get_text(), "layer": sha(ops.read_rgba(panel.live)),
+                          "last_preview": [e for e in events if e["event"] == "preview"][-1]["layer"],
+                          "session": panel.session is not None, "drag_sensitive": panel.buttons["drag"].get_sensitive(),
+                          "errors": [e["message"] for e in events if e["event"] == "error"]}
+        yield until(lambda: os.path.exists(os.path.join(OUT, "restarted")), 120, "the backend to come back")
+        watch["drag"] = 2
+        mark = len(events)
+        panel.press("drag")
+        yield until(lambda: panel.job is None, 600, "the drag on the new backend")
+        report["again"] = [{k: v for k, v in e.items() if k != "layer"} for e in events[mark:]
+                           if e["event"] in ("result", "error")]
+        panel.press("close")
+        yield until(lambda: panel.closed, 30, "the panel to close")
+        report["layers_after_close"] = [la.get_name() for la in image.get_layers()]
+
+    scenario = Scenario(steps() if SCENARIO == "session" else restart(), report)
     GLib.timeout_add(50, scenario.tick)
     Gtk.main()
     if scenario.error is not None:
         raise scenario.error
-
-    # 7. the procedure the menu runs: interactive opens the panel (closed by xdotool), scripts are refused
-    helper = subprocess.Popen(["bash", "-c", """
-for i in $(seq 120); do
-  wid=$(xdotool search --onlyvisible --name '^DragGAN Panel$' 2>/dev/null | head -n 1)
-  [ -n "$wid" ] && break; sleep 0.5
-done
-[ -n "$wid" ] || { echo none; exit 1; }
-sleep 2; xdotool windowfocus --sync "$wid"; sleep 0.3; xdotool key --clearmodifiers alt+c; echo "$wid"
-"""], stdout=subprocess.PIPE, text=True)
-    config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [photo])
-    config.set_property("backend-address", ENDPOINT)
-    status = proc.run(config).index(0)
-    report["interactive"] = {"status": status.value_nick, "window": helper.communicate(timeout=90)[0].strip()}
-    config = proc.create_config()
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [photo])
-    status = proc.run(config).index(0)
-    report["noninteractive"] = {"status": status.value_nick, "error": Gimp.get_pdb().get_last_error()}
+    if SCENARIO == "session":
+        procedure_runs(proc, image, photo, report)
     report["photo_unchanged"] = sha(pixels(photo)) == sha(photo_before)
     display.delete()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,63 @@ def test_print_the_live_figures(panel_run) -> None:
     report, jobs, *_ = panel_run
     for line in live_panel.figures(report, jobs):
         print(line)
+
+
+def test_a_backend_that_dies_mid_drag_leaves_the_last_preview_and_says_so(gimp3_run, tmp_path) -> None:
+    """The backend is killed during a drag and a new one starts on its port (a crash and a restart): the
+    panel keeps the layer at its last preview with a message, and the next Drag inverts anew there."""
+    import signal
+    import threading
+
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    sock.close(0)
+    first_dir, second_dir, io = tmp_path / "backend-1", tmp_path / "backend-2", tmp_path / "io"
+    for folder in (first_dir, second_dir, io):
+        folder.mkdir()
+    picture, edit = live_panel.face_and_drag()
+    Image.fromarray(picture).save(io / "input.png")
+    (io / "edit.json").write_text(json.dumps(edit))
+    # a quick inversion (2 steps): this test is about the connection, not the picture
+    first, endpoint = live_panel.start_backend(first_dir, inversion_steps=2, port=port)
+    procs = [first]
+    done = threading.Event()
+
+    def crash_and_restart() -> None:
+        while not done.is_set() and not (io / "kill-now").exists():
+            time.sleep(0.1)
+        if done.is_set():
+            return
+        first.send_signal(signal.SIGKILL)       # no goodbye: the link just goes quiet
+        first.wait(10)
+        second, _ = live_panel.start_backend(second_dir, inversion_steps=2, port=port)
+        procs.append(second)
+        (io / "restarted").touch()
+
+    watcher = threading.Thread(target=crash_and_restart, daemon=True)
+    watcher.start()
+    try:
+        try:
+            root_args = live_panel.gui_root_args(gimp3_run)
+        except RuntimeError as exc:
+            gimp_unavailable(str(exc))
+        report = live_panel.run_panel_driver(gimp3_run, endpoint, io, max_steps=400, stop_after=4,
+                                             root_args=root_args, scenario="restart")
+    finally:
+        done.set()
+        watcher.join(60)
+        for proc in procs:
+            live_panel.end_backend(proc)
+    lost = report["lost"]
+    print("the panel said:", lost["status"])
+    assert report["painted_before_kill"] >= 4
+    assert lost["layer"] == lost["last_preview"]               # the layer stays at its last preview
+    assert "lost the backend during the drag" in lost["status"] and "keeps the last picture" in lost["status"]
+    assert lost["errors"] and not lost["session"] and lost["drag_sensitive"]
+    again = report["again"]
+    assert again and again[-1]["event"] == "result" and again[-1]["inverted"], again   # inverted anew there
+    jobs = [json.loads(line) for line in (second_dir / "jobs.jsonl").read_text().splitlines()]
+    assert [j["type"] for j in jobs] == ["edit"] and "inversion" in jobs[0]["phases"]
+    assert report["layers_after_close"] == ["Photo"] and report["photo_unchanged"]
