@@ -30,10 +30,11 @@ from .gimp_ops import Gimp
 
 TITLE = "DragGAN Panel"
 PUMP_MS = 40
-RESPONSE_DRAG, RESPONSE_STOP, RESPONSE_UNDO, RESPONSE_APPLY, RESPONSE_CLOSE = 101, 102, 103, 104, 105
-# mnemonics the settings above them do not use (Alt+D drags, Alt+S stops, ...)
-BUTTONS = (("drag", "_Drag", RESPONSE_DRAG), ("stop", "_Stop", RESPONSE_STOP), ("undo", "Und_o drag", RESPONSE_UNDO),
-           ("apply", "App_ly", RESPONSE_APPLY), ("close", "_Close", RESPONSE_CLOSE))
+RESPONSE_APPLY, RESPONSE_CLOSE = 104, 105
+# mnemonics the settings do not use (Alt+D drags, Alt+S stops, ...). The drag's own buttons sit by its
+# status line; Apply and Close, which end the panel, where a dialog's OK and Cancel would be.
+LIVE_BUTTONS = (("drag", "_Drag"), ("stop", "_Stop"), ("undo", "Und_o drag"))
+END_BUTTONS = (("apply", "App_ly", RESPONSE_APPLY), ("close", "_Close", RESPONSE_CLOSE))
 PATH_LABEL = "Pat_h with drag points"
 # the backend went away, restarted or is stopping: its sessions with it
 CONNECTION_CODES = ("unavailable", "timeout", "shutting_down")
@@ -114,6 +115,8 @@ class Panel:
         self.window = dlg
         dlg.set_modal(False)
         self.models_label = dlg.get_label("models-info", "Asking the backend for its models...", False, False)
+        self.models_label.set_line_wrap(True)
+        self.models_label.set_max_width_chars(50)
         self.model_entry = dlg.get_widget("model", GimpUi.LabelEntry)
         names = [arg.name for arg in options.ARGUMENTS if arg.name != "path"]
         names.insert(names.index("model") + 1, "models-info")
@@ -122,12 +125,19 @@ class Panel:
             widget = dlg.get_widget_for_response(response)
             if widget is not None:
                 widget.hide()
-        self.buttons = {key: dlg.add_button(label, response) for key, label, response in BUTTONS}
+        self.buttons = {key: dlg.add_button(label, response) for key, label, response in END_BUTTONS}
+        live_row = Gtk.ButtonBox(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        live_row.set_layout(Gtk.ButtonBoxStyle.START)
+        for key, label in LIVE_BUTTONS:
+            button = Gtk.Button.new_with_mnemonic(label)
+            GObject.Object.connect(button, "clicked", self._on_live_button, key)
+            live_row.add(button)
+            self.buttons[key] = button
         area = dlg.get_content_area()
         self.status = Gtk.Label(label="Draw handle → target pairs with the Paths tool, then press Drag.",
                                 xalign=0.0)
         self.status.set_line_wrap(True)
-        self.status.set_max_width_chars(60)
+        self.status.set_max_width_chars(50)
         self.bar = Gtk.ProgressBar()
         self.bar.set_show_text(True)
         self.bar.set_text("idle")
@@ -138,7 +148,7 @@ class Panel:
         except Exception:   # an extra: without it the active path is used
             traceback.print_exc()
             row = None
-        for position, widget in enumerate(w for w in (row, summary, self.status, self.bar) if w is not None):
+        for position, widget in enumerate(w for w in (row, summary, live_row, self.bar, self.status) if w is not None):
             area.pack_start(widget, False, False, 0)
             area.reorder_child(widget, position)
             widget.show_all()
@@ -170,15 +180,19 @@ class Panel:
         self.buttons[key].clicked()
 
     def _on_response(self, _dialog: Any, response: int) -> None:
-        handlers = {RESPONSE_DRAG: self.drag, RESPONSE_STOP: self.stop, RESPONSE_UNDO: self.undo,
-                    RESPONSE_APPLY: self.apply, RESPONSE_CLOSE: self.close}
-        handler = handlers.get(response)
+        handler = {RESPONSE_APPLY: self.apply, RESPONSE_CLOSE: self.close}.get(response)
         if handler is not None:
-            try:
-                handler()
-            except Exception as exc:   # a bug: said in the panel, never a dead window
-                traceback.print_exc()
-                self._error(errors.PluginError(f"DragGAN: unexpected error ({type(exc).__name__}: {exc})"))
+            self._guarded(handler)
+
+    def _on_live_button(self, _button: Any, key: str) -> None:
+        self._guarded({"drag": self.drag, "stop": self.stop, "undo": self.undo}[key])
+
+    def _guarded(self, handler: Callable[[], None]) -> None:
+        try:
+            handler()
+        except Exception as exc:   # a bug: said in the panel, never a dead window
+            traceback.print_exc()
+            self._error(errors.PluginError(f"DragGAN: unexpected error ({type(exc).__name__}: {exc})"))
 
     def _on_delete(self, *_args: Any) -> bool:
         self.close()
@@ -375,8 +389,9 @@ class Panel:
         self.closed = True
         self.worker.close()
         if self._timer:
-            self.GLib.source_remove(self._timer)
-            self._timer = 0
+            timer, self._timer = self._timer, 0
+            if self.GLib.main_context_default().find_source_by_id(timer) is not None:
+                self.GLib.source_remove(timer)
         self.window.destroy()
         self._tell("closed")
         if self._owns_loop:
@@ -394,6 +409,10 @@ class Panel:
 
     def _pump(self) -> bool:
         if self.closed:
+            return False
+        if not self.image.is_valid():   # the image was closed under the panel: nothing left to show
+            self.live = None
+            self._finish()
             return False
         try:
             self._take()
