@@ -151,15 +151,16 @@ def start(runner: Any, **config: Any) -> Server:
 
 def worker_for(address: str, timeout_s: float = 10.0, plugin_config: dict[str, Any] | None = None) -> live.Worker:
     token = client_module.new_token()
-    worker = live.Worker(lambda: link.Backend(address, timeout_s, connect_timeout_s=2.0, retries=1, token=token,
-                                              plugin_config=plugin_config), live.Mailbox())
+    worker = live.Worker(lambda a, t: link.Backend(a, t, connect_timeout_s=2.0, retries=1, token=token,
+                                                   plugin_config=plugin_config), live.Mailbox())
+    worker.address, worker.timeout_s = address, timeout_s   # the jobs' (the panel reads them from its settings)
     worker.start()
     return worker
 
 
-def drag_job(kind: str = "edit", session_id: str = "") -> live.Job:
-    return live.Job(kind=kind, serial=1, model="fake", rgb=bytes(SIDE * SIDE * 3), size=(SIDE, SIDE),
-                    handles=[(1.0, 1.0)], targets=[(9.0, 1.0)],
+def drag_job(worker: live.Worker, kind: str = "edit", session_id: str = "") -> live.Job:
+    return live.Job(kind=kind, serial=1, address=worker.address, timeout_s=worker.timeout_s, model="fake",
+                    rgb=bytes(SIDE * SIDE * 3), size=(SIDE, SIDE), handles=[(1.0, 1.0)], targets=[(9.0, 1.0)],
                     params={"max_steps": 200, "preview_every": 1, "preview_frame": "crop"}, session_id=session_id)
 
 
@@ -181,12 +182,37 @@ def collect(worker: live.Worker, until: Any, timeout_s: float = 30.0) -> tuple[l
 
 def drag_and_stop(worker: live.Worker) -> live.Answer:
     """A long drag, stopped after a few painted previews: its answer."""
-    worker.submit(drag_job())
+    worker.submit(drag_job(worker))
     previews, _ = collect(worker, lambda p, a: len(p) >= 3)
     assert all(p.preview_frame == "crop" and p.preview.channels == 4 for p in previews)
     worker.stop()
     _, answers = collect(worker, lambda p, a: bool(a))
     return answers[0]
+
+
+def test_the_worker_connects_to_the_backend_each_job_names() -> None:
+    made: list[tuple[str, float]] = []
+
+    class Stub:
+        def __init__(self, address: str, timeout_s: float) -> None:
+            made.append((address, timeout_s))
+
+        def models(self, refresh: bool = False) -> list[Any]:
+            return []
+
+        def close(self) -> None:
+            pass
+
+    worker = live.Worker(Stub, live.Mailbox())
+    worker.start()
+    try:
+        for n, (address, timeout_s) in enumerate((("tcp://a:1", 30.0), ("tcp://a:1", 30.0), ("tcp://b:1", 30.0),
+                                                  ("tcp://b:1", 5.0)), start=1):
+            worker.submit(live.Job(kind="models", serial=n, address=address, timeout_s=timeout_s))
+            collect(worker, lambda p, a: bool(a))
+        assert made == [("tcp://a:1", 30.0), ("tcp://b:1", 30.0), ("tcp://b:1", 5.0)]   # the same one is reused
+    finally:
+        worker.close()
 
 
 def test_the_worker_streams_previews_and_stop_keeps_the_drag() -> None:
@@ -199,12 +225,13 @@ def test_the_worker_streams_previews_and_stop_keeps_the_drag() -> None:
         assert 3 <= answer.result.steps < runner.steps
         assert not worker.busy.is_set()
         # Drag again on the session, then undo it
-        worker.submit(drag_job("continue", answer.result.session_id))
+        worker.submit(drag_job(worker, "continue", answer.result.session_id))
         collect(worker, lambda p, a: len(p) >= 2)
         worker.stop()
         _, answers = collect(worker, lambda p, a: bool(a))
         assert answers[0].result is not None and answers[0].result.stopped and not answers[0].inverted
-        worker.submit(live.Job(kind="undo", serial=2, session_id=answer.result.session_id))
+        worker.submit(live.Job(kind="undo", serial=2, address=worker.address, timeout_s=worker.timeout_s,
+                               session_id=answer.result.session_id))
         _, answers = collect(worker, lambda p, a: bool(a))
         assert answers[0].result.history == 0
         assert runner.requests == ["edit", "continue", "undo"]
@@ -218,7 +245,7 @@ def test_a_session_the_backend_lost_is_inverted_anew() -> None:
     server = start(runner)
     worker = worker_for(server.endpoint)
     try:
-        worker.submit(drag_job("continue", "gone"))
+        worker.submit(drag_job(worker, "continue", "gone"))
         _, answers = collect(worker, lambda p, a: bool(a))
         assert answers[0].inverted and "no longer holds the session" in answers[0].note
         assert runner.requests == ["edit"]
@@ -287,7 +314,7 @@ def test_a_backend_that_goes_away_mid_drag_is_a_lost_connection() -> None:
     server = start(runner)
     worker = worker_for(server.endpoint)
     try:
-        worker.submit(drag_job())
+        worker.submit(drag_job(worker))
         collect(worker, lambda p, a: len(p) >= 2)
         server.stop()                                # shuts down: the running job is told so
         _, answers = collect(worker, lambda p, a: bool(a))
@@ -298,7 +325,7 @@ def test_a_backend_that_goes_away_mid_drag_is_a_lost_connection() -> None:
     silent = SilentBackend()
     worker = worker_for(silent.address, timeout_s=2.0)
     try:
-        worker.submit(drag_job())
+        worker.submit(drag_job(worker))
         _, answers = collect(worker, lambda p, a: bool(a), timeout_s=20)
         error = answers[0].error
         assert isinstance(error, errors.PluginError) and error.code == "timeout"

@@ -114,6 +114,8 @@ class Job:
 
     kind: str
     serial: int = 0
+    address: str = ""   # the backend to ask (read on GTK's thread: the worker never reads the settings)
+    timeout_s: float = 30.0
     model: str = ""
     rgb: bytes = b""
     size: tuple[int, int] = (0, 0)
@@ -176,12 +178,13 @@ class Mailbox:
         return out
 
 
-Connect = Callable[[], Any]   # -> link.Backend (or a test double with the same methods)
+Connect = Callable[[str, float], Any]   # (address, timeout s) -> link.Backend (or a test double)
 
 
 class Worker(threading.Thread):
     """Runs the panel's jobs one at a time on its own backend connection (made on first use, made
-    again after the connection failed). ``stop()``/``cancel()`` act on the running job."""
+    again after the connection failed or when a job names another backend or timeout).
+    ``stop()``/``cancel()`` act on the running job."""
 
     def __init__(self, connect: Connect, mailbox: Mailbox) -> None:
         super().__init__(name="draggan-live", daemon=True)
@@ -191,6 +194,7 @@ class Worker(threading.Thread):
         self._stop_flag = threading.Event()
         self._cancel_flag = threading.Event()
         self._backend: Any = None
+        self._backend_for: tuple[str, float] | None = None
         self.busy = threading.Event()
 
     # -- the GTK thread's side ------------------------------------------------------------------
@@ -255,8 +259,11 @@ class Worker(threading.Thread):
         self._backend = None
 
     def _run(self, job: Job) -> Answer:
+        if self._backend is not None and self._backend_for != (job.address, job.timeout_s):
+            self._drop_backend_after(None)
         if self._backend is None:
-            self._backend = self._connect()
+            self._backend = self._connect(job.address, job.timeout_s)
+            self._backend_for = (job.address, job.timeout_s)
         backend = self._backend
         if job.kind == "models":
             return Answer(job, models=list(backend.models(refresh=True)))

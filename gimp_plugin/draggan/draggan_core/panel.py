@@ -105,9 +105,8 @@ class Panel:
 
     # -- the window -----------------------------------------------------------------------------
 
-    def _connect(self) -> Any:
-        opts = options.read_options(self.config)
-        return link.Backend(opts.backend_address, float(opts.backend_timeout), plugin_config=self.plugin_config)
+    def _connect(self, address: str, timeout_s: float) -> Any:
+        return link.Backend(address, timeout_s, plugin_config=self.plugin_config)
 
     def _build(self, procedure: Any) -> None:
         Gtk, GimpUi, GObject = self.Gtk, self.GimpUi, self.GObject
@@ -258,8 +257,10 @@ class Panel:
     # -- the buttons ----------------------------------------------------------------------------
 
     def _submit(self, job: live.Job) -> None:
+        opts = options.read_options(self.config)
         self._serial += 1
         job.serial = self._serial
+        job.address, job.timeout_s = opts.backend_address, float(opts.backend_timeout)
         if job.kind != "models":
             self.job = job
             self.painted = 0
