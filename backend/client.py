@@ -36,6 +36,7 @@ from . import protocol
 from .protocol import Error, ErrorCode, ProtocolError
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+POLL_S = 0.05  # how often a waiting stream asks its should_cancel/should_stop (a Stop button's latency)
 
 _ZMQ_MISSING = (
     "pyzmq is not available to this Python ({exe}). Install the DragGAN plug-in with "
@@ -407,22 +408,29 @@ class Client:
         Fire and forget: the job's stream ends with a ``cancelled`` error."""
         self._send(protocol.Cancel(job=job), self._next_id())
 
-    def submit(self, request: protocol.Edit | protocol.Continue) -> str:
+    def stop(self, job: str) -> None:
+        """Ask the server to end job ``job``'s drag at its next step and answer with the result so far
+        (``result.stopped``). Fire and forget: the job's stream ends with that result (or, when the drag
+        had not begun, with a ``cancelled`` error)."""
+        self._send(protocol.Stop(job=job), self._next_id())
+
+    def submit(self, request: protocol.Edit | protocol.Continue | protocol.Undo) -> str:
         """Send an edit/continue and return its request id; read its replies with :meth:`stream`."""
         self._ensure_hello()
         request_id = self._next_id()
         self._send(request, request_id)
         return request_id
 
-    def stream(self, request_id: str,
-               should_cancel: Callable[[], bool] | None = None) -> Iterator[protocol.Progress | protocol.Result]:
+    def stream(self, request_id: str, should_cancel: Callable[[], bool] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[protocol.Progress | protocol.Result]:
         """Yield the job's ``progress`` messages, then its ``result``; an ``error`` raises ProtocolError.
 
         Sends heartbeats while waiting; fails with TIMEOUT after ``timeout_s`` of silence, and with
-        UNAVAILABLE when the server restarted or no longer knows the job. ``should_cancel`` is polled
-        at least twice per heartbeat interval, even while the server is silent (loading a model);
-        when it turns true the job is cancelled (the stream then ends with CANCELLED)."""
-        cancel_sent = False
+        UNAVAILABLE when the server restarted or no longer knows the job. ``should_cancel`` and
+        ``should_stop`` are polled at least every POLL_S, even while the server is silent (loading a
+        model); when ``should_cancel`` turns true the job is cancelled (the stream then ends with
+        CANCELLED), when ``should_stop`` does it is stopped (the stream ends with the result so far)."""
+        cancel_sent = stop_sent = False
         welcome = self._ensure_hello()
         # Ping twice per server interval: the server aborts after two silent intervals, so a
         # client starved of CPU for a moment is not mistaken for a vanished one.
@@ -441,7 +449,13 @@ class Client:
             if should_cancel is not None and not cancel_sent and should_cancel():
                 self.cancel(request_id)
                 cancel_sent = True
-            env = self._recv(min(heartbeat, max(0.01, last_ping + heartbeat - now)))
+            if should_stop is not None and not stop_sent and should_stop():
+                self.stop(request_id)
+                stop_sent = True
+            wait = min(heartbeat, max(0.01, last_ping + heartbeat - now))
+            if should_cancel is not None or should_stop is not None:
+                wait = min(wait, POLL_S)
+            env = self._recv(wait)
             if env is None:
                 continue
             last_heard = time.monotonic()
@@ -472,13 +486,15 @@ class Client:
                 yield message
                 return
 
-    def run(self, request: protocol.Edit | protocol.Continue,
+    def run(self, request: protocol.Edit | protocol.Continue | protocol.Undo,
             on_progress: Callable[[protocol.Progress], None] | None = None,
-            should_cancel: Callable[[], bool] | None = None) -> protocol.Result:
+            should_cancel: Callable[[], bool] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> protocol.Result:
         """Submit ``request`` and wait for its result, calling ``on_progress`` for each progress
-        message. When ``should_cancel()`` turns true the job is cancelled (raises CANCELLED)."""
+        message. When ``should_cancel()`` turns true the job is cancelled (raises CANCELLED); when
+        ``should_stop()`` does, the drag ends early and its result so far is returned."""
         request_id = self.submit(request)
-        for message in self.stream(request_id, should_cancel):
+        for message in self.stream(request_id, should_cancel, should_stop):
             if isinstance(message, protocol.Result):
                 return message
             if on_progress is not None:
@@ -493,3 +509,9 @@ class Client:
                   on_progress: Callable[[protocol.Progress], None] | None = None,
                   should_cancel: Callable[[], bool] | None = None) -> protocol.Result:
         return self.run(request, on_progress, should_cancel)
+
+    def undo(self, session_id: str, result: str | None = None,
+             on_progress: Callable[[protocol.Progress], None] | None = None) -> protocol.Result:
+        """Take back the session's last drag: the result of the state before it (``history``: the undos
+        left). A session with nothing left to undo raises BAD_REQUEST."""
+        return self.run(protocol.Undo(session_id=session_id, result=result), on_progress)

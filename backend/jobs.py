@@ -393,6 +393,42 @@ class HeldSession:
     allowed: Any = None  # float32 [h, w]: where the drags may move (no selection), None = anywhere
     keep: Any = None  # bool [H, W]: crop pixels outside the last drag's selection
     last: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])  # the last drag's points
+    history: list[DragState] = dataclasses.field(default_factory=list)  # the states before the last drags
+
+    def remember(self) -> None:
+        """Keep the state before a drag (for ``undo``); the oldest go beyond MAX_UNDO."""
+        session = self.session
+        self.history.append(DragState(ws=session.ws, handles=list(session.points), targets=list(session.targets),
+                                      seeds=list(self.seeds), allowed=self.allowed, keep=self.keep,
+                                      last=self.last, params=self.params, result=self.result))
+        del self.history[:-MAX_UNDO]
+
+    def restore(self, state: DragState) -> None:
+        """Back to ``state``: the latent, the handles it had, and what the drags up to it asked for."""
+        self.session.restart_from(state.ws, state.handles, state.targets)
+        self.seeds, self.allowed, self.keep, self.last = list(state.seeds), state.allowed, state.keep, state.last
+        self.params, self.result = state.params, state.result
+
+
+#: The states a session keeps for ``undo`` (each holds a latent and references to the arrays the drags
+#: made, which later drags replace rather than modify: a few KB to a few MB each).
+MAX_UNDO = 8
+
+
+@dataclass
+class DragState:
+    """A session's state between drags: the latent, its handles and targets (model pixels, where the
+    next drag starts tracking from), and HeldSession's per-drag fields as they were."""
+
+    ws: Any
+    handles: list[tuple[float, float]]
+    targets: list[tuple[float, float]]
+    seeds: list[tuple[float, float]]
+    allowed: Any
+    keep: Any
+    last: tuple[list[tuple[float, float]], list[tuple[float, float]]]
+    params: protocol.EditParams
+    result: str
 
 
 class OwnerCache:
@@ -546,7 +582,7 @@ class EditRunner:
             if self.cache and not (self.sessions.has_room(owner) and self.images.has_room(owner)):
                 raise ProtocolError(ErrorCode.BUSY, "the DragGAN backend holds the most photos and drag sessions "
                                                     "it keeps for all clients together; try again later")
-        elif isinstance(request, protocol.Continue):
+        elif isinstance(request, (protocol.Continue, protocol.Undo)):
             if not self.sessions.contains(owner, request.session_id):
                 raise self._unknown_session(request.session_id)
 
@@ -563,14 +599,21 @@ class EditRunner:
                                                         f"for this client ({why}); start a new edit",
                              "fields.session_id")
 
-    def run(self, owner: str, request: Any, emit: Emit, should_cancel: ShouldCancel) -> protocol.Result:
+    def run(self, owner: str, request: Any, emit: Emit, should_cancel: ShouldCancel,
+            should_stop: ShouldCancel | None = None) -> protocol.Result:
+        """``should_stop``: the client's ``stop``: the drag ends at its next step and its state so far is
+        the result (``stopped``); before the drag began there is nothing to keep (CANCELLED)."""
+        stop = should_stop or (lambda: False)
         if isinstance(request, protocol.Edit):
-            return self._edit(owner, request, emit, should_cancel)
-        return self._continue(owner, request, emit, should_cancel)
+            return self._edit(owner, request, emit, should_cancel, stop)
+        if isinstance(request, protocol.Undo):
+            return self._undo(owner, request, emit)
+        return self._continue(owner, request, emit, should_cancel, stop)
 
     # pipeline --------------------------------------------------------------------------------
 
-    def _edit(self, owner: str, req: protocol.Edit, emit: Emit, should_cancel: ShouldCancel) -> protocol.Result:
+    def _edit(self, owner: str, req: protocol.Edit, emit: Emit, should_cancel: ShouldCancel,
+              should_stop: ShouldCancel) -> protocol.Result:
         """Protocol 4: the native crop into the model's frame (the whole crop scaled, or a face
         alignment for ``align="auto"`` on a model with one), inversion, drag, and the result in the crop's
         frame (``result="detail"``: the crop's own pixels moved; ``"model"``: the model's pixels)."""
@@ -610,7 +653,9 @@ class EditRunner:
             raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
 
         pti = registry_pti(req.model) if req.params.pti is None else bool(req.params.pti)
-        projection = self._project(owner, G, prepared.image, req.params, emit, should_cancel, pti)
+        # a stop before the drag began keeps nothing: the inversion ends as a cancel
+        projection = self._project(owner, G, prepared.image, req.params, emit,
+                                   lambda: should_cancel() or should_stop(), pti)
         from inversion.colour import local_colour_difference
 
         colour, where = local_colour_difference(projection.reconstruction, prepared.image)
@@ -629,13 +674,19 @@ class EditRunner:
                            crop_size=(W, H), aligned=kind, result=req.result, native=pixels,
                            ws_initial=projection.ws.detach().clone(), seeds=handles + targets, allowed=allowed,
                            keep=None if mask is None else mask <= 0.0, last=(handles, targets))
-        steps = self._drag(session, emit, should_cancel, quality, prepared.alignment)
+        held.remember()   # undo's first state: the inversion, before any drag
+        steps, stopped = self._drag(session, emit, should_cancel, quality, prepared.alignment, (W, H),
+                                    req.params.preview_frame, should_stop)
         session_id = "none"
         if self.cache:  # the same photo from the same client keeps one id
             held.image_id = req.image_id or hashlib.sha256(owner.encode() + pixels.tobytes()).hexdigest()[:32]
             self.images.put(owner, pixels, key=held.image_id)
             session_id = self.sessions.put(owner, held)
-        return self._crop_result(held, session_id, steps, started, "; ".join(notes))
+        if stopped:
+            notes.append(f"stopped by the client at step {steps}")
+        result = self._crop_result(held, session_id, steps, started, "; ".join(notes))
+        result.stopped, result.history = stopped, len(held.history)
+        return result
 
     def _prepare_aligned(self, req: protocol.Edit, pixels: np.ndarray, mask: np.ndarray | None, width: int,
                          height: int, emit: Emit) -> tuple[Any, str, str]:
@@ -706,7 +757,7 @@ class EditRunner:
                                alignment=held.aligned, note=note, landed=landed)
 
     def _continue(self, owner: str, req: protocol.Continue, emit: Emit,
-                  should_cancel: ShouldCancel) -> protocol.Result:
+                  should_cancel: ShouldCancel, should_stop: ShouldCancel) -> protocol.Result:
         """Drag again on a session: the stored transform maps the new crop-pixel points and mask into the
         model's frame (the same frame as the first drag)."""
         from backend import aligned_edit
@@ -731,7 +782,12 @@ class EditRunner:
         model_mask = None if mask is None else al.warp_mask(mask > 0.5).astype(np.float32)
         params = req.params or held.params
         drag_mask, allowed, region_note = _drag_region(model_mask, params, handles, targets, al.width, al.height)
-        session.set_points(handles, targets, drag_mask, params=_drag_params(params, session.G, held.model))
+        held.remember()   # the state before this drag, for undo (and for a cancel, which keeps nothing)
+        try:
+            session.set_points(handles, targets, drag_mask, params=_drag_params(params, session.G, held.model))
+        except Exception:
+            held.history.pop()
+            raise
         held.params = params
         held.result = req.result or held.result
         held.seeds = held.seeds + handles + targets
@@ -742,8 +798,38 @@ class EditRunner:
                   else "reusing the previous drag's inversion")
         note = "; ".join(filter(None, [reused, region_note]))
         emit(protocol.Progress(phase="drag", step=0, total=0, text=note))
-        steps = self._drag(session, emit, should_cancel, held.inversion, al)
-        return self._crop_result(held, req.session_id, steps, started, note)
+        try:
+            steps, stopped = self._drag(session, emit, should_cancel, held.inversion, al, (W, H),
+                                        params.preview_frame, should_stop)
+        except ProtocolError as exc:
+            if exc.code == ErrorCode.CANCELLED:   # a cancelled drag keeps nothing: the session as before it
+                held.restore(held.history.pop())
+            raise
+        if stopped:
+            note = "; ".join([note, f"stopped by the client at step {steps}"])
+            if steps == 0:   # stopped before its first step: nothing changed, nothing to undo
+                held.restore(held.history.pop())
+        result = self._crop_result(held, req.session_id, steps, started, note)
+        result.stopped, result.history = stopped, len(held.history)
+        return result
+
+    def _undo(self, owner: str, req: protocol.Undo, emit: Emit) -> protocol.Result:
+        """The session back to the state before its last drag, answered as that state's result (the
+        same computation on the same latent as the drag that made it: the same bytes)."""
+        started = time.monotonic()
+        held: HeldSession | None = self.sessions.get(owner, req.session_id)
+        if held is None:
+            raise self._unknown_session(req.session_id)
+        if not held.history:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"fields.session_id: session {req.session_id!r} has no drag "
+                                                       "left to undo", "fields.session_id")
+        held.restore(held.history.pop())
+        if req.result is not None:
+            held.result = req.result
+        emit(protocol.Progress(phase="drag", step=0, total=0, text="undoing the last drag"))
+        result = self._crop_result(held, req.session_id, 0, started, "the last drag was undone")
+        result.history = len(held.history)
+        return result
 
     def _mask(self, mask: protocol.Image | protocol.PendingImage | None, width: int,
               height: int) -> np.ndarray | None:
@@ -790,24 +876,39 @@ class EditRunner:
         return result
 
     def _drag(self, session: Any, emit: Emit, should_cancel: ShouldCancel,
-              quality: protocol.InversionQuality | None, alignment: Any = None) -> int:
-        """Run the drag, reporting progress; ``alignment``: points are reported in the native crop's
-        pixels (previews stay in the model's frame: they are only a glance)."""
+              quality: protocol.InversionQuality | None, alignment: Any = None,
+              crop_size: tuple[int, int] | None = None, preview_frame: str = "model",
+              should_stop: ShouldCancel | None = None) -> tuple[int, bool]:
+        """Run the drag, reporting progress -> (steps, stopped by ``should_stop``). ``alignment``: points
+        are reported in the native crop's pixels; ``preview_frame`` "crop" (with ``crop_size``): previews
+        are placed in the crop's frame as results are (RGBA at an offset), else they stay in the model's."""
+        from backend import aligned_edit
         from backend.engine import EditCancelled
 
+        stop = should_stop or (lambda: False)
+        in_crop = preview_frame == "crop" and alignment is not None and crop_size is not None
         steps = 0
         try:
-            for step in session.run(should_cancel=should_cancel):
+            for step in session.run(should_cancel=lambda: should_cancel() or stop()):
                 steps = step.index + 1
-                preview = rgb_to_image(step.preview) if step.preview is not None else None
+                preview, offset = None, (0, 0)
+                if step.preview is not None and in_crop:
+                    assert crop_size is not None
+                    rgba, offset = aligned_edit.paste_back_cut(alignment, crop_size[0], crop_size[1], step.preview)
+                    preview = rgb_to_image(rgba)
+                elif step.preview is not None:
+                    preview = rgb_to_image(step.preview)
                 points = step.points if alignment is None else \
                     [(float(x), float(y)) for x, y in alignment.to_crop(step.points)]
                 emit(protocol.Progress(phase="drag", step=steps, total=step.total, points=points,
                                        loss=_maybe_float(step.loss), preview=preview,
+                                       preview_frame="crop" if in_crop else "model", preview_offset=offset,
                                        text="done: handles reached their targets" if step.done else ""))
         except EditCancelled:
+            if stop() and not should_cancel():
+                return steps, True
             raise ProtocolError(ErrorCode.CANCELLED, "cancelled") from None
-        return steps
+        return steps, False
 
 
 def _maybe_float(value: Any) -> float | None:

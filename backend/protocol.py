@@ -43,7 +43,11 @@ edit       model (name), image (spec: the native crop) | image_id (str), handles
 continue   session_id, handles, targets, mask (optional), params (optional), result (optional: as
            the session's last); points and mask in the session's crop frame
                                                               -> ``progress``* then ``result``/``error``
-cancel     job (request id of an edit/continue; null = all of this client's jobs) -> ``cancel_ok``
+cancel     job (request id of an edit/continue/undo; null = all of this client's jobs) -> ``cancel_ok``
+stop       job (request id of a running edit/continue; protocol 4): end its drag at the next step and
+           answer it with the result so far (``result.stopped``) -> ``stop_ok``
+undo       session_id, result (optional: as the session's last; protocol 4): back to the state before
+           the session's last drag                            -> ``progress``* then ``result``/``error``
 ping       (no fields)                                        -> ``pong``  (the heartbeat)
 purge      (no fields): forget this client's cached images and sessions -> ``purged``
 =========  =====================================================================================
@@ -58,14 +62,32 @@ welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unkno
            auth ("curve"|"none"), cache (bool), queue_limit, running, waiting (jobs now),
            limits {max_message_bytes, max_frame_bytes, max_image_side, max_points, max_peers}
 progress   phase (queued|loading|inversion|drag), step, total, points, loss, position (in queue),
-           inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text
+           inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text,
+           preview_frame ("model"|"crop"), preview_offset ([x, y] crop pixels; protocol 4)
 result     image (spec), points, session_id, image_id, inversion (optional), steps, seconds,
            frame ("crop"), offset ([x, y] crop pixels), alignment ("none"|"ffhq"|"faces"), note,
-           landed ([bool] per handle; protocol 4)
+           landed ([bool] per handle; protocol 4), stopped (bool), history (int; protocol 4)
 error      code (ErrorCode), message (for a person), field (offending field or ""), trace_id
 pong       instance, jobs (request ids of this connection's queued/running jobs)
 cancel_ok  cancelled (int) / purged: images, sessions (ints)
+stop_ok    stopping (int: the jobs that will end with their result so far)
 =========  =====================================================================================
+
+Live drags (protocol 4): ``params.preview_frame="crop"`` asks for previews already placed in the crop's
+frame: each ``progress.preview`` is then RGBA in the sent crop's pixels, cut to the area the model's
+frame covers (alpha 255 there) at ``progress.preview_offset``, exactly as a ``result`` is placed (the
+server applies the crop <-> model transform it keeps, face alignment included), so a client paints it
+where the result will go without knowing the transform; it holds the model's pixels (the result of a
+"detail" drag is the picture's own pixels moved: the preview is the quick look, the result the full
+quality). ``"model"`` (default): the model's frame, RGB, as before. ``stop`` ends a running drag early
+and keeps it: the job answers ``result`` (``stopped`` true) with the state at the step it reached,
+which the session continues from; a job stopped before its drag began (queued, loading, inverting)
+has nothing to keep and ends with ``error`` ``cancelled``. A ``cancel``led drag leaves the session as
+it was before that drag. Every session keeps the states before its last drags (at least 8: the
+first is the inversion's, before any drag); ``undo`` restores the newest and answers its picture as a
+``result`` (the same bytes the drag before it answered; ``points`` are that state's handles) whose
+``history`` says how many more undos the session holds; with none left it answers ``error``
+``bad_request``.
 
 Native crops and the picture's own pixels (protocol 4): every ``edit`` carries the crop at its own
 resolution (any size up to MAX_IMAGE_SIDE a side); handles, targets and mask are in its pixels. The
@@ -120,7 +142,8 @@ from typing import Any, ClassVar
 #    ``result.frame="crop"`` (RGBA in that crop's frame at ``result.offset``).
 # 4: every edit sends its native crop and gets RGBA in the crop's frame; ``edit.result`` ("detail":
 #    the picture's own pixels moved; "model"), ``params.region``, ``params.pti`` may be absent (the
-#    model's own), ``result.landed``.
+#    model's own), ``result.landed``; live drags: ``stop``, ``undo``, ``params.preview_frame``,
+#    ``progress.preview_frame``/``preview_offset``, ``result.stopped``/``history``.
 PROTOCOL_VERSION = 4
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +175,7 @@ ALIGNMENTS = ("none", "ffhq", "faces")  # a model's alignment kind (backend/alig
 # points), "whole" = whole subjects framed as in its training data (send the whole layer)
 FRAMINGS = ("any", "whole")
 RESULT_FRAMES = ("model", "crop")  # result.frame: protocol 4 servers answer "crop" (RGBA in the sent crop's frame)
+PREVIEW_FRAMES = ("model", "crop")  # params.preview_frame: the model's frame (RGB) or placed in the crop (RGBA)
 RESULT_MODES = ("detail", "model")  # edit.result: the picture's own pixels moved, or the model's pixels
 REGIONS = ("points", "whole")  # params.region without a mask: a box around the points, or the whole crop
 
@@ -613,7 +637,8 @@ class EditParams:
     projection preset;
     ``pti``: pivotal tuning (better likeness, slower; None, sent as no field: the model's own);
     ``preview_every``: steps between preview images (0 = none); ``region``: what may move when there
-    is no mask ("points": a box around the points; "whole": everything)."""
+    is no mask ("points": a box around the points; "whole": everything); ``preview_frame``: previews in
+    the model's frame ("model", RGB) or placed in the crop's ("crop", RGBA at progress.preview_offset)."""
 
     max_steps: int = 300
     lr: float = 0.002
@@ -625,6 +650,7 @@ class EditParams:
     pti: bool | None = None
     preview_every: int = 10
     region: str = "points"
+    preview_frame: str = "model"
 
     def to_fields(self) -> dict[str, Any]:
         # no field for "the model's own" mask weight and PTI
@@ -653,6 +679,7 @@ class EditParams:
             pti=None if value.get("pti") is None else _bool(value, "pti", path),
             preview_every=_int(value, "preview_every", path, 0, MAX_STEPS, d.preview_every),
             region=_str(value, "region", path, d.region, choices=REGIONS),
+            preview_frame=_str(value, "preview_frame", path, d.preview_frame, choices=PREVIEW_FRAMES),
         )
 
 
@@ -782,6 +809,43 @@ class Cancel:
     @classmethod
     def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Cancel:
         return cls(job=_opt_id(f, "job", "fields"))
+
+
+@dataclass
+class Stop:
+    """End the running drag of job ``job`` at its next step and keep it: the job answers its ``result``
+    (``stopped`` true). A job that has not begun its drag ends with ``cancelled`` instead."""
+
+    TYPE: ClassVar[str] = "stop"
+    job: str = ""  # request id of the edit/continue
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {"job": self.job}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Stop:
+        return cls(job=_str(f, "job", "fields", pattern=ID_PATTERN))
+
+
+@dataclass
+class Undo:
+    """Take back the session's last drag: the session returns to the state before it, and the job
+    answers that state's picture as a ``result``. ``result`` None = the session's mode."""
+
+    TYPE: ClassVar[str] = "undo"
+    session_id: str
+    result: str | None = None
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        out: dict[str, Any] = {"session_id": self.session_id}
+        if self.result is not None:
+            out["result"] = self.result
+        return out
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Undo:
+        result = None if f.get("result") is None else _str(f, "result", "fields", choices=RESULT_MODES)
+        return cls(session_id=_str(f, "session_id", "fields", pattern=ID_PATTERN), result=result)
 
 
 @dataclass
@@ -941,6 +1005,10 @@ class Progress:
     inversion: InversionQuality | None = None
     preview: Image | None = None
     text: str = ""
+    # protocol 4, params.preview_frame "crop": the preview is RGBA in the sent crop's pixels, cut to the
+    # area the model's frame covers, its top-left pixel at preview_offset (as result.image/offset)
+    preview_frame: str = "model"
+    preview_offset: tuple[int, int] = (0, 0)
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -955,6 +1023,8 @@ class Progress:
         }
         if self.preview is not None:
             out["preview"] = enc.image(self.preview)
+            out["preview_frame"] = self.preview_frame
+            out["preview_offset"] = [int(self.preview_offset[0]), int(self.preview_offset[1])]
         return out
 
     @classmethod
@@ -971,6 +1041,8 @@ class Progress:
             inversion=InversionQuality.from_value(f.get("inversion"), "fields.inversion"),
             preview=frames.image(f["preview"], "fields.preview") if f.get("preview") is not None else None,
             text=_str(f, "text", "fields", ""),
+            preview_frame=_str(f, "preview_frame", "fields", "model", choices=PREVIEW_FRAMES),
+            preview_offset=_offset(f.get("preview_offset", [0, 0]), "fields.preview_offset"),
         )
 
 
@@ -992,6 +1064,8 @@ class Result:
     alignment: str = "none"  # the model's kind ("ffhq"/"faces") when the face was aligned
     note: str = ""  # notes for a person (alignment, the region that could move)
     landed: list[bool] = field(default_factory=list)  # per handle: the dense motion carries it to its target
+    stopped: bool = False  # the client stopped the drag: this is the state at the step it reached
+    history: int = 0  # how many drags of the session ``undo`` can still take back
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
         return {
@@ -1007,6 +1081,8 @@ class Result:
             "alignment": self.alignment,
             "note": self.note,
             "landed": [bool(v) for v in self.landed],
+            "stopped": bool(self.stopped),
+            "history": int(self.history),
         }
 
     @classmethod
@@ -1026,6 +1102,8 @@ class Result:
             alignment=_str(f, "alignment", "fields", "none", choices=ALIGNMENTS),
             note=_str(f, "note", "fields", ""),
             landed=_bools(f.get("landed", []), "fields.landed"),
+            stopped=_bool(f, "stopped", "fields", False),
+            history=_int(f, "history", "fields", 0, 1 << 20, 0),
         )
 
 
@@ -1111,6 +1189,19 @@ class CancelOk:
 
 
 @dataclass
+class StopOk:
+    TYPE: ClassVar[str] = "stop_ok"
+    stopping: int = 0  # running jobs that will end with their result so far (queued ones are cancelled)
+
+    def to_fields(self, enc: _Encoder) -> dict[str, Any]:
+        return {"stopping": self.stopping}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any], frames: _Frames) -> StopOk:
+        return cls(stopping=_int(f, "stopping", "fields", 0, 1 << 30, 0))
+
+
+@dataclass
 class Purged:
     TYPE: ClassVar[str] = "purged"
     images: int = 0
@@ -1127,8 +1218,9 @@ class Purged:
         )
 
 
-REQUEST_TYPES: dict[str, Any] = {c.TYPE: c for c in (Hello, Edit, Continue, Cancel, Ping, Purge)}
-REPLY_TYPES: dict[str, Any] = {c.TYPE: c for c in (Welcome, Progress, Result, Error, Pong, CancelOk, Purged)}
+REQUEST_TYPES: dict[str, Any] = {c.TYPE: c for c in (Hello, Edit, Continue, Cancel, Stop, Undo, Ping, Purge)}
+REPLY_TYPES: dict[str, Any] = {c.TYPE: c for c in (Welcome, Progress, Result, Error, Pong, CancelOk, StopOk,
+                                                     Purged)}
 # the number of binary frames each type may carry
 _MAX_BINARY: dict[str, int] = {"edit": 2, "continue": 1, "progress": 1, "result": 1}
 

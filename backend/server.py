@@ -52,7 +52,7 @@ from .protocol import Error, ErrorCode, ProtocolError
 log = logging.getLogger("draggan.backend")
 
 SERVER_VERSION = "0.1.0"
-Request = Any  # protocol.Edit | protocol.Continue
+Request = Any  # protocol.Edit | protocol.Continue | protocol.Undo
 
 
 class Runner(Protocol):
@@ -72,9 +72,11 @@ class Runner(Protocol):
         ...
 
     def run(self, owner: str, request: Request, emit: Callable[[protocol.Progress], None],
-            should_cancel: Callable[[], bool]) -> protocol.Result:
+            should_cancel: Callable[[], bool], should_stop: Callable[[], bool] | None = None) -> protocol.Result:
         """Run one edit in the worker thread. Raises ProtocolError (typed), ValueError (bad input),
-        MemoryError / torch OOM, or anything else (then logged as internal)."""
+        MemoryError / torch OOM, or anything else (then logged as internal). ``should_stop`` turns true
+        when the client sent ``stop``: a drag then ends at its next step and the result so far is
+        returned (``stopped`` true); a runner that cannot stop may treat it as a cancel."""
         ...
 
     def purge(self, owner: str) -> tuple[int, int]:
@@ -121,6 +123,7 @@ class Job:
     link: Connection | None = None  # the connection that submitted it: output goes only there
     submitted: float = field(default_factory=time.monotonic)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    stop_event: threading.Event = field(default_factory=threading.Event)  # ``stop``: end the drag, keep it
     cancel_reason: str = ""
     started: bool = False
     step: int = 0  # last drag step reported
@@ -149,6 +152,7 @@ _CANCEL_REASONS = {
     "vanished": "the edit was aborted: the client stopped sending heartbeats",
     "shutdown": "the edit was cancelled: the DragGAN backend is shutting down",
     "disconnected": "the edit was cancelled: the client's connection closed",
+    "stopped": "the edit was stopped before its drag began: there is no drag to keep",
 }
 
 # ZAP status code (RFC 27) for a refused handshake. libzmq closes the connection at once only for
@@ -596,11 +600,17 @@ class Server:
                 if job.link is link and (msg.job is None or msg.job == job.request_id):
                     count += self._cancel(job, "client")
             self._reply(conn, protocol.CancelOk(cancelled=count), env.id)
+        elif isinstance(msg, protocol.Stop):
+            count = 0
+            for job in list(self.jobs.values()):
+                if job.link is link and msg.job == job.request_id:
+                    count += self._stop_job(job)
+            self._reply(conn, protocol.StopOk(stopping=count), env.id)
         elif isinstance(msg, protocol.Purge):
             images, sessions = self.runner.purge(link.owner)
             log.info("purged %d image(s) and %d session(s) of %s", images, sessions, link.owner)
             self._reply(conn, protocol.Purged(images=images, sessions=sessions), env.id)
-        elif isinstance(msg, (protocol.Edit, protocol.Continue)):
+        elif isinstance(msg, (protocol.Edit, protocol.Continue, protocol.Undo)):
             self._submit(link, env.id, msg)
         else:  # decode() only lets request types through
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"'{env.type}' is not a request")
@@ -689,6 +699,22 @@ class Server:
         job.cancel_event.set()
         self.stats[f"cancel:{reason}"] += 1
         log.info("job %s of %s: cancel requested (%s) at step %d", job.request_id, job.owner, reason, job.step)
+        return 1
+
+    def _stop_job(self, job: Job) -> int:
+        """``stop``: a running job ends its drag at the next step and answers with what it has; a queued
+        one has nothing to keep and is cancelled. Returns 1 when the job will end with its result."""
+        with self._cond:
+            queued = job in self._pending
+        if queued:
+            self._cancel(job, "stopped")
+            return 0
+        if job.cancel_event.is_set() or job.stop_event.is_set():
+            return 0
+        job.cancel_reason = "stopped"   # what a CANCELLED from a job stopped before its drag means
+        job.stop_event.set()
+        self.stats["stop"] += 1
+        log.info("job %s of %s: stop requested at step %d", job.request_id, job.owner, job.step)
         return 1
 
     def _finish_unstarted(self, job: Job, reason: str) -> None:
@@ -799,7 +825,8 @@ class Server:
             if job.cancel_event.is_set():
                 raise ProtocolError(ErrorCode.CANCELLED, _CANCEL_REASONS.get(job.cancel_reason, "cancelled"))
             decode_pending(job.request)  # PNG payloads: Pillow, here in the worker, never on the loop
-            final = self.runner.run(job.owner, job.request, emit, job.cancel_event.is_set)
+            final = self.runner.run(job.owner, job.request, emit, job.cancel_event.is_set,
+                                    should_stop=job.stop_event.is_set)
             if job.cancel_event.is_set():  # finished during the last step: still report the cancel
                 raise ProtocolError(ErrorCode.CANCELLED, _CANCEL_REASONS.get(job.cancel_reason, "cancelled"))
         except ProtocolError as exc:

@@ -276,6 +276,12 @@ class DragSession:
         """
         self._start(self.ws, handles, targets, mask, params or self.params)
 
+    def restart_from(self, ws: torch.Tensor, handles: object, targets: object) -> None:
+        """Back to latent ``ws`` (``[1, num_ws, w_dim]``, e.g. a copy of :attr:`ws` taken earlier) with
+        these handles and targets, ready for :meth:`set_points` or a drag from there: undoing drags."""
+        w0 = conventions.validate_ws(ws, self.num_ws, self.w_dim).to(self.device)
+        self._start(w0, handles, targets, None, self.params)
+
     # -- state --------------------------------------------------------------------------------------
 
     @property

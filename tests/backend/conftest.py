@@ -122,7 +122,7 @@ class FakeRunner:
         return (0, 0)
 
     def run(self, owner: str, request: Any, emit: Callable[[protocol.Progress], None],
-            should_cancel: Callable[[], bool]) -> protocol.Result:
+            should_cancel: Callable[[], bool], should_stop: Callable[[], bool] | None = None) -> protocol.Result:
         self.runs += 1
         self.owners.append(owner)
         self.started.set()

@@ -59,7 +59,7 @@ class GatedRunner:
         return (0, len(self.owned.pop(owner, set())))
 
     def run(self, owner: str, request: Any, emit: Callable[[P.Progress], None],
-            should_cancel: Callable[[], bool]) -> P.Result:
+            should_cancel: Callable[[], bool], should_stop: Callable[[], bool] | None = None) -> P.Result:
         self.runs.append(owner)
         self.started.set()
         step = 0

@@ -57,6 +57,13 @@ def roundtrip(message: P.Message, rid: str = "r1") -> P.Envelope:
              inversion=P.InversionQuality(30.0, 0.1, colour=33.5, colour_at=(64, 70))),
     P.Error(code=ErrorCode.BUSY, message="busy", field="", trace_id="t"),
     P.Pong(instance="x", jobs=["a", "b"]), P.CancelOk(cancelled=1), P.Purged(images=2, sessions=1),
+    # protocol 4, live drags: previews placed in the crop's frame, stop, undo and the session's history
+    P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image=RGB,
+           params=P.EditParams(preview_every=1, preview_frame="crop")),
+    P.Progress(phase="drag", step=2, total=9, points=[(1.0, 2.0)], preview=P.Image(2, 2, 4, bytes(16)),
+               preview_frame="crop", preview_offset=(5, 6)),
+    P.Stop(job="c1-2"), P.StopOk(stopping=1), P.Undo(session_id="s1"), P.Undo(session_id="s1", result="model"),
+    P.Result(image=P.Image(2, 2, 4, bytes(16)), points=[(1.0, 2.0)], session_id="s", stopped=True, history=3),
 ])
 def test_every_message_round_trips(message: P.Message) -> None:
     assert roundtrip(message).message == message
@@ -84,6 +91,41 @@ def test_protocol_4_fields_are_checked_and_absent_ones_take_their_defaults() -> 
     doc["fields"]["landed"] = ["yes"]
     with pytest.raises(ProtocolError, match="fields.landed"):
         P.decode([json.dumps(doc).encode(), *frames])
+
+
+def test_live_drag_fields_are_checked_and_absent_ones_take_their_defaults() -> None:
+    bare = roundtrip(P.Progress(phase="drag", step=1, total=2, preview=RGB)).message
+    assert bare.preview_frame == "model" and bare.preview_offset == (0, 0)
+    assert roundtrip(P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image=RGB)).message.params.preview_frame \
+        == "model"
+    result = roundtrip(P.Result(image=RGB, points=[(1.0, 2.0)], session_id="s")).message
+    assert result.stopped is False and result.history == 0
+    cases = [
+        (P.Progress(phase="drag", preview=RGB, preview_frame="crop"), ("fields", "preview_frame"), "face",
+         "fields.preview_frame"),
+        (P.Progress(phase="drag", preview=RGB, preview_frame="crop"), ("fields", "preview_offset"), [1, -2],
+         "fields.preview_offset"),
+        (P.Result(image=RGB, points=[(1.0, 2.0)], session_id="s"), ("fields", "history"), -1, "fields.history"),
+        (P.Result(image=RGB, points=[(1.0, 2.0)], session_id="s"), ("fields", "stopped"), "yes", "fields.stopped"),
+        (P.Edit(model="tiny", handles=[(1, 2)], targets=[(3, 4)], image=RGB), ("fields", "params", "preview_frame"),
+         "layer", "fields.params.preview_frame"),
+        (P.Undo(session_id="s1"), ("fields", "session_id"), "../x", "fields.session_id"),
+        (P.Undo(session_id="s1"), ("fields", "result"), "pixels", "fields.result"),
+        (P.Stop(job="c1"), ("fields", "job"), None, "fields.job"),
+    ]
+    for message, path, value, field_name in cases:
+        header, *frames = P.encode(message, "r1", TOKEN)
+        doc = json.loads(header)
+        target = doc
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        with pytest.raises(ProtocolError) as info:
+            P.decode([json.dumps(doc).encode(), *frames])
+        assert info.value.code == ErrorCode.BAD_REQUEST and info.value.field == field_name, (path, info.value)
+    # stop and undo carry no binary frames
+    with pytest.raises(ProtocolError, match="at most 0 binary frames"):
+        P.decode([P.encode(P.Undo(session_id="s1"), "r1", TOKEN)[0], b"x"])
 
 
 def test_png_frames_round_trip_and_decode_pillow_filters() -> None:

@@ -1,6 +1,6 @@
 """The REAL DragGAN backend for the real-GIMP tests, on 127.0.0.1, CPU, with a tiny random model.
 
-    python tests/gimp/backend_host.py --dir DIR [--inversion-steps N] [--max-seconds S]
+    python tests/gimp/backend_host.py --dir DIR [--inversion-steps N] [--max-seconds S] [--port P]
 
 Writes DIR/tiny.pt (a tiny generator saved with stylegan2.save_generator), serves it as model
 'tiny' and, flagged ``alignment: ffhq`` (face alignment, protocol 3, with the real MTCNN), as
@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--inversion-steps", type=int, default=2,
                     help="cap on every inversion's steps (quick tests); -1 = the presets' own, as served")
     ap.add_argument("--max-seconds", type=float, default=600.0)
+    ap.add_argument("--port", type=int, default=0, help="loopback port (0 = any free one); a restart test reuses it")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -57,12 +58,15 @@ def main() -> int:
     lock = threading.Lock()
     real_run = runner.run
 
-    def logged_run(owner, request, emit, should_cancel):  # observe, then do exactly what serve does
+    def logged_run(owner, request, emit, should_cancel, should_stop=None):  # observe, then do what serve does
         phases: list[str] = []
         phase_started: dict[str, float] = {}
         texts: list[str] = []
+        previews: list[int] = []   # the drag steps that carried a preview
 
         def observe(progress: protocol.Progress) -> None:
+            if progress.preview is not None:
+                previews.append(progress.step)
             if progress.text and progress.text not in texts:
                 texts.append(progress.text)
             if progress.phase not in phases:
@@ -71,14 +75,18 @@ def main() -> int:
             emit(progress)
 
         started = time.monotonic()
-        entry = {"type": request.TYPE, "owner": owner, "handles": [list(p) for p in request.handles],
-                 "targets": [list(p) for p in request.targets], "mask": request.mask is not None}
+        entry = {"type": request.TYPE, "owner": owner,
+                 "handles": [list(p) for p in getattr(request, "handles", [])],
+                 "targets": [list(p) for p in getattr(request, "targets", [])],
+                 "mask": getattr(request, "mask", None) is not None}
         image = getattr(request, "image", None)
         if image is not None:
             entry["image_size"] = [image.width, image.height]
         try:
-            result = real_run(owner, request, observe, should_cancel)
-            entry.update(outcome="result", session_id=result.session_id, frame=result.frame)
+            result = real_run(owner, request, observe, should_cancel, should_stop)
+            entry.update(outcome="result", session_id=result.session_id, frame=result.frame, steps=result.steps,
+                         stopped=result.stopped, history=result.history,
+                         stop_requested=bool(should_stop is not None and should_stop()))
             if result.frame == "crop":
                 import hashlib
 
@@ -90,12 +98,13 @@ def main() -> int:
             entry.update(outcome=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            entry.update(phases=phases, phase_started=phase_started, seconds=round(time.monotonic() - started, 2))
+            entry.update(phases=phases, phase_started=phase_started, seconds=round(time.monotonic() - started, 2),
+                         previews=len(previews), ended_at=time.time())
             with lock, open(jobs_log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry) + "\n")
 
     runner.run = logged_run  # type: ignore[method-assign]
-    server = Server(ServerConfig(bind="tcp://127.0.0.1:0", heartbeat_s=1.0), runner)
+    server = Server(ServerConfig(bind=f"tcp://127.0.0.1:{args.port}", heartbeat_s=1.0), runner)
     server.bind()
     tmp = args.dir / "endpoint.tmp"
     tmp.write_text(server.endpoint)

@@ -20,17 +20,26 @@ def entry():
     return module
 
 
-def test_entry_registers_one_procedure_and_calls_main(entry) -> None:
+def test_entry_registers_the_filter_and_the_panel_and_calls_main(entry) -> None:
     assert fakegimp.main_calls[-1][0] == "GimpPlugIn"
     plugin = entry.DragGAN()
-    assert plugin.do_query_procedures() == ["python-fu-draggan"]
-    proc = plugin.do_create_procedure("python-fu-draggan")
-    calls = dict((name, args) for name, args in proc.calls)
-    assert calls["add_menu_path"] == ("<Image>/Filters/Generic",)
-    assert calls["set_image_types"] == ("RGB*, GRAY*",)
-    declared = [args[0] for name, args in proc.calls if name.endswith("_argument")]
-    assert declared == [a.name for a in options.ARGUMENTS]
-    assert calls["add_layer_return_value"][0] == "result-layer"
+    assert plugin.do_query_procedures() == ["python-fu-draggan", "python-fu-draggan-panel"]
+    for name, label in (("python-fu-draggan", "_DragGAN (Drag Points)..."),
+                        ("python-fu-draggan-panel", "DragGAN _Panel...")):
+        proc = plugin.do_create_procedure(name)
+        calls = dict((call, args) for call, args in proc.calls)
+        assert calls["add_menu_path"] == ("<Image>/Filters/Generic",) and calls["set_menu_label"] == (label,)
+        assert calls["set_image_types"] == ("RGB*, GRAY*",)
+        declared = [args[0] for call, args in proc.calls if call.endswith("_argument")]
+        assert declared == [a.name for a in options.ARGUMENTS]   # the panel shows the filter's settings
+        assert calls["add_layer_return_value"][0] == "result-layer"
+
+
+def test_the_panel_is_interactive_only(entry) -> None:
+    image, layer = fakegimp.make_photo(40, 40)
+    proc = fakegimp.FakeProcedure("python-fu-draggan-panel")
+    status, error = entry.run_panel(proc, "NONINTERACTIVE", image, [layer], Config(), None)
+    assert status == "CALLING_ERROR" and "python-fu-draggan," in error.message
 
 
 class Config:

@@ -89,7 +89,8 @@ def points_text(image: Any, path: Any) -> str:
     return f"{n} drag{'s' if n != 1 else ''} (handle → target) from path '{chosen.get_name()}'"
 
 
-def _path_chooser(Gimp: Any, GimpUi: Any, GObject: Any, Gtk: Any, image: Any, config: Any, summary: Any) -> Any:
+def _path_chooser(Gimp: Any, GimpUi: Any, GObject: Any, Gtk: Any, image: Any, config: Any, summary: Any,
+                  label: str = options.ARGUMENTS[0].label) -> Any:
     """A row 'Path with drag points: [combo]' bound to the config's 'path' property."""
     combo = GimpUi.PathComboBox.new(lambda img, item, *data: img.get_id() == image.get_id())
     current = config.get_property("path")
@@ -108,9 +109,9 @@ def _path_chooser(Gimp: Any, GimpUi: Any, GObject: Any, Gtk: Any, image: Any, co
     # GimpIntComboBox.connect() is GIMP's own (value, callback) helper; the GObject signal API is this one
     GObject.Object.connect(combo, "changed", changed)
     row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
-    label = Gtk.Label.new_with_mnemonic(options.ARGUMENTS[0].label)
-    label.set_mnemonic_widget(combo)
-    row.pack_start(label, False, False, 0)
+    text = Gtk.Label.new_with_mnemonic(label)
+    text.set_mnemonic_widget(combo)
+    row.pack_start(text, False, False, 0)
     row.pack_start(combo, True, True, 0)
     return row
 

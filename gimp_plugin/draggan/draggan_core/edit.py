@@ -113,15 +113,7 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
             choice = decision.Decision(False, "inverting anew: the face alignment setting changed")
 
         def plan() -> geometry.Rect:
-            if aligned:
-                return geometry.plan_native_region(drag.all_points(), source_rect)
-            crop_mode = opts.crop_mode
-            if crop_mode == geometry.CROP_AUTO and getattr(model, "framing", "any") == "whole":
-                # a model of whole subjects (the built-in faces) cannot draw part of one: a crop around
-                # the points of a larger picture would invert poorly
-                crop_mode = geometry.CROP_LAYER
-                progress.text(f"DragGAN: {model.name} draws whole pictures: sending the whole layer")
-            return geometry.plan_crop(drag.all_points(), source_rect, model_size, crop_mode, selection)
+            return plan_region(drag, source_rect, model, opts, selection, aligned, progress.text)
 
         crop = choice.record.region if choice.continue_session and choice.record else plan()
         if selection is not None and selection.intersect(crop) is None:
@@ -129,21 +121,7 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
 
         def inputs(crop: geometry.Rect) -> tuple[bytes, bytes | None, tuple[int, int], list[geometry.Point],
                                                  list[geometry.Point]]:
-            """(pixels, selection mask, their size, handles, targets) as the backend gets them: the crop
-            at its own resolution, scaled down only to the backend's limit."""
-            rgb = ops.read_rgb(layer, crop)
-            sel_bytes = ops.read_selection(image, crop) if selection is not None else None
-            size = geometry.sent_size(crop)
-            if size != (crop.w, crop.h):
-                progress.text(f"DragGAN: the {crop.w}x{crop.h} crop is larger than the backend takes "
-                              f"({geometry.MAX_SENT_SIDE} px a side): sending it at {size[0]}x{size[1]}, "
-                              "the result is scaled back up")
-                rgb, sel_bytes = ops.scale_pixels(rgb, sel_bytes, (crop.w, crop.h), size)
-            else:
-                progress.text(f"DragGAN: sending the {crop.w}x{crop.h} crop at its own resolution"
-                              + ("; the backend aligns the face in it" if aligned else ""))
-            return (rgb, sel_bytes, size, geometry.to_sent_points(drag.handles, crop, size),
-                    geometry.to_sent_points(drag.targets, crop, size))
+            return crop_inputs(image, layer, crop, selection is not None, drag, aligned, progress.text)
 
         send_rgb, send_mask, send_size, handles, targets = inputs(crop)
         params = options.edit_params(opts, model_size)
@@ -223,19 +201,60 @@ def run_edit(image: Any, drawables: list[Any], opts: options.Options, progress: 
                        str(getattr(result, "alignment", "")) if aligned else "", note, crop, short)
 
 
+def plan_region(drag: points.DragPoints, source_rect: geometry.Rect, model: Any, opts: options.Options,
+                selection: geometry.Rect | None, aligned: bool, say: Callable[[str], Any]) -> geometry.Rect:
+    """The crop sent to the backend (image coordinates): a native region around the points for a face
+    alignment, the whole layer for a model of whole pictures under Crop: Auto, else the crop mode's."""
+    if aligned:
+        return geometry.plan_native_region(drag.all_points(), source_rect)
+    crop_mode = opts.crop_mode
+    if crop_mode == geometry.CROP_AUTO and getattr(model, "framing", "any") == "whole":
+        # a model of whole subjects (the built-in faces) cannot draw part of one: a crop around
+        # the points of a larger picture would invert poorly
+        crop_mode = geometry.CROP_LAYER
+        say(f"DragGAN: {model.name} draws whole pictures: sending the whole layer")
+    return geometry.plan_crop(drag.all_points(), source_rect, (model.width, model.height), crop_mode, selection)
+
+
+def crop_inputs(image: Any, layer: Any, crop: geometry.Rect, with_selection: bool, drag: points.DragPoints,
+                aligned: bool, say: Callable[[str], Any]) -> tuple[bytes, bytes | None, tuple[int, int],
+                                                                   list[geometry.Point], list[geometry.Point]]:
+    """(pixels, selection mask, their size, handles, targets) as the backend gets them: the crop at its
+    own resolution, scaled down only to the backend's limit."""
+    rgb = ops.read_rgb(layer, crop)
+    sel_bytes = ops.read_selection(image, crop) if with_selection else None
+    size = geometry.sent_size(crop)
+    if size != (crop.w, crop.h):
+        say(f"DragGAN: the {crop.w}x{crop.h} crop is larger than the backend takes "
+            f"({geometry.MAX_SENT_SIDE} px a side): sending it at {size[0]}x{size[1]}, the result is scaled back up")
+        rgb, sel_bytes = ops.scale_pixels(rgb, sel_bytes, (crop.w, crop.h), size)
+    else:
+        say(f"DragGAN: sending the {crop.w}x{crop.h} crop at its own resolution"
+            + ("; the backend aligns the face in it" if aligned else ""))
+    return (rgb, sel_bytes, size, geometry.to_sent_points(drag.handles, crop, size),
+            geometry.to_sent_points(drag.targets, crop, size))
+
+
 def _crop_frame_result(result: Any, crop: geometry.Rect, sent: tuple[int, int], address: str
                        ) -> tuple[geometry.Rect, bytes]:
     """Where the result goes (image coordinates) and its RGBA bytes at that size: the backend answers
     RGBA of the produced area's box at result.offset in the crop it was sent (scaled back to the crop
     when the crop was sent smaller). Anything else is the backend's fault (nothing is written)."""
-    image_out = result.image
-    ox, oy = (int(v) for v in getattr(result, "offset", (0, 0)))
+    if getattr(result, "frame", "model") != "crop":
+        raise errors.backend_failed(address, f"the result is in the {getattr(result, 'frame', '?')} frame, "
+                                             "not the crop's")
+    return place_in_crop(result.image, getattr(result, "offset", (0, 0)), crop, sent, address, "result")
+
+
+def place_in_crop(image_out: Any, offset: Any, crop: geometry.Rect, sent: tuple[int, int], address: str,
+                  what: str) -> tuple[geometry.Rect, bytes]:
+    """An RGBA picture at `offset` in the crop as sent (a result, or a preview placed in the crop's
+    frame) -> where it goes (image coordinates) and its RGBA bytes at that size."""
+    ox, oy = (int(v) for v in offset)
     sw, sh = sent
-    if (getattr(result, "frame", "model") != "crop" or image_out.channels != 4
-            or ox + image_out.width > sw or oy + image_out.height > sh):
-        raise errors.backend_failed(address, f"the result ({getattr(result, 'frame', '?')} frame, "
-                                             f"{image_out.width}x{image_out.height}x{image_out.channels} at "
-                                             f"{ox},{oy}) does not fit the {sw}x{sh} crop sent")
+    if image_out.channels != 4 or ox + image_out.width > sw or oy + image_out.height > sh:
+        raise errors.backend_failed(address, f"the {what} ({image_out.width}x{image_out.height}x"
+                                             f"{image_out.channels} at {ox},{oy}) does not fit the {sw}x{sh} crop sent")
     if (sw, sh) == (crop.w, crop.h):
         return geometry.Rect(crop.x + ox, crop.y + oy, image_out.width, image_out.height), image_out.data
     # scaled back to the crop's pixels: the box's edges at the same fractions of the crop

@@ -10,10 +10,11 @@ class PluginError(Exception):
     False for problems while running (EXECUTION_ERROR: backend, network, server).
     """
 
-    def __init__(self, message: str, calling: bool = False) -> None:
+    def __init__(self, message: str, calling: bool = False, code: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.calling = calling
+        self.code = code   # the protocol's error code behind it, where there was one ("unavailable", ...)
 
 
 HOW_TO_DRAW = (

@@ -7,6 +7,8 @@ Rectangles are geometry.Rect in image coordinates unless a name says "layer".
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import gi
@@ -171,3 +173,62 @@ def _mask_from_selection(image: Any, layer: Any, saved: Any) -> Any:
 
 def attach_session(layer: Any, record: parasite.SessionRecord) -> None:
     parasite.attach_record(layer, record, Gimp)
+
+
+# -- live drags (the panel) ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def undo_frozen(image: Any) -> Iterator[None]:
+    """GIMP records nothing in the image's undo history inside this block: the panel's live layer,
+    its previews and the handle anchors that follow the drag are not steps a user could undo one by
+    one (Apply makes the one step that matters)."""
+    image.undo_freeze()
+    try:
+        yield
+    finally:
+        image.undo_thaw()
+
+
+def write_rgba(layer: Any, rgba: bytes) -> None:
+    """Replace a layer's pixels (RGBA bytes of its whole size) and show them; no undo step."""
+    w, h = layer.get_width(), layer.get_height()
+    _set_pixels(layer, w, h, RGBA_U8, rgba)
+    layer.update(0, 0, w, h)
+
+
+def read_rgba(layer: Any) -> bytes:
+    """A layer's pixels, RGBA bytes of its whole size."""
+    return _get_pixels(layer, layer.get_width(), layer.get_height(), RGBA_U8)
+
+
+def path_strokes(path: Any) -> list[tuple[Any, list[float], bool]]:
+    """Every stroke of a path as (type, floats: 6 per anchor, closed), in order."""
+    out = []
+    for stroke_id in path.get_strokes() or []:
+        kind, floats, closed = path.stroke_get_points(stroke_id)
+        out.append((kind, list(floats), bool(closed)))
+    return out
+
+
+def set_path_strokes(path: Any, strokes: list[tuple[Any, list[float], bool]]) -> None:
+    """Replace a path's strokes, keeping their order (GIMP has no call that moves one anchor)."""
+    for stroke_id in list(path.get_strokes() or []):
+        path.remove_stroke(stroke_id)
+    for kind, floats, closed in strokes:
+        path.stroke_new_from_points(kind, floats, closed)
+
+
+def read_mask(mask: Any, rect: Rect) -> bytes:
+    """A layer mask's values (one byte per pixel) over its layer's `rect` size."""
+    return _get_pixels(mask, rect.w, rect.h, MASK_U8)
+
+
+def add_mask_bytes(layer: Any, data: bytes) -> Any:
+    """Give `layer` a mask holding `data` (one byte per pixel of the layer's size)."""
+    mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+    layer.add_mask(mask)
+    w, h = layer.get_width(), layer.get_height()
+    _set_pixels(mask, w, h, MASK_U8, data)
+    mask.update(0, 0, w, h)
+    return mask

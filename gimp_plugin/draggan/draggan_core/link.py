@@ -57,9 +57,16 @@ def import_pyzmq() -> Any:
 
 def explain(exc: Exception, address: str, timeout_s: float, models: list[str] | None = None,
             model: str = "") -> errors.PluginError:
-    """A protocol.ProtocolError (or anything else from the client) as a PluginError for the user."""
+    """A protocol.ProtocolError (or anything else from the client) as a PluginError for the user;
+    its ``code`` is the protocol's."""
     code = getattr(exc, "code", "")
-    message = getattr(exc, "message", None) or str(exc)
+    error = _explain(code, getattr(exc, "message", None) or str(exc), address, timeout_s, models, model)
+    error.code = code if isinstance(code, str) else ""
+    return error
+
+
+def _explain(code: str, message: str, address: str, timeout_s: float, models: list[str] | None,
+             model: str) -> errors.PluginError:
     if code in ("unavailable", "timeout"):
         return errors.backend_unreachable(address, timeout_s, message)
     if code == "unknown_model":
@@ -120,8 +127,11 @@ class Backend:
     def close(self) -> None:
         self._client.close()
 
-    def models(self) -> list[ModelChoice]:
-        """Handshake (once) and the models the backend serves, with their sizes."""
+    def models(self, refresh: bool = False) -> list[ModelChoice]:
+        """Handshake (once, or again with `refresh`) and the models the backend serves, with their sizes."""
+        if refresh:
+            self._models = []
+            self._client.welcome = None
         if not self._models:
             try:
                 welcome = self._client.hello()
@@ -149,10 +159,22 @@ class Backend:
                 return m
         raise errors.model_not_available(wanted, [m.name for m in models])
 
-    def _run(self, request: Any, on_progress: Callable[[Any], None], should_cancel: Callable[[], bool],
-             model: str) -> Any:
+    def refresh(self) -> None:
+        """Handshake again (a long-lived connection, the panel's, before each job): a backend that
+        restarted since the last job is then this connection's backend, not a lost one."""
         try:
-            return self._client.run(request, on_progress=on_progress, should_cancel=should_cancel)
+            self._client.welcome = None
+            self._client.hello()
+        except Exception as exc:
+            raise explain(exc, self.address, self._connect_wait) from None
+
+    def _run(self, request: Any, on_progress: Callable[[Any], None], should_cancel: Callable[[], bool],
+             model: str, should_stop: Callable[[], bool] | None = None) -> Any:
+        try:
+            if should_stop is None:
+                return self._client.run(request, on_progress=on_progress, should_cancel=should_cancel)
+            return self._client.run(request, on_progress=on_progress, should_cancel=should_cancel,
+                                    should_stop=should_stop)
         except errors.PluginError:
             raise
         except Exception as exc:
@@ -163,7 +185,7 @@ class Backend:
     def edit(self, model: str, rgb: bytes, size: tuple[int, int], handles: list[tuple[float, float]],
              targets: list[tuple[float, float]], mask: bytes | None, params: dict[str, Any],
              on_progress: Callable[[Any], None], should_cancel: Callable[[], bool], align: str = "off",
-             result: str = "detail") -> Any:
+             result: str = "detail", should_stop: Callable[[], bool] | None = None) -> Any:
         """Invert the crop `rgb` (3 bytes per pixel, `size` = (width, height) pixels, up to 2048 a side)
         and drag; -> protocol.Result, RGBA in the crop's frame (protocol 4). align "auto": the backend
         aligns the face for a model with an alignment; result "detail" or "model"."""
@@ -173,12 +195,13 @@ class Backend:
                          image=p.Image(w, h, 3, rgb),
                          mask=None if mask is None else p.Image(w, h, 1, mask),
                          params=p.EditParams(**params), align=align, result=result)
-        return self._run(request, on_progress, should_cancel, model)
+        return self._run(request, on_progress, should_cancel, model, should_stop)
 
     def continue_session(self, session_id: str, size: tuple[int, int], handles: list[tuple[float, float]],
                          targets: list[tuple[float, float]], mask: bytes | None, params: dict[str, Any],
                          on_progress: Callable[[Any], None], should_cancel: Callable[[], bool],
-                         model: str = "", result: str | None = None) -> Any:
+                         model: str = "", result: str | None = None,
+                         should_stop: Callable[[], bool] | None = None) -> Any:
         """Drag again from the session's latent (no inversion); raises SessionGone when the
         backend no longer holds it."""
         p = self.protocol
@@ -186,7 +209,13 @@ class Backend:
         request = p.Continue(session_id=session_id, handles=handles, targets=targets,
                              mask=None if mask is None else p.Image(w, h, 1, mask),
                              params=p.EditParams(**params), result=result)
-        return self._run(request, on_progress, should_cancel, model)
+        return self._run(request, on_progress, should_cancel, model, should_stop)
+
+    def undo(self, session_id: str, on_progress: Callable[[Any], None], result: str | None = None) -> Any:
+        """Take back the session's last drag (protocol 4): the result of the state before it; raises
+        SessionGone when the backend no longer holds the session."""
+        request = self.protocol.Undo(session_id=session_id, result=result)
+        return self._run(request, on_progress, lambda: False, "")
 
 
 def curve_keys(address: str, plugin_config: dict[str, Any]) -> tuple[bytes, bytes, bytes] | None:

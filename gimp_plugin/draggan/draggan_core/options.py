@@ -16,6 +16,8 @@ from . import geometry
 PROCEDURE_NAME = "python-fu-draggan"
 MENU_PATH = "<Image>/Filters/Generic"
 MENU_LABEL = "_DragGAN (Drag Points)..."
+PANEL_PROCEDURE_NAME = "python-fu-draggan-panel"   # the live panel: interactive only
+PANEL_MENU_LABEL = "DragGAN _Panel..."
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 MODEL_MASK_STRENGTH = -1.0  # mask strength "the model's own": the request carries no lambda_mask
 CONFIG_FILE = "draggan.json"   # optional, beside draggan.py; written by install.py --remote
@@ -197,9 +199,10 @@ def radii_for(model_height: int) -> tuple[float, float]:
     return r1, r2
 
 
-def edit_params(options: Options, model_size: tuple[int, int] = (512, 512)) -> dict[str, Any]:
-    """The protocol's EditParams fields for these options and model (previews off: the plug-in
-    shows none; PTI "auto" and mask strength -1 send no field: the model's own)."""
+def edit_params(options: Options, model_size: tuple[int, int] = (512, 512), preview_every: int = 0) -> dict[str, Any]:
+    """The protocol's EditParams fields for these options and model (previews off unless
+    `preview_every` > 0: the panel's previews, placed in the crop's frame; PTI "auto" and mask
+    strength -1 send no field: the model's own)."""
     r1, r2 = radii_for(model_size[1])
     params: dict[str, Any] = {
         "max_steps": int(options.max_steps),
@@ -211,6 +214,9 @@ def edit_params(options: Options, model_size: tuple[int, int] = (512, 512)) -> d
         "preview_every": 0,
         "region": options.region,
     }
+    if preview_every > 0:
+        params["preview_every"] = int(preview_every)
+        params["preview_frame"] = "crop"
     if options.pti != PTI_AUTO:
         params["pti"] = options.pti == PTI_ON
     if options.mask_strength >= 0:  # negative: leave it to the model (no field)
