@@ -79,7 +79,11 @@ Request = Any  # protocol.Edit | protocol.Continue
 
 
 class Runner(Protocol):
-    """What the server needs from the thing that runs edits (backend.jobs.EditRunner in production)."""
+    """What the server needs from the thing that runs edits (backend.jobs.EditRunner in production).
+
+    Optional, looked up with getattr: ``stores() -> dict[str, int]`` (figures for ``welcome`` and
+    ``status``) and ``pressure(owner) -> int`` (how often the owner lately lost or took a place in
+    the runner's own stores; added to the server's own record when it decides who gives way)."""
 
     device: str
 

@@ -180,6 +180,7 @@ def probe_as(user: pwd.struct_passwd, endpoint: str, server_public: bytes, owner
     which another user cannot execute; everything the child needs is imported already."""
     import encodings.idna  # noqa: F401 - imported lazily by socket and zmq: the child cannot read /root
     import ipaddress  # noqa: F401
+
     import zmq.utils.monitor  # noqa: F401
 
     read_end, write_end = os.pipe()
