@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve loopback WITHOUT keys: any local process of any user gets in, and identities "
                             "(tokens) cost nothing (see below)")
     serve.add_argument("--insecure", action="store_true",
-                       help="allow a non-loopback bind WITHOUT keys (dangerous; see below)")
+                       help="allow a non-loopback bind WITHOUT keys (dangerous; see below); on loopback the same "
+                            "as --insecure-tokens")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     keys = sub.add_parser("keys", help="create, list and allow CURVE keys (see docs/remote.md)")
@@ -412,7 +413,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"--insecure-tokens serves loopback only; {args.bind} is a network address (that needs "
                      "CURVE keys, or --insecure, which is worse)")
     # Keys on every bind: without them an identity is a token any local process (of any user) mints.
-    tokens = args.insecure_tokens or (args.insecure and not loopback)
+    tokens = args.insecure_tokens or args.insecure
     auth = "none" if tokens else "curve"
     server_keys = None
     keys_dir = args.keys_dir or keys_mod.default_keys_dir()
