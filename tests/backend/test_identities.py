@@ -467,3 +467,36 @@ def test_keys_are_made_on_first_serve_in_a_private_folder(tiny_model: Path, tmp_
         proc.send_signal(2)
         proc.wait(30)
     wait_until(lambda: proc.poll() is not None, what="the server to stop")
+
+
+def test_a_full_store_makes_room_from_the_owner_holding_the_most() -> None:
+    """OwnedStore's rules alone: the biggest holder gives up its least recently used item, never its
+    most recent; among single-item owners the latest to come gives way; pinned items stay; a
+    tombstone says why an item is gone, to its owner only; pressure counts both sides of a push."""
+    from backend.jobs import OwnedStore
+
+    store = OwnedStore(max_items=4, retention_s=3600, max_total=6, what="sessions")
+    honest = store.put("honest", "h1")
+    hog = [store.put("hog", f"x{i}") for i in range(4)]  # its own limit
+    store.put("crowd-1", "c1")
+    assert len(store) == 6
+    store.put("newcomer", "n1")  # full: the hog (4 items) gives up its least recently used
+    assert not store.contains("hog", hog[0]) and store.contains("hog", hog[3])
+    assert store.evicted("hog", hog[0]) == "room" and store.evicted("honest", hog[0]) == ""
+    assert store.pressure("hog") == 1 and store.pressure("newcomer") == 1 and store.pressure("honest") == 0
+    for i in range(2, 6):  # then the hog down to its most recent, then the crowd churns itself
+        store.put(f"crowd-{i}", f"c{i}")
+    assert store.contains("hog", hog[3]) and store.contains("honest", honest)
+    for i in range(6, 40):  # 34 more one-item owners: each evicts the latest single owner
+        store.put(f"crowd-{i}", f"c{i}")
+    assert store.contains("honest", honest) and store.contains("hog", hog[3])
+    with store.pinned(honest):
+        assert store.has_room("another")
+    blocked = OwnedStore(max_items=1, retention_s=3600, max_total=1)
+    key = blocked.put("a", 1)
+    with blocked.pinned(key):
+        assert not blocked.has_room("b")
+        with pytest.raises(ProtocolError) as info:
+            blocked.put("b", 2)
+        assert info.value.code == ErrorCode.BUSY
+    assert blocked.has_room("b")
