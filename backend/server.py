@@ -122,7 +122,7 @@ class ServerConfig:
     progress_interval_s: float = 0.05  # plain drag steps are sent at most this often (previews always)
     send_hwm: int = 200  # messages queued per client before ZeroMQ drops (a slow client never blocks us)
     shutdown_grace_s: float = 5.0
-    max_peers: int = 16  # concurrent connections (the ZAP handler refuses more): bounds half-sent frames
+    max_peers: int = 16  # connections; past it the ZAP handler closes one (or refuses): bounds half-sent frames
     owner_queue_limit: int = 2  # jobs one owner may have waiting (the queue is shared round-robin)
     handshake_s: float = 10.0  # a connection that has not finished the ZMTP handshake by then is dropped
     pressure_window_s: float = 600.0  # refusals and pushes counted against an owner for this long
