@@ -35,7 +35,7 @@ PLUGIN_SOURCE = REPO / "gimp_plugin" / PLUGIN_NAME
 WIRE_PACKAGE = "draggan_wire"                # backend/{protocol,client,relay_bridge}.py, staged
 WIRE_FILES = ("protocol.py", "client.py", "relay_bridge.py")
 VENDOR_DIR = "vendor"                        # pyzmq unpacked here when GIMP's Python lacks it
-CONFIG_FILE = "draggan.json"                 # the plug-in's config (written by --remote)
+CONFIG_FILE = "draggan.json"                 # the plug-in's config: backend address and its CURVE keys
 RELAY_FILE = "relay.json"                    # the backend venv's Python, for the pyzmq relay
 STAGE_MANIFEST = ".draggan-install.json"     # marks a folder as ours (uninstall removes only those)
 # Kept across a re-staging: they are not copied from the repo but made on this machine.
@@ -891,6 +891,53 @@ def write_plugin_config(plugin_target: Path, config: Mapping[str, Any]) -> Path:
     return path
 
 
+LOCAL_ADDRESS = f"tcp://127.0.0.1:{DEFAULT_PORT}"
+
+
+def venv_keys_dir(py: Path, ctx: Context) -> Path:
+    """The per-user keys folder as the venv's backend sees it (backend.keys.default_keys_dir)."""
+    r = ctx.run([str(py), "-I", "-c", "from backend.keys import default_keys_dir; print(default_keys_dir())"],
+                capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise InstallError(f"could not ask the venv for the keys folder: {(r.stderr or r.stdout).strip()[-400:]}")
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+def configure_local(args: argparse.Namespace, ctx: Context, staged: Sequence[Path],
+                    out: Callable[[str], None]) -> None:
+    """This user's CURVE keys for the backend on this machine (`draggan-backend keys init`: a server
+    pair and a client pair on its allow-list, secret files 0600; kept when they exist), and
+    draggan.json with them in every staged plug-in whose draggan.json is not for another backend.
+    The backend uses CURVE on loopback too, so only this OS user's processes get in; the plug-in
+    also finds the keys in the keys folder, draggan.json is for a GIMP that cannot see it
+    (Flatpak). A failure is a warning: `draggan-backend serve` makes the keys on first start."""
+    py = venv_python(args.venv, ctx.platform)
+    try:
+        keys_dir = venv_keys_dir(py, ctx)
+    except InstallError as exc:
+        out(f"warning: no CURVE keys made ({exc}); `draggan-backend serve` makes them when it first starts")
+        return
+    r = ctx.run([str(py), "-I", "-m", "backend.cli", "keys", "--keys-dir", str(keys_dir), "init"],
+                capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        out(f"warning: `draggan-backend keys init` failed ({(r.stderr or r.stdout).strip()[-300:]}); "
+            "`draggan-backend serve` makes the keys when it first starts")
+        return
+    out(f"CURVE keys for this machine's backend in {keys_dir} (only this user can read the secret ones)")
+    config = plugin_config(LOCAL_ADDRESS, keys_dir)
+    for plugins_dir in staged:
+        target = plugins_dir / PLUGIN_NAME
+        try:
+            existing = json.loads((target / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            existing = {}
+        other = existing.get("address") if isinstance(existing, dict) else None
+        if isinstance(other, str) and other.strip().lower().replace("://localhost:", "://127.0.0.1:") != LOCAL_ADDRESS:
+            out(f"kept {target / CONFIG_FILE} (it is for the backend at {other}; install.py --remote wrote it)")
+            continue
+        out(f"wrote {write_plugin_config(target, config)} (backend {LOCAL_ADDRESS}, CURVE keys; mode 0600)")
+
+
 def configure_remote(args: argparse.Namespace, ctx: Context, staged: Sequence[Path],
                      out: Callable[[str], None]) -> None:
     """Make this machine's client keys with `draggan-backend keys init --client-only` (the one key
@@ -901,11 +948,7 @@ def configure_remote(args: argparse.Namespace, ctx: Context, staged: Sequence[Pa
     if not py.is_file():
         raise InstallError(f"--remote needs the venv {args.venv} for `draggan-backend keys`; run install.py "
                            "without --plugin-only")
-    r = ctx.run([str(py), "-I", "-c", "from backend.keys import default_keys_dir; print(default_keys_dir())"],
-                capture_output=True, text=True, timeout=120)
-    if r.returncode != 0 or not r.stdout.strip():
-        raise InstallError(f"could not ask the venv for the keys folder: {(r.stderr or r.stdout).strip()[-400:]}")
-    keys_dir = Path(r.stdout.strip().splitlines()[-1])
+    keys_dir = venv_keys_dir(py, ctx)
     cmd = [str(venv_script(args.venv, "draggan-backend", ctx.platform)), "keys", "--keys-dir", str(keys_dir),
            "init", "--client-only"]
     out("running: " + " ".join(cmd))
@@ -1117,9 +1160,11 @@ def main(argv: Iterable[str] | None = None, out: Callable[[str], None] = say, ct
         if staged and read_stamp(args.venv) is not None:
             write_stamp(args.venv, read_stamp(args.venv) or {}, staged)
 
-        # 4. Remote backend: keys and the plug-in's config.
+        # 4. Keys and the plug-in's config: for a remote backend, or for this machine's.
         if args.remote:
             configure_remote(args, ctx, staged, out)
+        elif not args.plugin_only:
+            configure_local(args, ctx, staged, out)
 
         # 5. Models.
         py = _python_for_models(args, ctx)

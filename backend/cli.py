@@ -21,15 +21,16 @@ DESCRIPTION = """\
 DragGAN backend for the GIMP plug-in. GIMP talks to it over ZeroMQ; it runs the inversion and the
 drag edits on the GPU (or CPU).
 
-  draggan-backend serve                      serve on tcp://127.0.0.1:5555 (this machine only)
+  draggan-backend serve                      serve on tcp://127.0.0.1:5555 (this user only: CURVE keys)
   draggan-backend serve --model tiny=G.pt    also serve a generator file under the name 'tiny'
   draggan-backend serve --model myface=F.pkl --model-align myface=ffhq
                                              ... and align faces for it as FFHQ was aligned
-  draggan-backend keys init                  make CURVE keys (needed to serve other machines)
+  draggan-backend keys init                  make CURVE keys (serve makes them on first use)
   draggan-backend serve --bind tcp://0.0.0.0:5555   serve the network (CURVE keys required)
   draggan-backend purge                      delete cached latents on disk
   draggan-backend models                     list known models, which are installed, where to get the others
-  draggan-backend status                     ask a running server: version, device, models, auth, queue
+  draggan-backend status                     ask a running server: version, device, models, auth, queue,
+                                             how full its stores and connections are
 
 Remote set-up (GIMP on a laptop, backend on a workstation) and the SSH-tunnel alternative:
 see docs/remote.md.
@@ -46,10 +47,15 @@ the plug-in's Face alignment 'auto' aligns photos the same way: ffhq (the FFHQ r
 mouth corners; for FFHQ fine-tunes) or none. NAME is a --model name, a registered or a registry
 model; the registry's kinds (ffhq-512: ffhq, the others: none) are the default, custom files none.
 
-Security: binding to anything but loopback (127.0.0.1, ::1, localhost, ipc://) requires CURVE keys
-(`draggan-backend keys init`); only clients whose public key is in the allow-list folder get in.
---insecure serves a network without keys: anyone who can reach the port can use the GPU and send
-photos. Never use it outside a network you fully control.
+Security: every bind uses CURVE keys, loopback included: only clients whose public key is in the
+allow-list folder get in, and the client checks the server's key. On loopback the keys are made on
+first use in the per-user config folder (secret files 0600), with this user's client key allowed,
+so only this OS user's processes (which can read that folder) can use the server; another user's
+process cannot complete the handshake. A network bind needs `draggan-backend keys init` first.
+--insecure-tokens serves loopback without keys: any local process, of any user, can connect, and a
+client is only the identity token it sends, which costs nothing to make. --insecure does the same
+on a network address: anyone who can reach the port can use the GPU and send photos. Never use it
+outside a network you fully control.
 
 Privacy: photos sent by a client, their latents and drag sessions are kept (per client, for
 --retention seconds) so that follow-up edits are quick; other clients can never reference them.
@@ -57,7 +63,9 @@ A client is its CURVE key, or (without CURVE) the secret identity token its requ
 --no-cache keeps nothing beyond the edit itself (then 'continue' is not available).
 
 Limits: at most --max-peers connections at once; frames over 2048x2048 RGBA (16 MiB + 1/64) are
-dropped by ZeroMQ; waiting edits are served round-robin between clients.
+dropped by ZeroMQ; waiting edits are served round-robin between clients. When the queue, the
+connections or the photo/session stores are full, a new client still gets in: the client holding
+the most gives way (never a running edit, nor a client's most recent session while it holds more).
 """
 
 MODELS_DESCRIPTION = """List the models this backend knows: the same table as `python install.py --list-models`
@@ -69,12 +77,14 @@ every installed model.
 """
 
 STATUS_DESCRIPTION = """Ask a running `draggan-backend serve` how it is: version, protocol, device and memory, models
-(loaded or available), authentication mode, and the queue (edits running and waiting).
+(loaded or available), authentication mode, the queue (edits running and waiting), and how full its
+stores are (photos, drag sessions, the clients holding them, the queue, the connections).
 
-Without --keys-dir a loopback address connects without keys, and a remote one uses the per-user
-keys folder when it holds server.key and client.key_secret. With --keys-dir the keys in that folder
-are used (CURVE), even on loopback. Exits 0 when the server answered, 1 when nothing answered within
---timeout seconds (default 3), 2 for a refused key or a wrong server key.
+Without --keys-dir the per-user keys folder is used when it holds server.key and client.key_secret
+(`serve` makes them on first use), else no keys; with --keys-dir the keys in that folder are used;
+--insecure-tokens connects without keys (a server started with --insecure-tokens). Exits 0 when the
+server answered, 1 when nothing answered within --timeout seconds (default 3), 2 for a refused key
+or a wrong server key.
 """
 
 
@@ -175,11 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="drag sessions kept for 'continue' per client; a client evicts only its own "
                             "(default %(default)s)")
     serve.add_argument("--max-sessions-total", type=int, default=32, metavar="N",
-                       help="drag sessions kept for all clients together; when full, new edits get 'busy' "
-                            "(default %(default)s)")
+                       help="drag sessions kept for all clients together; when full, the client holding the "
+                            "most gives one up (default %(default)s)")
     serve.add_argument("--max-peers", type=int, default=16, metavar="N",
-                       help="concurrent connections; more are refused during the handshake (default "
-                            "%(default)s; bounds the memory held by half-received frames)")
+                       help="concurrent connections; past it an idle one of the client holding the most is "
+                            "closed to let a new one in (default %(default)s; bounds the memory held by "
+                            "half-received frames)")
     serve.add_argument("--no-preload", action="store_true",
                        help="do not load the first model and the perceptual networks in the background at start "
                             "(the first edit then waits for them)")
@@ -187,10 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cap the photo projection at N optimiser steps (quick CPU servers, tests); "
                             "default: the presets' own")
     serve.add_argument("--keys-dir", type=Path, default=None,
-                       help="CURVE keys folder (default: the per-user config folder's keys/)")
-    serve.add_argument("--curve", action="store_true", help="require CURVE keys even on loopback")
+                       help="CURVE keys folder (default: the per-user config folder's keys/; made on first use "
+                            "for a loopback bind)")
+    serve.add_argument("--curve", action="store_true",
+                       help="require CURVE keys (the default on every address; kept for old scripts)")
+    serve.add_argument("--insecure-tokens", action="store_true",
+                       help="serve loopback WITHOUT keys: any local process of any user gets in, and identities "
+                            "(tokens) cost nothing (see below)")
     serve.add_argument("--insecure", action="store_true",
-                       help="allow a non-loopback bind WITHOUT keys (dangerous; see below)")
+                       help="allow a non-loopback bind WITHOUT keys (dangerous; see below); on loopback the same "
+                            "as --insecure-tokens")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     keys = sub.add_parser("keys", help="create, list and allow CURVE keys (see docs/remote.md)")
@@ -218,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--address", default="tcp://127.0.0.1:5555",
                         help="the server's endpoint (default %(default)s)")
     status.add_argument("--keys-dir", type=Path, default=None,
-                        help="CURVE keys folder with server.key and client.key_secret (forces CURVE)")
+                        help="CURVE keys folder with server.key and client.key_secret (default: the per-user one "
+                             "when it has them)")
+    status.add_argument("--insecure-tokens", action="store_true",
+                        help="connect without keys (a server started with --insecure-tokens or --insecure)")
     status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
                         help="give up when nothing answers within this time (default %(default)s)")
     return parser
@@ -314,8 +334,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     timeout = max(0.2, float(args.timeout))
     try:
-        keys = (ClientKeys.from_dir(str(args.keys_dir)) if args.keys_dir is not None
-                else ClientKeys.for_endpoint(args.address))
+        if args.insecure_tokens:
+            keys = None
+        elif args.keys_dir is not None:
+            keys = ClientKeys.from_dir(str(args.keys_dir))
+        else:
+            keys = ClientKeys.for_endpoint(args.address)
         with Client(args.address, keys=keys, timeout_s=timeout, connect_timeout_s=timeout, retries=1,
                     client_name="draggan-backend-status") as client:
             welcome = client.hello()
@@ -330,15 +354,38 @@ def cmd_status(args: argparse.Namespace) -> int:
              f"device   : {welcome.device} (memory {_human(welcome.memory_used)} used of "
              f"{_human(welcome.memory_total)})",
              f"models   : {models}",
-             f"auth     : {welcome.auth}" + (" (CURVE keys)" if welcome.auth == "curve" else
-                                             " (loopback or --insecure: no keys)"),
+             f"auth     : {welcome.auth}" + (" (CURVE keys: only allowed keys get in)" if welcome.auth == "curve"
+                                             else " (INSECURE identity tokens: --insecure-tokens or --insecure; "
+                                                  "any process that reaches it gets in)"),
              f"cache    : {'on' if welcome.cache else 'off (--no-cache)'}",
              f"queue    : {welcome.running} running, {welcome.waiting} waiting (limit {welcome.queue_limit})",
              f"limits   : {limits.get('max_peers', '?')} connections, images up to "
              f"{limits.get('max_image_side', '?')} px a side, frames up to {limits.get('max_frame_bytes', '?')} "
-             "bytes"]
+             "bytes",
+             *_stores_lines(welcome.stores)]
     print("\n".join(lines))
     return 0
+
+
+def _stores_lines(stores: dict[str, int]) -> list[str]:
+    """``status``'s lines on how full the server is (nothing from a server that does not say)."""
+    if not stores:
+        return []
+
+    def fill(name: str, what: str) -> str:
+        held, cap = stores.get(name, 0), stores.get(f"{name}_max", 0)
+        share = f" ({100 * held / cap:.0f}% full)" if cap else ""
+        return f"{held} of {cap} {what}{share}" if cap else f"{held} {what}"
+
+    lines = []
+    if "photos_max" in stores or "sessions_max" in stores:
+        lines.append(f"stores   : {fill('photos', 'photos')}, {fill('sessions', 'drag sessions')}, held by "
+                     f"{stores.get('owners', 0)} client(s); {stores.get('evicted_for_room', 0)} evicted to make room")
+    lines.append(f"waiting  : {fill('queue', 'queue places')}; {stores.get('bumped', 0)} edit(s) gave their place "
+                 "to another client")
+    lines.append(f"peers    : {fill('peers', 'connections')} of {stores.get('connected_owners', 0)} client(s); "
+                 f"{stores.get('shed', 0)} closed to make room; {stores.get('known_owners', 0)} client(s) seen")
+    return lines
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -360,23 +407,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from . import keys as keys_mod
 
     loopback = is_loopback(args.bind)
-    auth = "curve" if (args.curve or not loopback) else "none"
+    if args.curve and (args.insecure_tokens or args.insecure):
+        return _fail("--curve and --insecure-tokens/--insecure contradict each other")
+    if args.insecure_tokens and not loopback and not args.insecure:
+        return _fail(f"--insecure-tokens serves loopback only; {args.bind} is a network address (that needs "
+                     "CURVE keys, or --insecure, which is worse)")
+    # Keys on every bind: without them an identity is a token any local process (of any user) mints.
+    tokens = args.insecure_tokens or args.insecure
+    auth = "none" if tokens else "curve"
     server_keys = None
     keys_dir = args.keys_dir or keys_mod.default_keys_dir()
-    if auth == "curve":
-        if not loopback and args.insecure and not args.curve:
-            auth = "none"
-            bar = "!" * 100
-            log.warning("\n%s\n!! --insecure: serving %s WITHOUT authentication or encryption. Anyone who can "
-                        "reach this port can use\n!! the GPU and send photos, and photos travel in clear text. "
-                        "Use CURVE keys (docs/remote.md) instead.\n%s", bar, args.bind, bar)
-        else:
-            try:
-                server_keys = keys_mod.load_server_keys(keys_dir)
-            except (keys_mod.KeysError, OSError) as exc:
-                why = "binding to a non-loopback address requires CURVE keys" if not loopback else "--curve"
-                return _fail(f"{why}: {exc}. Make keys with `draggan-backend keys init` (see docs/remote.md), "
-                             "or bind to tcp://127.0.0.1 and use an SSH tunnel")
+    made_keys: list[str] = []
+    bar = "!" * 100
+    if tokens and not loopback:
+        log.warning("\n%s\n!! --insecure: serving %s WITHOUT authentication or encryption. Anyone who can "
+                    "reach this port can use\n!! the GPU and send photos, and photos travel in clear text. "
+                    "Use CURVE keys (docs/remote.md) instead.\n%s", bar, args.bind, bar)
+    elif tokens:
+        log.warning("\n%s\n!! --insecure-tokens: serving %s WITHOUT keys. Any process of any user on this "
+                    "machine can connect and\n!! make itself as many identities as it likes (fair limits still "
+                    "apply, see docs/remote.md).\n%s", bar, args.bind, bar)
+    else:
+        try:
+            if loopback and not (keys_dir / "server.key_secret").exists():
+                # first serve: this user's keys (server pair + a client pair on the allow-list)
+                made_keys = keys_mod.init(keys_dir)
+            server_keys = keys_mod.load_server_keys(keys_dir)
+        except (keys_mod.KeysError, OSError) as exc:
+            why = "binding to a non-loopback address requires CURVE keys" if not loopback else "CURVE keys"
+            return _fail(f"{why}: {exc}. Make keys with `draggan-backend keys init` (see docs/remote.md), "
+                         "or bind to tcp://127.0.0.1 and use an SSH tunnel")
     from .jobs import EditRunner
     from .protocol import PROTOCOL_VERSION
     from .server import SERVER_VERSION, Server, ServerConfig
@@ -417,9 +477,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         assert server_keys is not None
         allowed = len(list(Path(server_keys.allowed_dir).glob("*.key")))
         auth_text = (f"CURVE, server key {server_keys.public.decode()}, {allowed} allowed client key(s) in "
-                     f"{server_keys.allowed_dir}")
+                     f"{server_keys.allowed_dir}" + (" (keys made now)" if made_keys else ""))
     else:
-        auth_text = "none (loopback only)" if loopback else "NONE (--insecure)"
+        auth_text = ("NONE (--insecure-tokens): identity tokens only, any local process of any user gets in"
+                     if loopback else "NONE (--insecure)")
     banner = [f"DragGAN backend {SERVER_VERSION} (protocol {PROTOCOL_VERSION})",
               f"  endpoint : {server.endpoint}",
               f"  device   : {runner.device} (memory {_human(total)})",
@@ -430,6 +491,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  f"{args.retention:g} s"),
               f"  queue    : {args.queue} waiting at most (served round-robin between clients); heartbeat "
               f"{args.heartbeat:g} s; at most {args.max_peers} connections",
+              f"  stores   : {runner.sessions.max_items} drag sessions and {runner.images.max_items} photos per "
+              f"client, {runner.sessions.max_total} and {runner.images.max_total} for all (when full, the client "
+              "holding the most gives way)",
               "ready (Ctrl+C to stop)"]
 
     def on_signal(signum: int, _frame: Any) -> None:

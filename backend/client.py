@@ -160,11 +160,11 @@ class ClientKeys:
 
     @classmethod
     def for_endpoint(cls, endpoint: str, keys_dir: str | None = None) -> ClientKeys | None:
-        """The keys to use for ``endpoint``: None for loopback (a local server or an SSH tunnel needs
-        none), else the keys folder's pair when present (None when absent: a CURVE server then
-        answers with a clear 'this client has no keys' error)."""
-        if is_loopback(endpoint):
-            return None
+        """The keys to use for ``endpoint``: the keys folder's ``server.key`` and ``client.key_secret``
+        when both are there (``draggan-backend serve`` makes them on first use, for this user; a
+        laptop gets them from ``install.py --remote``), loopback included: every server uses CURVE
+        unless started with ``--insecure-tokens``. None when absent: a CURVE server then answers with
+        a clear 'this client has no keys' error."""
         keys_dir = keys_dir or os.path.join(config_dir(), "keys")
         if not (os.path.exists(os.path.join(keys_dir, "server.key"))
                 and os.path.exists(os.path.join(keys_dir, "client.key_secret"))):
@@ -313,13 +313,16 @@ class Client:
                                       "or it has too many connections right now (its --max-peers)")
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 if self.keys is None:
-                    self._auth_failure = ("the server requires CURVE keys and this client has none; set up "
-                                          "keys as docs/remote.md describes (`draggan-backend keys`)")
+                    self._auth_failure = ("the server requires CURVE keys and this client has none; on the "
+                                          "server's machine they are in the keys folder of the user who runs "
+                                          "`draggan-backend serve` (it makes them; `python install.py` too), "
+                                          "elsewhere set them up as docs/remote.md describes "
+                                          "(`draggan-backend keys`)")
                 else:
                     self._auth_failure = ("the secure handshake with the server failed: the pinned server "
                                           "public key (server.key) does not match the server's, or the server "
-                                          "does not use CURVE; compare with `draggan-backend keys list` on the "
-                                          "server")
+                                          "does not use CURVE (it was started with --insecure-tokens or "
+                                          "--insecure); compare with `draggan-backend keys list` on the server")
 
     def _recv(self, timeout_s: float) -> protocol.Envelope | None:
         """The next message within ``timeout_s`` (None when none came). Invalid replies raise."""

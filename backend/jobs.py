@@ -8,8 +8,9 @@ backend.server) so one client can never reach, evict or even detect another's da
 
 * images (an ``OwnedStore``): photos sent with an edit, re-usable by ``image_id``;
 * sessions (an ``OwnedStore``): drag sessions (latent + generator) for ``continue``;
-  both bounded per owner (an owner evicts only its own oldest) and in total (at the total cap a new
-  edit gets ``busy``; nothing of another owner is evicted), with a retention time;
+  both bounded per owner (an owner evicts its own oldest) and in total (at the total cap the owner
+  holding the most gives way, never the item in use nor an owner's most recent one while it holds
+  more; see ``OwnedStore``), with a retention time;
 * the latent cache on disk, keyed by owner too (``OwnerCache``): another client sending the same
   photo misses, so neither ``from_cache`` nor the timing tells it that someone edited that photo;
 * ``ModelPool``: loaded generators, least recently used evicted under a memory budget (shared).
@@ -20,6 +21,7 @@ backend.server) so one client can never reach, evict or even detect another's da
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -27,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -285,32 +287,100 @@ class OwnedStore:
     thread-safe.
 
     A lookup with the wrong owner behaves exactly like a missing id (no oracle for other clients).
-    ``put`` evicts only the same owner's oldest items; when the store holds ``max_total`` items and
-    the owner has none to give up, it raises BUSY instead of touching another owner's.
+
+    Room is made fairly, so that nobody is locked out by identities that cost nothing to make:
+
+    * an owner at its own limit gives up its own least recently used item;
+    * at the total cap, the owner that holds the most items gives up its least recently used one,
+      but never its most recent one (the session its user is working on); among owners holding
+      equally many, the one that came to this store last gives way first;
+    * when every owner holds a single item, the owner that came last gives it up: a crowd of new
+      identities churns through its own items, and an owner that was here before it keeps its one;
+    * items in use by the running edit (``pinned``) are never evicted.
+
+    An item evicted to make room leaves a tombstone (``evicted``) so that its owner is told why it
+    is gone, and both owners' ``pressure`` rises (the server's queue and peer limit let owners under
+    pressure give way first: those that fill a full store are the ones that churn it).
     """
 
+    TOMBSTONES = 4096  # evicted ids remembered (for the "evicted to make room" answer)
+
     def __init__(self, max_items: int, retention_s: float, max_total: int | None = None,
-                 what: str = "items") -> None:
+                 what: str = "items", pressure_window_s: float = 600.0) -> None:
         self.max_items = max(1, max_items)  # per owner
         self.max_total = max(self.max_items, max_total if max_total is not None else 4 * self.max_items)
         self.retention_s = retention_s
         self.what = what
+        self.pressure_window_s = pressure_window_s
+        # LRU order: the least recently used item first
         self._items: collections.OrderedDict[str, tuple[str, Any, float]] = collections.OrderedDict()
+        self._since: dict[str, float] = {}  # owner -> when it came to this store (its items since then)
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._pinned: collections.Counter[str] = collections.Counter()
+        self._tombstones: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        self._losses: dict[str, collections.deque[float]] = {}  # owner -> times it lost or took a place
+        self.evictions: collections.Counter[str] = collections.Counter()  # "own" / "room" / "expired"
         self._lock = threading.Lock()
+
+    # -- bookkeeping (with the lock held) --------------------------------------------------
+
+    def _drop(self, key: str, reason: str = "") -> None:
+        owner, _value, _last = self._items.pop(key)
+        self._counts[owner] -= 1
+        if self._counts[owner] <= 0:
+            del self._counts[owner]
+            self._since.pop(owner, None)
+        if reason:
+            self.evictions[reason] += 1
+            self._tombstones[key] = (owner, reason)
+            while len(self._tombstones) > self.TOMBSTONES:
+                self._tombstones.popitem(last=False)
 
     def _expire(self, now: float) -> None:
         for key, (_owner, _value, last) in list(self._items.items()):
-            if now - last > self.retention_s:
-                del self._items[key]
+            if now - last > self.retention_s and not self._pinned[key]:
+                self._drop(key, "expired")
 
     def _owned(self, owner: str) -> list[str]:
-        return [k for k, (o, _v, _t) in self._items.items() if o == owner]  # oldest first
+        return [k for k, (o, _v, _t) in self._items.items() if o == owner]  # least recently used first
+
+    def _victim(self, newcomer: str) -> str | None:
+        """The item to evict so that ``newcomer`` can add one at the total cap (None: all pinned)."""
+        newest: dict[str, str] = {}  # owner -> its most recently used item (protected)
+        lru: dict[str, str] = {}  # owner -> its least recently used item that may go
+        for key, (owner, _v, _t) in self._items.items():
+            newest[owner] = key
+        for key, (owner, _v, _t) in self._items.items():
+            if owner in lru or self._pinned[key]:
+                continue
+            if owner != newcomer and key == newest[owner]:
+                continue  # each other owner keeps its most recent item while it holds more
+            lru[owner] = key
+        if lru:  # the owner holding the most gives way first; among equals, the latest to come
+            owner = max(lru, key=lambda o: (self._counts[o] + (1 if o == newcomer else 0), self._since.get(o, 0.0)))
+            return lru[owner]
+        singles = [o for o, key in newest.items() if not self._pinned[key]]
+        if not singles:
+            return None
+        return newest[max(singles, key=lambda o: self._since.get(o, 0.0))]
+
+    def _press(self, owner: str, now: float) -> None:
+        times = self._losses.get(owner)
+        if times is None:
+            if len(self._losses) >= 4 * self.TOMBSTONES:  # bounded: forget the stalest owner
+                self._losses.pop(next(iter(self._losses)))
+            times = self._losses[owner] = collections.deque(maxlen=64)
+        times.append(now)
+
+    # -- API --------------------------------------------------------------------------------
 
     def has_room(self, owner: str) -> bool:
-        """Whether ``put`` for ``owner`` would succeed now (it may evict the owner's own oldest)."""
+        """Whether ``put`` for ``owner`` would succeed now (false only when everything is pinned)."""
         with self._lock:
             self._expire(time.monotonic())
-            return len(self._items) < self.max_total or bool(self._owned(owner))
+            if len(self._items) < self.max_total or self._counts[owner]:
+                return True
+            return self._victim(owner) is not None
 
     def put(self, owner: str, value: Any, key: str | None = None) -> str:
         key = key or uuid.uuid4().hex
@@ -321,20 +391,32 @@ class OwnedStore:
             if existing is not None and existing[0] != owner:  # ids are random or owner-salted hashes
                 raise ProtocolError(ErrorCode.INTERNAL, f"{self.what}: id collision")
             if existing is None:
-                owned = self._owned(owner)
-                while owned and (len(owned) >= self.max_items or len(self._items) >= self.max_total):
-                    del self._items[owned.pop(0)]
-                if len(self._items) >= self.max_total:
-                    raise ProtocolError(ErrorCode.BUSY, f"the DragGAN backend holds the most {self.what} it keeps "
-                                                        f"for all clients together ({self.max_total}); try again "
-                                                        "later")
+                for old in self._owned(owner):  # the owner's own least recently used first
+                    if self._counts[owner] < self.max_items:
+                        break
+                    if not self._pinned[old]:
+                        self._drop(old, "own")
+                while len(self._items) >= self.max_total:
+                    victim = self._victim(owner)
+                    if victim is None:
+                        raise ProtocolError(ErrorCode.BUSY, f"the DragGAN backend holds the most {self.what} it "
+                                                            f"keeps for all clients together ({self.max_total}) and "
+                                                            "all are in use; try again in a moment")
+                    loser = self._items[victim][0]
+                    self._drop(victim, "own" if loser == owner else "room")
+                    if loser != owner:  # both sides of a push count as pressure (see pressure())
+                        self._press(loser, now)
+                        self._press(owner, now)
+                self._counts[owner] += 1
+                self._since.setdefault(owner, now)
+            self._tombstones.pop(key, None)
             self._items[key] = (owner, value, now)
             self._items.move_to_end(key)
         return key
 
     def count(self, owner: str) -> int:
         with self._lock:
-            return len(self._owned(owner))
+            return self._counts[owner]
 
     def get(self, owner: str, key: str) -> Any | None:
         now = time.monotonic()
@@ -353,19 +435,64 @@ class OwnedStore:
             item = self._items.get(key)
             return item is not None and item[0] == owner
 
+    def evicted(self, owner: str, key: str) -> str:
+        """Why ``owner``'s ``key`` is gone: "room" (evicted to make room for another client), "own"
+        (the owner's own limit), "expired"; "" when unknown (or another owner's: no oracle)."""
+        with self._lock:
+            tomb = self._tombstones.get(key)
+            return tomb[1] if tomb is not None and tomb[0] == owner else ""
+
+    def pressure(self, owner: str) -> int:
+        """How often, within the pressure window, ``owner`` lost an item to make room for another
+        owner or made another owner lose one: high for the owners that hold and churn the most."""
+        with self._lock:
+            times = self._losses.get(owner)
+            if not times:
+                return 0
+            horizon = time.monotonic() - self.pressure_window_s
+            while times and times[0] < horizon:
+                times.popleft()
+            return len(times)
+
+    @contextlib.contextmanager
+    def pinned(self, key: str | None) -> Iterator[None]:
+        """Keep ``key`` from eviction and expiry while the block runs (the running edit's item)."""
+        if not key:
+            yield
+            return
+        with self._lock:
+            self._pinned[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pinned[key] -= 1
+                if self._pinned[key] <= 0:
+                    del self._pinned[key]
+
     def purge(self, owner: str) -> int:
         with self._lock:
-            keys = [k for k, (o, _v, _t) in self._items.items() if o == owner]
+            keys = self._owned(owner)
             for k in keys:
-                del self._items[k]
+                self._drop(k)
             return len(keys)
 
     def drop_where(self, predicate: Callable[[Any], bool]) -> int:
         with self._lock:
             keys = [k for k, (_o, v, _t) in self._items.items() if predicate(v)]
             for k in keys:
-                del self._items[k]
+                self._drop(k)
             return len(keys)
+
+    def figures(self) -> tuple[int, int, int]:
+        """(items held, the total cap, owners holding items)."""
+        with self._lock:
+            self._expire(time.monotonic())
+            return len(self._items), self.max_total, len(self._counts)
+
+    def owners(self) -> set[str]:
+        with self._lock:
+            return set(self._counts)
 
     def __len__(self) -> int:
         with self._lock:
@@ -578,23 +705,44 @@ class EditRunner:
             except UnknownModel as exc:
                 raise ProtocolError(ErrorCode.UNKNOWN_MODEL, str(exc), "fields.model") from None
             if request.image_id is not None and not self.images.contains(owner, request.image_id):
-                raise self._unknown_image(request.image_id)
+                raise self._unknown_image(request.image_id, owner)
+            # Full stores make room (OwnedStore's fair eviction): busy only when every item is in use.
             if self.cache and not (self.sessions.has_room(owner) and self.images.has_room(owner)):
                 raise ProtocolError(ErrorCode.BUSY, "the DragGAN backend holds the most photos and drag sessions "
-                                                    "it keeps for all clients together; try again later")
+                                                    "it keeps for all clients together, and all are in use by "
+                                                    "running edits; try again in a moment")
         elif isinstance(request, (protocol.Continue, protocol.Undo)):
             if not self.sessions.contains(owner, request.session_id):
-                raise self._unknown_session(request.session_id)
+                raise self._unknown_session(request.session_id, owner)
 
-    def _unknown_image(self, image_id: str) -> ProtocolError:
+    def stores(self) -> dict[str, int]:
+        """Figures for ``welcome``/``status``: photos and sessions held, their caps, owners holding any."""
+        photos, photos_max, _ = self.images.figures()
+        sessions, sessions_max, _ = self.sessions.figures()
+        return {"photos": photos, "photos_max": photos_max, "sessions": sessions, "sessions_max": sessions_max,
+                "owners": len(self.images.owners() | self.sessions.owners()),
+                "evicted_for_room": self.images.evictions["room"] + self.sessions.evictions["room"]}
+
+    def pressure(self, owner: str) -> int:
+        """How often ``owner`` lately lost a photo or session to another client, or took one's place
+        (the server adds it to the owner's pressure when it decides who gives way)."""
+        return self.images.pressure(owner) + self.sessions.pressure(owner)
+
+    def _unknown_image(self, image_id: str, owner: str = "") -> ProtocolError:
         why = "the server runs with --no-cache" if not self.cache else \
             "it expired, was purged, or was sent by another client"
+        if owner and self.images.evicted(owner, image_id) == "room":
+            why = (f"it was evicted to make room for another client's edit: the backend keeps at most "
+                   f"{self.images.max_total} photos for all clients together")
         return ProtocolError(ErrorCode.UNKNOWN_IMAGE, f"fields.image_id: image {image_id!r} is not cached for "
                                                       f"this client ({why}); send the image again", "fields.image_id")
 
-    def _unknown_session(self, session_id: str) -> ProtocolError:
+    def _unknown_session(self, session_id: str, owner: str = "") -> ProtocolError:
         why = "the server runs with --no-cache" if not self.cache else \
             "it expired, was purged, its model was unloaded, or it belongs to another client"
+        if owner and self.sessions.evicted(owner, session_id) == "room":
+            why = (f"it was evicted to make room for another client's edit: the backend keeps at most "
+                   f"{self.sessions.max_total} drag sessions for all clients together")
         return ProtocolError(ErrorCode.UNKNOWN_SESSION, f"fields.session_id: session {session_id!r} is not held "
                                                         f"for this client ({why}); start a new edit",
                              "fields.session_id")
@@ -605,10 +753,17 @@ class EditRunner:
         the result (``stopped``); before the drag began there is nothing to keep (CANCELLED)."""
         stop = should_stop or (lambda: False)
         if isinstance(request, protocol.Edit):
-            return self._edit(owner, request, emit, should_cancel, stop)
-        if isinstance(request, protocol.Undo):
-            return self._undo(owner, request, emit)
-        return self._continue(owner, request, emit, should_cancel, stop)
+            with self.images.pinned(request.image_id):
+                return self._edit(owner, request, emit, should_cancel, stop)
+        with self.sessions.pinned(request.session_id):  # the running edit's session is never evicted
+            try:
+                if isinstance(request, protocol.Undo):
+                    return self._undo(owner, request, emit)
+                return self._continue(owner, request, emit, should_cancel, stop)
+            except ProtocolError as exc:
+                if exc.code == ErrorCode.UNKNOWN_SESSION and self.sessions.evicted(owner, request.session_id):
+                    raise self._unknown_session(request.session_id, owner) from None  # says why
+                raise
 
     # pipeline --------------------------------------------------------------------------------
 

@@ -121,6 +121,11 @@ def init(keys_dir: Path, server: bool = True, client: bool = True, force: bool =
     """Create the missing pairs (server and/or this machine's client); the local client is allowed
     in by the local server. Returns lines describing what was done."""
     lines = []
+    if server and (keys_dir / "server.key").exists() and not (keys_dir / "server.key_secret").exists() \
+            and not force:
+        raise KeysError(f"{keys_dir / 'server.key'} is another machine's public key, pinned for a remote backend "
+                        "(install.py --remote); a backend on this machine needs its own keys folder: pass "
+                        "--keys-dir (to serve and to this command)")
     if server:
         if (keys_dir / "server.key_secret").exists() and not force:
             lines.append(f"server key pair exists: {keys_dir / 'server.key'}")

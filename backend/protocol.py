@@ -60,7 +60,8 @@ welcome    server, protocol, device, memory_total, memory_used (bytes; 0 = unkno
            heartbeat_s,
            instance (random per server start),
            auth ("curve"|"none"), cache (bool), queue_limit, running, waiting (jobs now),
-           limits {max_message_bytes, max_frame_bytes, max_image_side, max_points, max_peers}
+           limits {max_message_bytes, max_frame_bytes, max_image_side, max_points, max_peers},
+           stores {photos, sessions, owners, queue, peers, ... and their *_max caps} (optional)
 progress   phase (queued|loading|inversion|drag), step, total, points, loss, position (in queue),
            inversion {psnr, stlpips, from_cache} (optional), preview (spec, optional), text,
            preview_frame ("model"|"crop"), preview_offset ([x, y] crop pixels; protocol 4)
@@ -424,6 +425,19 @@ def is_finite_number(value: Any) -> bool:
     return math.isfinite(value)
 
 
+def is_unicode_text(value: str) -> bool:
+    """Whether every character is a Unicode scalar value. JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which cannot be encoded as UTF-8: such a string would break whatever writes it
+    later (a log line, a reply), so it is refused where it enters."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _int(fields: dict[str, Any], name: str, path: str, lo: int, hi: int, default: int | None = None) -> int:
     value = fields.get(name, default)
     if value is None:
@@ -476,6 +490,8 @@ def _str(
         raise _bad(f"{path}.{name}", f"expected a string, got {_show(value)}")
     if len(value) > max_len:
         raise _bad(f"{path}.{name}", f"longer than {max_len} characters")
+    if not is_unicode_text(value):
+        raise _bad(f"{path}.{name}", "is not valid Unicode text (it holds a lone surrogate escape such as \\ud800)")
     if choices is not None and value not in choices:
         raise _bad(f"{path}.{name}", f"must be one of {', '.join(choices)}; got {_show(value)}")
     if pattern is not None and not pattern.fullmatch(value):
@@ -694,7 +710,8 @@ class Hello:
 
     @classmethod
     def from_fields(cls, f: dict[str, Any], frames: _Frames) -> Hello:
-        return cls(client=_str(f, "client", "fields", ""), protocol=_int(f, "protocol", "fields", 0, 1 << 30))
+        # protocol numbers start at 1: 0 or less is no protocol this server could ever speak
+        return cls(client=_str(f, "client", "fields", ""), protocol=_int(f, "protocol", "fields", 1, 1 << 30))
 
 
 @dataclass
@@ -915,6 +932,9 @@ class Welcome:
             "max_points": MAX_POINTS,
         }
     )
+    # how full the server is (``draggan-backend status``): photos, sessions, owners, queue, peers
+    # and their caps (``*_max``); counts only, absent from older servers
+    stores: dict[str, int] = field(default_factory=dict)
 
     def to_fields(self, enc: _Encoder) -> dict[str, Any]:
         out = {k: v for k, v in vars(self).items() if k != "models"}
@@ -946,6 +966,9 @@ class Welcome:
         limits = f.get("limits") or {}
         if not isinstance(limits, dict):
             raise _bad("fields.limits", f"expected an object, got {_show(limits)}")
+        stores = f.get("stores") or {}
+        if not isinstance(stores, dict):
+            raise _bad("fields.stores", f"expected an object, got {_show(stores)}")
         return cls(
             server=_str(f, "server", "fields"),
             protocol=_int(f, "protocol", "fields", 0, 1 << 30),
@@ -962,6 +985,9 @@ class Welcome:
             waiting=_int(f, "waiting", "fields", 0, 1 << 20, 0),
             limits={str(k): int(v) for k, v in limits.items()
                     if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1 << 62},
+            stores={str(k): int(v) for k, v in stores.items()
+                    if is_unicode_text(str(k)) and len(str(k)) <= 64 and isinstance(v, int)
+                    and not isinstance(v, bool) and 0 <= v <= 1 << 62},
         )
 
 
@@ -1253,6 +1279,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different. With duplicates the last one would silently win
+    in json.loads, so two readers (or a proxy and this server) could see different messages."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_show(key)}")
+            seen.add(key)
+    return out
+
+
+def _loads(data: bytes) -> Any:
+    """The one JSON reader for headers: no NaN/Infinity, no duplicate keys."""
+    return json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
 def check_sizes(frames: Sequence[bytes], max_frames: int = MAX_FRAMES, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
     """Frame count, header size and total size limits; cheap, before any parsing."""
     if not frames:
@@ -1271,7 +1315,7 @@ def check_sizes(frames: Sequence[bytes], max_frames: int = MAX_FRAMES, max_bytes
 def peek_header(frame: bytes) -> tuple[str, str]:
     """(type, id) from a header frame, "" where unreadable — so an error reply can name the request."""
     try:
-        header = json.loads(bytes(frame).decode("utf-8"))
+        header = _loads(frame)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return "", ""
     if not isinstance(header, dict):
@@ -1298,7 +1342,7 @@ def decode(
     check_sizes(frames, max_frames, max_bytes)
     allowed = allowed if allowed is not None else {**REQUEST_TYPES, **REPLY_TYPES}
     try:
-        header = json.loads(bytes(frames[0]).decode("utf-8"), parse_constant=_reject_constant)
+        header = _loads(frames[0])
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(
             ErrorCode.BAD_REQUEST, f"header: not a UTF-8 JSON object ({_show(str(exc))})", "header"

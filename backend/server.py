@@ -28,17 +28,40 @@ Ownership (protocol 2; see docs/remote.md for the threat model):
   once and their output is dropped, so a peer that later presents the same routing id receives
   nothing of them, and a peer never sees or touches another connection's jobs.
 * Waiting jobs are served round-robin between owners; each owner may have ``owner_queue_limit``
-  waiting. A ZAP handler refuses connections beyond ``max_peers`` (and, with CURVE, keys that are
-  not on the allow-list), which bounds the memory held in half-received frames.
+  waiting. A ZAP handler refuses keys that are not on the allow-list (CURVE) and keeps the number
+  of connections at ``max_peers``, which bounds the memory held in half-received frames.
+
+Fair limits (identities may be cheap: any number of tokens, or a studio's allowed keys). When the
+queue, the peer limit or a store is full, a newcomer still gets in by taking the place of whoever
+holds the most, and among owners holding equally much, of whoever is under *pressure*: refused,
+pushed out, or pushing others out lately (:class:`OwnerBook`; the stores add their own evictions).
+Among otherwise equal owners, the one the server has known longest keeps its place, so a crowd of
+freshly minted identities churns through its own places and never through an earlier client's.
+
+* Queue: the most recently queued job of the owner holding the most waiting jobs gives way when
+  that owner holds more than the newcomer would, or as much but under more pressure (or as much
+  pressure and newer). It is answered ``busy``. A running job never gives way.
+* Peers: past ``max_peers`` the ZAP handler shuts one connection down (its socket, from the
+  monitor's fd) to admit the newcomer: never one with a queued or running job; first connections
+  that sent no request within a second of connecting, then those of owners with several
+  connections or under pressure (the most connections, then the most pressure, then the newest
+  owner; idle ones before those heard from within two seconds, least recently heard from first),
+  then the connections that just came, last the calm owners' single connections (the newest owner
+  first). A dropped client loses nothing but the connection: ZeroMQ reconnects it under the same
+  identity, and its next request goes there.
+* Stores: ``backend.jobs.OwnedStore``.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import io
 import logging
+import math
 import os
+import socket
 import threading
 import time
 import uuid
@@ -56,7 +79,11 @@ Request = Any  # protocol.Edit | protocol.Continue | protocol.Undo
 
 
 class Runner(Protocol):
-    """What the server needs from the thing that runs edits (backend.jobs.EditRunner in production)."""
+    """What the server needs from the thing that runs edits (backend.jobs.EditRunner in production).
+
+    Optional, looked up with getattr: ``stores() -> dict[str, int]`` (figures for ``welcome`` and
+    ``status``) and ``pressure(owner) -> int`` (how often the owner lately lost or took a place in
+    the runner's own stores; added to the server's own record when it decides who gives way)."""
 
     device: str
 
@@ -97,9 +124,10 @@ class ServerConfig:
     progress_interval_s: float = 0.05  # plain drag steps are sent at most this often (previews always)
     send_hwm: int = 200  # messages queued per client before ZeroMQ drops (a slow client never blocks us)
     shutdown_grace_s: float = 5.0
-    max_peers: int = 16  # concurrent connections (the ZAP handler refuses more): bounds half-sent frames
+    max_peers: int = 16  # connections; past it the ZAP handler closes one (or refuses): bounds half-sent frames
     owner_queue_limit: int = 2  # jobs one owner may have waiting (the queue is shared round-robin)
     handshake_s: float = 10.0  # a connection that has not finished the ZMTP handshake by then is dropped
+    pressure_window_s: float = 600.0  # refusals and pushes counted against an owner for this long
 
 
 @dataclass(eq=False)
@@ -112,6 +140,74 @@ class Connection:
     owner: str
     last_seen: float = field(default_factory=time.monotonic)
     alive: bool = True
+
+
+@dataclass(eq=False)
+class Peer:
+    """An accepted connection as the socket monitor reports it, for the peer limit. ``owner`` and
+    ``last_seen`` come from the loop (its first request names the owner); ``shed``: shut down by the
+    ZAP handler to make room, its close event not seen yet."""
+
+    fd: int
+    accepted: float
+    owner: str = ""
+    last_seen: float = 0.0
+    shed: bool = False
+
+
+PEER_GRACE_S = 1.0  # a client sends its first request right after the handshake; silence past this is not a client
+PEER_ACTIVE_S = 2.0  # a connection heard from this recently is in use: shed after the idle ones
+
+
+class OwnerBook:
+    """What the server remembers of each owner for its fair limits: when it was first seen (the
+    longer known keeps its place among equals) and its *pressure* (busy refusals and places lost
+    within ``window_s``). Bounded: past ``capacity`` owners the least recently active is forgotten
+    (it then counts as new, which only ever makes it give way sooner). Thread-safe."""
+
+    def __init__(self, capacity: int = 65536, window_s: float = 600.0) -> None:
+        self.capacity = capacity
+        self.window_s = window_s
+        self._first: collections.OrderedDict[str, float] = collections.OrderedDict()  # by last activity
+        self._pressed: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, owner: str, now: float) -> None:
+        with self._lock:
+            if owner in self._first:
+                self._first.move_to_end(owner)
+                return
+            self._first[owner] = now
+            while len(self._first) > self.capacity:
+                gone, _ = self._first.popitem(last=False)
+                self._pressed.pop(gone, None)
+
+    def first_seen(self, owner: str) -> float:
+        """When ``owner`` was first seen (infinity when unknown: newest of all)."""
+        with self._lock:
+            return self._first.get(owner, math.inf)
+
+    def press(self, owner: str, now: float) -> None:
+        with self._lock:
+            times = self._pressed.get(owner)
+            if times is None:
+                if len(self._pressed) >= self.capacity:
+                    self._pressed.pop(next(iter(self._pressed)))
+                times = self._pressed[owner] = collections.deque(maxlen=64)
+            times.append(now)
+
+    def pressure(self, owner: str, now: float) -> int:
+        with self._lock:
+            times = self._pressed.get(owner)
+            if not times:
+                return 0
+            while times and times[0] < now - self.window_s:
+                times.popleft()
+            return len(times)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._first)
 
 
 @dataclass(eq=False)
@@ -159,6 +255,18 @@ _CANCEL_REASONS = {
 # 400 (a 300 "temporary failure" leaves it pending), so too many connections get 400 too.
 ZAP_TOO_MANY = b"400"
 ZAP_DENIED = b"400"
+
+
+def _listener_address(endpoint: str) -> tuple[int, Any]:
+    """(family, port or socket path) of a bound endpoint, to recognise its accepted connections."""
+    if endpoint.startswith("ipc://"):
+        return getattr(socket, "AF_UNIX", 0), endpoint[len("ipc://"):]
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    return (socket.AF_INET6 if host.startswith("[") else socket.AF_INET), number
 
 
 def owner_of_token(token: str) -> str:
@@ -238,8 +346,15 @@ class Server:
         self._monitor: Any = None
         self._zap: Any = None
         self._monitor_lock = threading.Lock()  # every use of the monitor (loop and ZAP thread) is under it
-        self._live_fds: set[int] = set()  # accepted connections not closed yet (monitor's view)
         self._closed_fds: collections.deque[tuple[str, int]] = collections.deque()  # for the loop
+        # accepted connections not closed yet (monitor's view) with what the loop knows of them;
+        # the ZAP thread reads it to pick a connection to shed (under _peers_lock, taken after the
+        # monitor lock, never before)
+        self._peers: dict[int, Peer] = {}
+        self._peers_lock = threading.Lock()
+        self._job_fds: frozenset[int] = frozenset()  # fds with a queued or running job (set by the loop)
+        self._listener: tuple[int, Any] = (0, None)  # (family, port or ipc path) of the bound endpoint
+        self.owners = OwnerBook(window_s=config.pressure_window_s)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -269,6 +384,7 @@ class Server:
         self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         sock.bind(cfg.bind)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._listener = _listener_address(self.endpoint)
         self._socket = sock
         self._outbox = self._ctx.socket(zmq.PULL)
         self._outbox.setsockopt(zmq.LINGER, 0)
@@ -314,15 +430,18 @@ class Server:
                     log.warning("ignoring an unreadable socket-monitor event: %r", exc)
                     continue
                 if event["event"] == zmq.EVENT_ACCEPTED:
-                    self._live_fds.add(fd)
+                    with self._peers_lock:
+                        self._peers[fd] = Peer(fd=fd, accepted=time.monotonic())
                     self._closed_fds.append(("accepted", fd))  # an fd number reused: older users are gone
                 elif event["event"] == zmq.EVENT_DISCONNECTED:
-                    self._live_fds.discard(fd)
+                    with self._peers_lock:
+                        self._peers.pop(fd, None)
                     self._closed_fds.append(("closed", fd))
 
     def _zap_main(self) -> None:
-        """ZAP handler (RFC 27): refuse connections past ``max_peers``; with CURVE, keys that are not
-        on the allow-list. The owner of a CURVE connection is its public key (ZAP User-Id)."""
+        """ZAP handler (RFC 27): with CURVE, refuse keys that are not on the allow-list; keep the
+        connections at ``max_peers`` by shedding one (``_make_room``) or, when none may go, refusing
+        the newcomer. The owner of a CURVE connection is its public key (ZAP User-Id)."""
         zmq = self._zmq
         zap = self._zap
         while not self._stop.is_set():
@@ -335,13 +454,7 @@ class Server:
             version, request_id = request[0], request[1] if len(request) > 1 else b""
             mechanism = request[5] if len(request) > 5 else b""
             status, text, user = b"200", b"OK", b""
-            self._drain_monitor()
-            with self._monitor_lock:
-                peers = len(self._live_fds)
-            if peers > self.config.max_peers:
-                status, text = ZAP_TOO_MANY, b"too many connections"
-                self.stats["refused:max_peers"] += 1
-            elif mechanism == b"CURVE":
+            if mechanism == b"CURVE":
                 key = self._z85_encode(request[6]) if len(request) > 6 and len(request[6]) == 32 else b""
                 self._reload_allow_list()
                 if key and key in self._allowed_keys:
@@ -351,10 +464,100 @@ class Server:
                     self.stats["refused:key"] += 1
             elif self.config.auth == "curve":
                 status, text = ZAP_DENIED, b"CURVE required"
+            if status == b"200":  # only a connection that may come in can make room
+                try:
+                    self._drain_monitor()
+                    with self._peers_lock:
+                        peers = sum(1 for peer in self._peers.values() if not peer.shed)
+                    if peers > self.config.max_peers and not self._make_room():
+                        status, text = ZAP_TOO_MANY, b"too many connections"
+                        self.stats["refused:max_peers"] += 1
+                except Exception:  # noqa: BLE001 - this thread must answer every handshake, always
+                    log.exception("the peer limit failed for a new connection; refusing it")
+                    status, text = ZAP_TOO_MANY, b"too many connections"
             try:
                 zap.send_multipart([version, request_id, status, text, user, b""])
             except zmq.ZMQError:
                 return
+
+    def _make_room(self) -> bool:
+        """Shut one connection down so that the one being admitted fits (ZAP thread). Never one with
+        a job; the order is in the module docstring. False when nothing may go."""
+        now = time.monotonic()
+        with self._peers_lock:  # copies: the loop updates owner and last_seen meanwhile
+            busy = self._job_fds
+            live = [dataclasses.replace(peer) for peer in self._peers.values() if not peer.shed]
+        conns = collections.Counter(peer.owner for peer in live if peer.owner)
+        fresh = sorted((p for p in live if not p.owner and now - p.accepted < PEER_GRACE_S and p.fd not in busy),
+                       key=lambda p: p.accepted)
+        fresh = fresh[:-1]  # the youngest is most likely the connection asking to come in now
+        silent = sorted((p for p in live if not p.owner and now - p.accepted >= PEER_GRACE_S and p.fd not in busy),
+                        key=lambda p: p.accepted)
+        pressure = {owner: self._pressure(owner, now) for owner in conns}
+        rank = {owner: (-conns[owner], -pressure[owner], -self.owners.first_seen(owner)) for owner in conns}
+        known = sorted((p for p in live if p.owner and p.fd not in busy),
+                       key=lambda p: (rank[p.owner], now - p.last_seen < PEER_ACTIVE_S, p.last_seen))
+        # an owner with one connection and no pressure is calm: it goes after the connections that
+        # just came (one of which is likely the one asking now), so a flood of new connections
+        # churns through itself and not through the clients that were here before it
+        crowded = [p for p in known if conns[p.owner] > 1 or pressure[p.owner] > 0]
+        calm = [p for p in known if conns[p.owner] == 1 and pressure[p.owner] == 0]
+        for peer in [*silent, *crowded, *fresh, *calm]:
+            if self._shed(peer):
+                return True
+        return False
+
+    def _shed(self, peer: Peer) -> bool:
+        """Shut ``peer``'s socket down; libzmq then sees it close (and the monitor reports it). Only
+        a duplicate of the descriptor is opened and closed here, so libzmq's own stays valid; the
+        duplicate is checked to be a connection accepted on our endpoint (a file descriptor number
+        may have been reused in between)."""
+        family, local = self._listener
+        try:
+            if os.name == "posix":
+                dup = os.dup(peer.fd)
+                try:
+                    sock = socket.socket(fileno=dup)
+                except OSError:
+                    os.close(dup)
+                    raise
+            else:
+                sock = socket.fromfd(peer.fd, family, socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            return False
+        with sock:
+            try:
+                if getattr(socket, "SO_ACCEPTCONN", None) is not None and \
+                        sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    return False  # a listening socket, never a connection
+                name = sock.getsockname()
+                if isinstance(local, str):  # ipc://: the socket file's path
+                    ours = sock.family == family and name == local
+                else:  # tcp://: any local address (a wildcard bind accepts on each), our port
+                    ours = sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(name, tuple) \
+                        and len(name) >= 2 and name[1] == local
+                if not ours:
+                    return False
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                return False
+        with self._peers_lock:
+            current = self._peers.get(peer.fd)
+            if current is not None and current.accepted == peer.accepted:
+                current.shed = True
+        self.stats["shed:peers"] += 1
+        log.info("connection %d of %s shut down to make room for a new one (--max-peers %d)", peer.fd,
+                 peer.owner or "a client that sent nothing", self.config.max_peers)
+        return True
+
+    def _pressure(self, owner: str, now: float) -> int:
+        """The owner's pressure: the server's own record plus its stores' (runner.pressure)."""
+        extra = getattr(self.runner, "pressure", None)
+        try:
+            more = int(extra(owner)) if callable(extra) else 0
+        except Exception:  # noqa: BLE001 - a runner's figure must never break scheduling
+            more = 0
+        return self.owners.pressure(owner, now) + more
 
     def start_thread(self) -> Server:
         """Bind and serve in a background thread (tests, embedding). Returns self once bound."""
@@ -418,6 +621,7 @@ class Server:
                             break
                         self._connections_changed()  # a closed connection is known before its id is reused
                         self._handle(frames)
+                self._publish_job_fds()
                 now = time.monotonic()
                 if now - last_loop > tick * 5:
                     # This loop itself was starved (CPU or GIL): credit every client the time it
@@ -513,6 +717,22 @@ class Server:
             self._conns[conn] = link
         return link
 
+    def _note(self, link: Connection) -> None:
+        """What the peer limit and the queue know of a connection's owner: it was active now."""
+        self.owners.seen(link.owner, link.last_seen)
+        with self._peers_lock:
+            peer = self._peers.get(link.fd)
+            if peer is not None:
+                peer.owner = link.owner
+                peer.last_seen = link.last_seen
+
+    def _publish_job_fds(self) -> None:
+        """Tell the ZAP thread which connections hold a job (those are never shed)."""
+        fds = frozenset(job.link.fd for job in self.jobs.values() if job.link is not None)
+        if fds != self._job_fds:
+            with self._peers_lock:
+                self._job_fds = fds
+
     def _deliverable(self, job: Job) -> bool:
         link = job.link
         return link is not None and link.alive and self._conns.get(job.conn) is link
@@ -556,6 +776,7 @@ class Server:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "header.token: this connection belongs to another "
                                                            "identity; open a new connection", "header.token")
             link.last_seen = time.monotonic()
+            self._note(link)
             self._dispatch(link, envelope)
         except ProtocolError as exc:
             self.stats[f"rejected:{exc.code}"] += 1
@@ -624,6 +845,7 @@ class Server:
                                    queue_limit=self.config.queue_limit,
                                    running=1 if self.current is not None else 0, waiting=len(self._pending))
         welcome.limits["max_peers"] = self.config.max_peers
+        welcome.stores = self.stores()
         return welcome
 
     def _queue_order(self) -> list[Job]:
@@ -654,19 +876,24 @@ class Server:
             raise ProtocolError(ErrorCode.BUSY, f"this connection already has an edit in progress ({mine[0]}); "
                                                 "wait for it or cancel it first")
         # Before any decoding: the PNG's size came from its header; the queue state is checked now.
+        now = time.monotonic()
         with self._cond:
-            running = 1 if self.current is not None else 0
-            if len(self._pending) >= self.config.queue_limit:
-                self.stats["busy"] += 1
-                raise ProtocolError(ErrorCode.BUSY, f"the DragGAN backend is busy ({running} edit running, "
-                                                    f"{len(self._pending)} queued, the queue limit); "
-                                                    "try again in a moment")
             if sum(1 for job in self._pending if job.owner == owner) >= self.config.owner_queue_limit:
-                self.stats["busy"] += 1
+                self._refuse(owner, now)
                 raise ProtocolError(ErrorCode.BUSY, f"this client already has {self.config.owner_queue_limit} "
                                                     "edit(s) waiting; wait for them or cancel one")
+            if len(self._pending) >= self.config.queue_limit and self._place_for(owner, now) is None:
+                self._refuse(owner, now)
+                raise ProtocolError(ErrorCode.BUSY, self._queue_full_text())
         self.runner.precheck(owner, request)
         with self._cond:
+            bumped = None
+            if len(self._pending) >= self.config.queue_limit:  # checked again: the worker may have taken one
+                bumped = self._place_for(owner, now)
+                if bumped is None:
+                    self._refuse(owner, now)
+                    raise ProtocolError(ErrorCode.BUSY, self._queue_full_text())
+                self._pending.remove(bumped)
             job = Job(conn=conn, owner=owner, request_id=request_id, request=request, link=link)
             self.jobs[job.key] = job
             self._pending.append(job)
@@ -675,10 +902,89 @@ class Server:
             position = self._queue_order().index(job) + 1
             self.stats["accepted"] += 1
             self._cond.notify_all()
+        self._publish_job_fds()
+        if bumped is not None:
+            self._give_way(bumped, now)
         ahead = position - 1 + (1 if self.current is not None else 0)
         if ahead > 0:
             self._reply(conn, protocol.Progress(phase="queued", position=ahead,
                                                 text=f"waiting for {ahead} edit(s) ahead"), request_id)
+
+    def _queue_full_text(self) -> str:
+        running = 1 if self.current is not None else 0
+        return (f"the DragGAN backend is busy ({running} edit running, {len(self._pending)} queued, the queue "
+                "limit, shared fairly between clients); try again in a moment")
+
+    def _refuse(self, owner: str, now: float) -> None:
+        self.stats["busy"] += 1
+        self.owners.press(owner, now)
+
+    def _place_for(self, owner: str, now: float) -> Job | None:
+        """The waiting job that gives its place to ``owner``'s new one, or None (call with ``_cond``
+        held). The candidate is the most recently queued job of the owner that holds the most waiting
+        jobs, then has the most pressure, then came last; it gives way when its owner holds more
+        than ``owner`` would, or as many and is under more pressure, or as much and is newer."""
+        counts = collections.Counter(job.owner for job in self._pending)
+        mine = counts[owner]
+        pressure = {o: self._pressure(o, now) for o in counts}
+        pressure[owner] = self._pressure(owner, now)
+        best: Job | None = None
+        best_rank: tuple[int, int, float, float] | None = None
+        for job in self._pending:
+            if job.owner == owner:
+                continue
+            rank = (counts[job.owner], pressure[job.owner], self.owners.first_seen(job.owner), job.submitted)
+            if best_rank is None or rank > best_rank:
+                best, best_rank = job, rank
+        if best is None or best_rank is None:
+            return None
+        theirs = counts[best.owner]
+        if theirs > mine + 1:
+            return best
+        if theirs == mine + 1:
+            if pressure[best.owner] > pressure[owner]:
+                return best
+            if pressure[best.owner] == pressure[owner] and \
+                    self.owners.first_seen(best.owner) > self.owners.first_seen(owner):
+                return best
+        return None
+
+    def _give_way(self, job: Job, now: float) -> None:
+        """``job`` (taken out of the queue) gave its place to another client's edit: tell its client."""
+        self.jobs.pop(job.key, None)
+        self.owners.press(job.owner, now)
+        self.stats["bumped"] += 1
+        log.info("job %s of %s gave its place in the full queue to another client's edit", job.request_id,
+                 job.owner)
+        if self._deliverable(job):
+            self._error(job.conn, job.request_id, ErrorCode.BUSY,
+                        "the DragGAN backend's queue is full and this waiting edit gave its place to another "
+                        "client's (the queue is shared fairly: clients that hold more of it give way first); "
+                        "try again in a moment")
+        self.records.append(JobRecord(job.request_id, job.owner, ErrorCode.BUSY, "gave way", 0, None,
+                                      now - job.submitted))
+
+    def stores(self) -> dict[str, int]:
+        """How full the server is: the runner's stores (photos, sessions, owners holding them), the
+        queue and the connections (for ``welcome`` and ``draggan-backend status``)."""
+        figures: dict[str, int] = {}
+        runner_stores = getattr(self.runner, "stores", None)
+        if callable(runner_stores):
+            try:
+                figures.update({str(k): int(v) for k, v in runner_stores().items()})
+            except Exception:  # noqa: BLE001 - figures for a status line must never break hello
+                log.exception("the runner's store figures failed")
+        with self._peers_lock:
+            live = [peer for peer in self._peers.values() if not peer.shed]
+        figures.update({
+            "queue": len(self._pending), "queue_max": self.config.queue_limit,
+            "running": 1 if self.current is not None else 0,
+            "peers": len(live), "peers_max": self.config.max_peers,
+            "connected_owners": len({peer.owner for peer in live if peer.owner}),
+            "known_owners": len(self.owners),
+            "bumped": self.stats["bumped"], "shed": self.stats["shed:peers"],
+        })
+        return figures
 
     def _cancel(self, job: Job, reason: str) -> int:
         """Stop ``job``: a queued job ends at once, a running one at its next step. Returns 1 if it

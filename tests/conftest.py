@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,12 @@ GIMP_KIT = REPO / "tests" / "gimp" / "kit"
 
 # Two cores, shared with other processes in CI: keep torch from oversubscribing.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The tests' CURVE keys (`draggan-backend serve` makes them on first use) and tokens live in a
+# folder of their own, never in the user's: subprocesses inherit it through the environment.
+_CONFIG = tempfile.mkdtemp(prefix="draggan-test-config-")
+atexit.register(shutil.rmtree, _CONFIG, True)
+os.environ["DRAGGAN_CONFIG_DIR"] = _CONFIG
 
 
 def env_with_this_python(**extra: str) -> dict[str, str]:

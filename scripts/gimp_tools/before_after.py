@@ -66,8 +66,19 @@ def main() -> int:
     edit = {"strokes": strokes, "select": None, "steps": args.steps, "crop_mode": "auto"}
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "backend.cli", "serve", "--bind", endpoint, "--model", args.model,
-           "--device", args.device, "--no-cache"]
+    # the backend uses CURVE on loopback too: keys for this run, handed to the plug-in in its
+    # draggan.json (GIMP runs in the kit's chroot, which cannot see the user's keys folder)
+    from backend import keys
+    from backend.client import read_public_key, read_secret_key
+
+    keys_dir = work / "keys"
+    keys.init(keys_dir)
+    secret = str(keys_dir / "client.key_secret")
+    plugin_config = {"address": endpoint, "server_public_key": read_public_key(str(keys_dir / "server.key")).decode(),
+                     "client_public_key": read_public_key(secret).decode(),
+                     "client_secret_key": read_secret_key(secret).decode()}
+    cmd = [sys.executable, "-m", "backend.cli", "serve", "--bind", endpoint, "--keys-dir", str(keys_dir),
+           "--model", args.model, "--device", args.device, "--no-cache"]
     if args.inversion_steps:
         cmd += ["--inversion-steps", str(args.inversion_steps)]
     print("backend:", " ".join(cmd), flush=True)
@@ -84,6 +95,9 @@ def main() -> int:
         plugins = work / "plug-ins"
         subprocess.run([sys.executable, str(REPO / "install.py"), "--plugin-only", "--gimp-dir", str(plugins)],
                        check=True, capture_output=True)
+        config_file = plugins / "draggan" / "draggan.json"
+        config_file.write_text(json.dumps(plugin_config))
+        config_file.chmod(0o600)
         started = time.monotonic()
         r = subprocess.run(["bash", str(KIT / "run.sh"), "--timeout", "1800", "--plugins", str(plugins),
                             "--bind", f"{work}:/mnt/io", "--env", "OUT=/mnt/io", "--env", f"ENDPOINT={endpoint}",

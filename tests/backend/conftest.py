@@ -152,3 +152,55 @@ def subprocess_env() -> dict[str, str]:
 
 PYTHON = sys.executable
 logging.getLogger("draggan.backend").setLevel(logging.INFO)
+
+
+class StoreRunner(EditRunner):
+    """The production EditRunner (its photo and session stores with their fair eviction, its
+    prechecks, its 'evicted to make room' answers) with the model pipeline faked: an edit takes
+    ``params.max_steps`` steps of ``step_s`` seconds and stores its photo and a session as the real
+    one does; a continue needs a session this owner holds. For the fair-limit tests."""
+
+    def __init__(self, tiny_model: Path, step_s: float = 0.01, **kwargs: Any) -> None:
+        kwargs.setdefault("cache_dir", None)
+        super().__init__(models={"fake": tiny_model}, device="cpu", **kwargs)
+        self.step_s = step_s
+
+    def _steps(self, total: int, emit: Callable[[protocol.Progress], None], should_cancel: Callable[[], bool]) -> None:
+        for step in range(1, total + 1):
+            if should_cancel():
+                raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
+            time.sleep(self.step_s)
+            emit(protocol.Progress(phase="drag", step=step, total=total, points=[(1.0, 1.0)], loss=0.5))
+
+    def _result(self, session_id: str, image_id: str, steps: int) -> protocol.Result:
+        return protocol.Result(image=protocol.Image(SIDE, SIDE, 3, bytes(SIDE * SIDE * 3)), points=[(1.0, 1.0)],
+                               session_id=session_id, image_id=image_id, steps=steps)
+
+    def _edit(self, owner: str, req: protocol.Edit, emit: Callable[[protocol.Progress], None],
+              should_cancel: Callable[[], bool]) -> protocol.Result:
+        import hashlib
+
+        from backend.jobs import HeldSession
+
+        if req.image is not None:
+            assert isinstance(req.image, protocol.Image)
+            pixels: Any = req.image.data
+        else:
+            assert req.image_id is not None
+            pixels = self.images.get(owner, req.image_id)
+            if pixels is None:
+                raise self._unknown_image(req.image_id)
+        self._steps(req.params.max_steps, emit, should_cancel)
+        image_id = req.image_id or hashlib.sha256(owner.encode() + bytes(pixels)).hexdigest()[:32]
+        self.images.put(owner, pixels, key=image_id)
+        session_id = self.sessions.put(owner, HeldSession(req.model, None, None, image_id, req.params))
+        return self._result(session_id, image_id, req.params.max_steps)
+
+    def _continue(self, owner: str, req: protocol.Continue, emit: Callable[[protocol.Progress], None],
+                  should_cancel: Callable[[], bool]) -> protocol.Result:
+        held = self.sessions.get(owner, req.session_id)
+        if held is None:
+            raise self._unknown_session(req.session_id)
+        params = req.params or held.params
+        self._steps(params.max_steps, emit, should_cancel)
+        return self._result(req.session_id, held.image_id, params.max_steps)

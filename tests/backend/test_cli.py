@@ -144,7 +144,9 @@ def test_status_and_models_against_a_real_server(tiny_model: Path, tmp_path: Pat
         assert out.returncode == 0, out.stderr + log.read_text()
         text = out.stdout
         for words in (f"protocol {P.PROTOCOL_VERSION}", "device   : cpu", "tiny (32x32, loaded)", "auth     : curve",
-                      "queue    : 0 running, 0 waiting (limit 4)", "16 connections"):
+                      "queue    : 0 running, 0 waiting (limit 4)", "16 connections",
+                      "stores   : 0 of 64 photos (0% full), 0 of 32 drag sessions (0% full), held by 0 client(s)",
+                      "waiting  : 0 of 4 queue places (0% full)", "of 16 connections"):
             assert words in text, text
         plain = _status("--address", address, "--timeout", "1")  # a CURVE server refuses a keyless client
         assert plain.returncode != 0
@@ -165,12 +167,14 @@ def test_status_and_models_against_a_real_server(tiny_model: Path, tmp_path: Pat
 def test_served_model_align_reaches_welcome_status_and_banner(tiny_model: Path, tmp_path: Path) -> None:
     """`serve --model-align`: welcome's models[].alignment (what the plug-in's align=auto follows),
     `status` and the start-up banner say the alignment the server uses."""
-    from backend.client import Client
+    from backend import keys
+    from backend.client import Client, ClientKeys
 
     from .test_server_restart import free_port
 
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
+    keys.init(keys.default_keys_dir())  # what the default serve makes on first use (no-op when there)
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([PYTHON, "-m", "backend.cli", "serve", "--bind", address, "--model", f"tiny={tiny_model}",
                              "--model", f"plain={tiny_model}", "--model-align", "tiny=ffhq", "--device", "cpu",
@@ -178,7 +182,8 @@ def test_served_model_align_reaches_welcome_status_and_banner(tiny_model: Path, 
                             text=True)
     try:
         # generous handshake retries: the process imports torch first
-        with Client(address, timeout_s=60, connect_timeout_s=2.0, retries=60) as client:
+        with Client(address, keys=ClientKeys.for_endpoint(address), timeout_s=60, connect_timeout_s=2.0,
+                    retries=60) as client:
             served = {m.name: m.alignment for m in client.hello().models}
         assert served["tiny"] == "ffhq" and served["plain"] == "none", served
         out = _status("--address", address)

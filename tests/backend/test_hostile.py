@@ -151,11 +151,13 @@ def test_a_new_peer_on_a_dropped_victims_routing_id_gets_nothing_of_its_job() ->
         server.stop()
 
 
-def test_sessions_images_and_cache_are_per_owner_and_the_global_cap_gives_busy(tiny_model: Path, photo: P.Image,
-                                                                                tmp_path: Path) -> None:
+def test_sessions_images_and_cache_are_per_owner_and_a_full_store_makes_room(tiny_model: Path, photo: P.Image,
+                                                                              tmp_path: Path) -> None:
     """The hostile process sends the victim's photo (no cache hit: from_cache false), tries the
-    victim's session and image ids, purges, and fills the stores: the victim's session survives and
-    continues; at the global cap the hostile process gets busy."""
+    victim's session and image ids, purges, and fills the stores: its own edits evict only its own;
+    at the global cap a second identity still gets its edit, by taking the place of the owner that
+    holds the most (the victim's older session, which then answers why it is gone), and the victim's
+    most recent session survives and continues."""
     runner = real_runner(tiny_model, cache_dir=tmp_path / "latents", max_sessions=2, max_sessions_total=3,
                          max_images=2, max_images_total=3)
     server = start_server(runner)
@@ -164,7 +166,8 @@ def test_sessions_images_and_cache_are_per_owner_and_the_global_cap_gives_busy(t
         with Client(server.endpoint, timeout_s=60) as victim:
             first = victim.edit(edit(image=photo))
             assert first.inversion is not None and not first.inversion.from_cache
-            assert victim.edit(edit(image=photo)).inversion.from_cache  # the owner's own cache hits
+            latest = victim.edit(edit(image=photo))
+            assert latest.inversion is not None and latest.inversion.from_cache  # the owner's own cache hits
             photo_file = tmp_path / "photo.raw"
             photo_file.write_bytes(photo.data)
             out = subprocess.run([PYTHON, "-c", script, server.endpoint, str(photo_file), first.session_id,
@@ -178,10 +181,16 @@ def test_sessions_images_and_cache_are_per_owner_and_the_global_cap_gives_busy(t
             assert seen["edit_victim_image"] == ErrorCode.UNKNOWN_IMAGE
             assert seen["purged"] == [1, 1]  # only its own
             assert seen["own_edits"] == ["result", "result", "result"]  # evicts only its own oldest
-            assert seen["second_identity"] == ErrorCode.BUSY  # global cap: busy, nothing of others evicted
-            again = victim.continue_(P.Continue(session_id=first.session_id, handles=first.points,
+            # global cap (3 sessions: the victim's 2, the hostile's 1): a new identity still gets in;
+            # the victim holds the most and gives up its least recently used, never its latest
+            assert seen["second_identity"] == "result"
+            again = victim.continue_(P.Continue(session_id=latest.session_id, handles=latest.points,
                                                 targets=[(20.0, 12.0)], params=FAST))
-            assert again.session_id == first.session_id
+            assert again.session_id == latest.session_id
+            with pytest.raises(ProtocolError) as gone:
+                victim.continue_(P.Continue(session_id=first.session_id, handles=first.points,
+                                            targets=[(20.0, 12.0)], params=FAST))
+            assert gone.value.code == ErrorCode.UNKNOWN_SESSION and "evicted to make room" in gone.value.message
     finally:
         server.stop()
 
@@ -276,7 +285,10 @@ def test_client_reads_oversized_numbers_in_replies_as_bad_request() -> None:
     assert info.value.code == ErrorCode.BAD_REQUEST and info.value.field == "fields.loss"
 
 
-def test_connections_past_max_peers_are_refused_and_the_server_stays_usable() -> None:
+def test_connections_past_max_peers_make_room_and_the_server_stays_usable() -> None:
+    """A second process opens 30 connections (each pings) against --max-peers 8: every new one gets
+    in by closing an idle older one, the server never holds more than 8, and a client arriving while
+    the 30 are held gets in too."""
     server = start_server(GatedRunner(), max_peers=8)
     proc = subprocess.Popen([PYTHON, "-m", "tests.backend.hostile", "connections", server.endpoint,
                              json.dumps({"count": 30})], cwd=REPO, env=subprocess_env(), stdin=subprocess.PIPE,
@@ -284,26 +296,42 @@ def test_connections_past_max_peers_are_refused_and_the_server_stays_usable() ->
     try:
         assert proc.stdout is not None and proc.stdin is not None
         seen = json.loads(proc.stdout.readline())
-        print(f"\nmax_peers 8: {seen}; refused at the handshake: {server.stats['refused:max_peers']}")
-        assert seen["answered"] == 8 and server.stats["refused:max_peers"] > 0
-        with pytest.raises(ProtocolError) as info:  # while the 30 are held open: refused, with a reason
-            with Client(server.endpoint, connect_timeout_s=1.0, retries=1) as late:
-                late.hello()
-        assert info.value.code == ErrorCode.AUTH and "too many connections" in info.value.message
+        print(f"\nmax_peers 8, 30 connections: {seen}; closed to make room: {server.stats['shed:peers']}")
+        assert seen["answered"] == 30 and server.stats["shed:peers"] >= 22
+        wait_until(lambda: server.stores()["peers"] <= 8, what="the shed connections to close")
+        with Client(server.endpoint, connect_timeout_s=2.0, retries=2) as late:  # while the 30 are held
+            welcome = late.hello()
+            assert welcome.limits["max_peers"] == 8 and welcome.stores["peers"] <= 8
         proc.stdin.write("done\n")
         proc.stdin.flush()
         proc.wait(30)
-        deadline = time.monotonic() + 20
-        while True:  # once they are gone, clients get in again
-            try:
-                with Client(server.endpoint, connect_timeout_s=1.0, retries=1) as client:
-                    assert client.hello().limits["max_peers"] == 8
-                break
-            except ProtocolError:
-                assert time.monotonic() < deadline, "connections were not released"
     finally:
         if proc.poll() is None:
             proc.kill()
+        server.stop()
+
+
+def test_connections_with_jobs_are_never_closed_then_a_newcomer_is_refused() -> None:
+    """--max-peers 2, both connections holding a job (one running, one queued): nothing may make room,
+    so a third connection is refused at the handshake, with a reason; the jobs go on."""
+    runner = GatedRunner()
+    server = start_server(runner, max_peers=2)
+    try:
+        with Client(server.endpoint, timeout_s=60) as a, Client(server.endpoint, timeout_s=60) as b:
+            running = a.submit(fake())
+            wait_until(runner.started.is_set, what="the first job")
+            queued = b.submit(fake())
+            assert next(b.stream(queued)).phase == "queued"
+            with pytest.raises(ProtocolError) as info:
+                with Client(server.endpoint, connect_timeout_s=1.0, retries=1) as late:
+                    late.hello()
+            assert info.value.code == ErrorCode.AUTH and "too many connections" in info.value.message
+            assert server.stats["shed:peers"] == 0 and server.stats["refused:max_peers"] > 0
+            runner.release.set()
+            assert list(a.stream(running))[-1].session_id == "victim-session"
+            assert list(b.stream(queued))[-1].session_id == "victim-session"
+    finally:
+        runner.release.set()
         server.stop()
 
 

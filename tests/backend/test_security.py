@@ -171,7 +171,9 @@ def test_keys_command_needs_neither_torch_nor_numpy(tmp_path: Path) -> None:
 
 
 def test_client_keys_for_endpoint(keys_dir: Path) -> None:
-    assert ClientKeys.for_endpoint("tcp://127.0.0.1:5555", str(keys_dir)) is None  # loopback / SSH tunnel
-    remote = ClientKeys.for_endpoint("tcp://192.0.2.7:5555", str(keys_dir))
-    assert remote is not None and remote.server_public == read_public_key(str(keys_dir / "server.key"))
+    # every server uses CURVE, loopback (a local server, an SSH tunnel) included
+    for endpoint in ("tcp://127.0.0.1:5555", "tcp://192.0.2.7:5555"):
+        found = ClientKeys.for_endpoint(endpoint, str(keys_dir))
+        assert found is not None and found.server_public == read_public_key(str(keys_dir / "server.key"))
     assert ClientKeys.for_endpoint("tcp://192.0.2.7:5555", str(keys_dir / "missing")) is None
+    assert ClientKeys.for_endpoint("tcp://127.0.0.1:5555", str(keys_dir / "missing")) is None

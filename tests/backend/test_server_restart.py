@@ -27,7 +27,9 @@ def free_port() -> int:
 
 def serve(port: int, tiny_model: Path, cache_dir: Path, log: Path) -> subprocess.Popen:
     # stderr to a file: a pipe nobody reads could fill up and block the server
+    # token mode: this test is about restarts, not keys (test_identities.py covers the default)
     return subprocess.Popen([PYTHON, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--insecure-tokens",
                              "--model", f"tiny={tiny_model}", "--device", "cpu", "--heartbeat", "1.0",
                              "--inversion-steps", "1", "--cache-dir", str(cache_dir)],
                             cwd=REPO, env=subprocess_env(), stderr=log.open("w"), text=True)

@@ -104,3 +104,37 @@ def test_wrong_server_key_file(install, laptop, tmp_path: Path) -> None:
     rc = install.main(["--venv", str(venv), "--gimp-dir", str(tmp_path / "p"), "--skip-pyzmq", "--remote", "h",
                        "--server-key", str(bogus)], out=lines.append, ctx=ctx)
     assert rc == 1 and "is not a ZeroMQ key file with a public-key" in lines[-1]
+
+
+def test_plain_install_makes_this_users_keys_and_the_local_config(install, laptop, tmp_path: Path) -> None:
+    """The backend uses CURVE on loopback too: `python install.py` makes this user's keys (the one
+    generator, through the venv) and writes draggan.json for tcp://127.0.0.1:5555 with them; a
+    draggan.json that --remote wrote for another backend is kept."""
+    ctx, venv, keys = laptop
+    plugins = tmp_path / "plug-ins"
+    lines: list[str] = []
+    assert install.main(["--venv", str(venv), "--gimp-dir", str(plugins), "--skip-pyzmq"], out=lines.append,
+                        ctx=ctx) == 0, lines
+    for name in ("server.key_secret", "client.key_secret"):
+        assert stat.S_IMODE(os.stat(keys / name).st_mode) == 0o600
+    assert (keys / "allowed_clients" / "local.key").is_file()
+    config_path = plugins / "draggan/draggan.json"
+    config = json.loads(config_path.read_text())
+    assert stat.S_IMODE(os.stat(config_path).st_mode) == 0o600
+    assert config["address"] == "tcp://127.0.0.1:5555"
+    assert config["server_public_key"] == install.read_cert_key(keys / "server.key", "public-key")
+    assert config["client_secret_key"] == install.read_cert_key(keys / "client.key_secret", "secret-key")
+    assert any(line.startswith("CURVE keys for this machine's backend in") for line in lines)
+    # a second run keeps the keys (clients pinned them) and rewrites the same config
+    before = (keys / "server.key_secret").read_bytes()
+    assert install.main(["--venv", str(venv), "--gimp-dir", str(plugins), "--skip-pyzmq"], out=lambda _l: None,
+                        ctx=ctx) == 0
+    assert (keys / "server.key_secret").read_bytes() == before
+    assert json.loads(config_path.read_text()) == config
+    remote = dict(config, address="tcp://gpu-box:5555")
+    config_path.write_text(json.dumps(remote))
+    lines.clear()
+    assert install.main(["--venv", str(venv), "--gimp-dir", str(plugins), "--skip-pyzmq"], out=lines.append,
+                        ctx=ctx) == 0
+    assert json.loads(config_path.read_text()) == remote
+    assert any("kept" in line and "tcp://gpu-box:5555" in line for line in lines)

@@ -34,8 +34,11 @@ from draggan_wire import protocol  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _fresh_fake():
+def _fresh_fake(tmp_path_factory, monkeypatch):
     fakegimp.reset()
+    # an empty DragGAN config folder: the scripted servers here run without CURVE, and keys that
+    # other tests (a `serve`) left in the session's folder would make the plug-in use them
+    monkeypatch.setenv("DRAGGAN_CONFIG_DIR", str(tmp_path_factory.mktemp("draggan-config")))
     yield
 
 

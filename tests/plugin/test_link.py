@@ -113,3 +113,28 @@ def test_remote_backend_with_curve_keys_from_draggan_json() -> None:
         server.close()
     assert link.curve_keys("tcp://10.0.0.1:5555", config) is None       # keys belong to their backend
     assert link.curve_keys(server.address, {"address": server.address}) is None
+
+
+def test_a_local_backend_is_reached_with_the_users_keys(tmp_path, monkeypatch) -> None:
+    """`draggan-backend serve` uses CURVE on loopback too, with keys it makes in the user's DragGAN
+    config folder: the plug-in finds them there (no draggan.json needed), and without them it says
+    what is missing."""
+    from backend import keys as keys_mod
+
+    monkeypatch.setenv("DRAGGAN_CONFIG_DIR", str(tmp_path / "config"))
+    folder = tmp_path / "config" / "keys"
+    keys_mod.init(folder)                                    # what the first `serve` makes
+    from draggan_wire.client import read_public_key, read_secret_key
+
+    secret = str(folder / "server.key_secret")
+    server = OneShotServer((read_public_key(secret), read_secret_key(secret)), messages=1)
+    try:
+        with link.Backend(server.address, 2.0) as backend:
+            assert [m.name for m in backend.models()] == ["small", "tiny"]
+        (folder / "client.key_secret").rename(folder / "moved.key_secret")
+        with link.Backend(server.address, 2.0, connect_timeout_s=0.5, retries=1) as keyless:
+            with pytest.raises(errors.PluginError) as info:
+                keyless.models()
+        assert "requires CURVE keys" in info.value.message
+    finally:
+        server.close()

@@ -104,11 +104,16 @@ class Backend:
         kwargs: dict[str, Any] = dict(timeout_s=self.timeout_s, connect_timeout_s=connect_timeout_s,
                                       retries=retries, client_name="gimp-draggan")
         keys = curve_keys(address, plugin_config or {})
-        if keys is not None:
-            try:
+        try:
+            if keys is not None:
                 kwargs["keys"] = client_module.ClientKeys(*keys)
-            except Exception as exc:
-                raise explain(exc, address, connect_timeout_s * retries) from None
+            else:
+                # The backend uses CURVE on every address, loopback included: a local one's keys are
+                # in the DragGAN config folder of the user who runs it (`draggan-backend serve` makes
+                # them), which is this user's; a server started with --insecure-tokens needs none.
+                kwargs["keys"] = client_module.ClientKeys.for_endpoint(address)
+        except Exception as exc:
+            raise explain(exc, address, connect_timeout_s * retries) from None
         try:
             # The user's identity (GIMP's config folder): the backend files this user's sessions
             # under it, so "drag again" in a later run (a new process) reaches them.
@@ -220,8 +225,8 @@ class Backend:
 
 def curve_keys(address: str, plugin_config: dict[str, Any]) -> tuple[bytes, bytes, bytes] | None:
     """(server public, client public, client secret) Z85 keys from draggan.json (written by
-    `install.py --remote`) when `address` is the backend that file is for; None otherwise (a local
-    backend on 127.0.0.1 needs no keys)."""
+    `install.py`: this machine's backend, or `--remote`'s) when `address` is the backend that file
+    is for; None otherwise (then the DragGAN keys folder is used, when it has keys)."""
     from .decision import normalise_address
 
     configured = plugin_config.get("address")
