@@ -44,8 +44,9 @@ least recently used are dropped when --max-memory would be exceeded.
 
 Face alignment: --model-align NAME=KIND says how model NAME's training faces were aligned, so that
 the plug-in's Face alignment 'auto' aligns photos the same way: ffhq (the FFHQ recipe: eyes and
-mouth corners; for FFHQ fine-tunes) or none. NAME is a --model name, a registered or a registry
-model; the registry's kinds (ffhq-512: ffhq, the others: none) are the default, custom files none.
+mouth corners; for FFHQ fine-tunes), faces (the embedded faces-128 model's framing of the same
+landmarks) or none. NAME is a --model name, a registered or a registry model; the registry's kinds
+(ffhq-512: ffhq, the others: none) are the default, custom files none.
 
 Security: every bind uses CURVE keys, loopback included: only clients whose public key is in the
 allow-list folder get in, and the client checks the server's key. On loopback the keys are made on
@@ -212,16 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="create, list and allow CURVE keys (see docs/remote.md)")
     keys.add_argument("--keys-dir", type=Path, default=None, help="keys folder (default: per-user config)")
+    # --keys-dir is taken after the action too (`keys init --keys-dir DIR`); SUPPRESS keeps one given before it
+    keys_dir_after = argparse.ArgumentParser(add_help=False)
+    keys_dir_after.add_argument("--keys-dir", type=Path, default=argparse.SUPPRESS,
+                                help="keys folder (default: per-user config)")
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
-    kinit = ksub.add_parser("init", help="create the server and this machine's client key pairs if missing")
+    kinit = ksub.add_parser("init", help="create the server and this machine's client key pairs if missing",
+                            parents=[keys_dir_after])
     kinit.add_argument("--client-only", action="store_true", help="only the client pair (a laptop)")
     kinit.add_argument("--server-only", action="store_true", help="only the server pair")
     kinit.add_argument("--force", action="store_true", help="replace existing pairs")
-    ksub.add_parser("list", help="show the public keys and the allow-list")
-    kallow = ksub.add_parser("allow", help="allow a client's public key file (its client.key) in")
+    ksub.add_parser("list", help="show the public keys and the allow-list", parents=[keys_dir_after])
+    kallow = ksub.add_parser("allow", help="allow a client's public key file (its client.key) in",
+                             parents=[keys_dir_after])
     kallow.add_argument("public_key_file", type=Path)
     kallow.add_argument("--name", default=None, help="a name for the client (default: from the file name)")
-    knew = ksub.add_parser("new-client", help="make a key pair for another machine and allow it in")
+    knew = ksub.add_parser("new-client", help="make a key pair for another machine and allow it in",
+                           parents=[keys_dir_after])
     knew.add_argument("name")
 
     purge = sub.add_parser("purge", help="delete the cached latents on disk")

@@ -177,7 +177,7 @@ class StoreRunner(EditRunner):
                                session_id=session_id, image_id=image_id, steps=steps)
 
     def _edit(self, owner: str, req: protocol.Edit, emit: Callable[[protocol.Progress], None],
-              should_cancel: Callable[[], bool]) -> protocol.Result:
+              should_cancel: Callable[[], bool], should_stop: Callable[[], bool]) -> protocol.Result:
         import hashlib
 
         from backend.jobs import HeldSession
@@ -193,11 +193,12 @@ class StoreRunner(EditRunner):
         self._steps(req.params.max_steps, emit, should_cancel)
         image_id = req.image_id or hashlib.sha256(owner.encode() + bytes(pixels)).hexdigest()[:32]
         self.images.put(owner, pixels, key=image_id)
-        session_id = self.sessions.put(owner, HeldSession(req.model, None, None, image_id, req.params))
+        held = HeldSession(req.model, None, None, image_id, req.params, {}, (SIDE, SIDE))
+        session_id = self.sessions.put(owner, held)
         return self._result(session_id, image_id, req.params.max_steps)
 
     def _continue(self, owner: str, req: protocol.Continue, emit: Callable[[protocol.Progress], None],
-                  should_cancel: Callable[[], bool]) -> protocol.Result:
+                  should_cancel: Callable[[], bool], should_stop: Callable[[], bool]) -> protocol.Result:
         held = self.sessions.get(owner, req.session_id)
         if held is None:
             raise self._unknown_session(req.session_id)
