@@ -181,11 +181,8 @@ def load() -> str:
 
 
 def kit_run_sh() -> Path:
-    """The GIMP 3 kit's run.sh (the repository's own when it has one, else $GIMP3_KIT or ../shared/gimp3)."""
-    own = REPO / "tests" / "gimp" / "kit" / "run.sh"
-    if own.is_file():
-        return own
-    return Path(os.environ.get("GIMP3_KIT", REPO.parent / "shared" / "gimp3")) / "run.sh"
+    """The repository's GIMP 3 kit's run.sh (tests/gimp/kit: it builds the chroot when missing)."""
+    return REPO / "tests" / "gimp" / "kit" / "run.sh"
 
 
 def main(argv: list[str] | None = None) -> int:
