@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MotionSettings", "dense_motion", "feature_pyramid_inputs", "flow_at", "landed", "match_flow",
+__all__ = ["MotionSettings", "carried_to", "dense_motion", "feature_pyramid_inputs", "flow_at", "landed", "match_flow",
            "motion_region", "resize_flow", "transfer_detail", "warp"]
 
 
@@ -50,7 +50,9 @@ class MotionSettings:
     (work pixels); ``residual_floor``: model changes smaller than this (on [-1, 1] images; 0.1 = 13
     levels) are not added; ``land_tolerance``: how far (work pixels) the motion may carry a handle's
     content from its target and still count as landed; ``smooth``: the Gaussian (work pixels) that
-    spreads confident motion into flat areas."""
+    spreads confident motion into flat areas; ``pin``/``pin_sigma``: take each handle's content the rest
+    of the way to its target in the picture's own pixels (:func:`transfer_detail`'s ``pins``; model
+    pixels)."""
 
     work_size: int = 128
     radii: tuple[int, int, int] = (4, 2, 2)
@@ -62,6 +64,8 @@ class MotionSettings:
     residual_floor: float = 0.1
     land_tolerance: float = 1.5
     smooth: float = 1.0
+    pin: bool = True
+    pin_sigma: float = 4.0
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -312,13 +316,42 @@ def landed(flow: torch.Tensor, handles_xy: Any, targets_xy: Any, tolerance: floa
     return [bool(d <= tolerance) for d in np.hypot(*(source - h).T)]
 
 
+def carried_to(flow: torch.Tensor, handles_xy: Any, start_xy: Any, iterations: int = 20) -> np.ndarray:
+    """Where the motion put each handle's content: the point ``q`` with ``q + flow(q) = handle`` (the
+    backward flow inverted by fixed-point iteration from ``start_xy``, e.g. the tracked points). Points
+    ``[N, 2]`` on the flow's grid, x then y."""
+    h = np.asarray(handles_xy, np.float64).reshape(-1, 2)
+    q = np.asarray(start_xy, np.float64).reshape(-1, 2).copy()
+    height, width = flow.shape[-2:]
+    for _ in range(iterations):
+        q = np.clip(h - flow_at(flow, q), 0, [width - 1, height - 1])
+    return q
+
+
+def _pin_field(x: torch.Tensor, y: torch.Tensor, sources: np.ndarray, targets: np.ndarray, sigma: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth backward displacement (model pixels) that is ``sources - targets`` at each target and fades
+    with distance (Gaussian radial basis of width ``sigma``): interpolating, so the pins are exact."""
+    d = sources - targets
+    gram = np.exp(-((targets[:, None] - targets[None]) ** 2).sum(-1) / (2 * sigma ** 2))
+    coef = np.linalg.solve(gram + 1e-6 * np.eye(len(targets)), d)
+    fx, fy = torch.zeros_like(x), torch.zeros_like(y)
+    for (tx, ty), (cx, cy) in zip(targets, coef, strict=True):
+        g = torch.exp(-((x - float(tx)) ** 2 + (y - float(ty)) ** 2) / (2 * sigma ** 2))
+        fx, fy = fx + float(cx) * g, fy + float(cy) * g
+    return fx, fy
+
+
 # -------------------------------------------------------------------------------------- transfer
 
 
-def _affine_grid(matrix: np.ndarray, out_w: int, out_h: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every pixel centre of an ``out_w x out_h`` grid, its position through ``matrix`` (2x3): x, y."""
+def _affine_grid(matrix: np.ndarray, out_w: int, out_h: int, device: torch.device,
+                 origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every pixel centre of an ``out_w x out_h`` grid whose first pixel is ``origin`` (x, y) of a
+    larger frame, its position through ``matrix`` (2x3): x, y."""
     m = torch.as_tensor(np.asarray(matrix, np.float64), dtype=torch.float32, device=device)
     xs, ys = _grid(out_h, out_w, device)
+    xs, ys = xs + origin[0], ys + origin[1]
     return m[0, 0] * xs + m[0, 1] * ys + m[0, 2], m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
 
 
@@ -328,9 +361,20 @@ def _sample_at(src: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mode: str = 
     return F.grid_sample(src, grid.to(src.dtype), mode=mode, padding_mode="border", align_corners=True)
 
 
+def _crop_box(model_box: tuple[float, float, float, float], model_to_crop: np.ndarray, width: int, height: int,
+              margin: float = 0.0) -> tuple[int, int, int, int]:
+    """The crop pixels ``(x0, y0, x1, y1)`` (end exclusive) covering a model-pixel box, plus ``margin``."""
+    x0, y0, x1, y1 = model_box
+    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ model_to_crop.T
+    lo = np.floor(corners.min(0) - margin - 1).astype(int)
+    hi = np.ceil(corners.max(0) + margin + 2).astype(int)
+    return max(lo[0], 0), max(lo[1], 0), min(hi[0], width), min(hi[1], height)
+
+
 def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: tuple[int, int], flow: torch.Tensor,
                     region: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
-                    residual_floor: float = 0.1, keep: np.ndarray | None = None) -> np.ndarray:
+                    residual_floor: float = 0.1, keep: np.ndarray | None = None,
+                    pins: tuple[np.ndarray, np.ndarray] | None = None, pin_sigma: float = 4.0) -> np.ndarray:
     """The edit in the native crop's frame, uint8 ``[H, W, 3]``.
 
     ``native``: the crop, uint8 ``[H, W, 3]``; ``crop_to_model``: 2x3 map from crop pixel centres to model
@@ -338,32 +382,65 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
     frame (:func:`dense_motion`, :func:`motion_region`'s soft region); ``before``/``after``: the model's
     pictures ``[1, 3, h, w]`` in [-1, 1] before and after the drag. ``keep`` (bool ``[H, W]``): pixels that
     must stay the original's whatever the motion (outside the selection). Where the region is 0 (or
-    ``keep``) the original pixel is returned unchanged."""
+    ``keep``) the original pixel is returned unchanged.
+
+    ``pins`` (``sources``, ``targets``: ``[N, 2]`` model pixels): where the motion put each handle's content
+    (:func:`carried_to`) and where the user asked for it. The moved picture is then moved once more by a
+    smooth field of width ``pin_sigma`` model pixels that takes each source onto its target, so the
+    handles land where asked even when the model's drag stopped a little short or overshot; the field
+    fades to nothing away from the targets and is cut to the region."""
     H, W = native.shape[:2]
     device = flow.device
     model_w, model_h = model_size
     work_h, work_w = flow.shape[-2:]
     sx, sy = (work_w - 1) / max(model_w - 1, 1), (work_h - 1) / max(model_h - 1, 1)
-    # crop pixel -> model pixel -> work pixel
-    mx, my = _affine_grid(crop_to_model, W, H, device)
+    original = np.ascontiguousarray(native[..., :3])
+    model_to_crop = np.linalg.inv(np.vstack([np.asarray(crop_to_model, np.float64), [0, 0, 1]]))[:2]
+    crop_per_model = float(np.sqrt(abs(np.linalg.det(model_to_crop[:, :2]))))
+    pinned = pins is not None and len(pins[1]) > 0
+    # Only the crop pixels the region (or the pins' neighbourhoods) covers can change: the work is done on
+    # their bounding box, whatever the crop's size, and the rest of the crop is copied as it is.
+    rows, cols = torch.nonzero(region[0, 0] > 0, as_tuple=True)
+    boxes = []
+    if len(rows):
+        boxes.append((float(cols.min()) / sx, float(rows.min()) / sy, float(cols.max()) / sx, float(rows.max()) / sy))
+    if pinned:
+        reach = 6.0 * pin_sigma  # where the pins' weight (a Gaussian of 2 sigma) is above 0.01
+        pts = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in pins])  # type: ignore[union-attr]
+        boxes.append((pts[:, 0].min() - reach, pts[:, 1].min() - reach, pts[:, 0].max() + reach,
+                      pts[:, 1].max() + reach))
+    if not boxes:
+        return original.copy()
+    model_box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    x0, y0, x1, y1 = _crop_box(model_box, model_to_crop, W, H)
+    if x1 <= x0 or y1 <= y0:
+        return original.copy()
+    # the pixels a window pixel may read from: the window grown by the largest displacement
+    reach_px = float(flow.abs().max()) / min(sx, sy) * crop_per_model + 2.0
+    if pinned:
+        d = np.abs(np.asarray(pins[0], np.float64) - np.asarray(pins[1], np.float64))  # type: ignore[index]
+        reach_px += float(d.max()) * crop_per_model
+    X0, Y0, X1, Y1 = _crop_box(model_box, model_to_crop, W, H, reach_px)
+    src = torch.from_numpy(np.array(original[Y0:Y1, X0:X1])).to(device).permute(2, 0, 1)[None].float()
+    h, w = y1 - y0, x1 - x0
+    # window pixel -> model pixel -> work pixel
+    mx, my = _affine_grid(crop_to_model, w, h, device, (x0, y0))
     wx, wy = mx * sx, my * sy
     inside = (mx >= -0.5) & (mx <= model_w - 0.5) & (my >= -0.5) & (my <= model_h - 0.5)
     weight = _sample_at(region, wx, wy)[0, 0] * inside
-    if keep is not None:
-        weight = weight * torch.as_tensor(~np.asarray(keep, bool), device=device)
-    out = torch.from_numpy(np.array(native[..., :3])).to(device).permute(2, 0, 1)[None].float()
+    allowed = None if keep is None else torch.as_tensor(~np.asarray(keep, bool)[y0:y1, x0:x1], device=device)
+    if allowed is not None:
+        weight = weight * allowed
+    out = src[:, :, y0 - Y0:y1 - Y0, x0 - X0:x1 - X0]
     moving = weight > 0
-    if not bool(moving.any()):
-        return np.ascontiguousarray(native[..., :3]).copy()
     # the flow in crop pixels: model displacement (work px / scale) through the model -> crop linear part
     u = _sample_at(flow * region, wx, wy)[0]
     ux, uy = u[0] / sx, u[1] / sy
-    model_to_crop = np.linalg.inv(np.vstack([np.asarray(crop_to_model, np.float64), [0, 0, 1]]))[:2]
     a = torch.as_tensor(model_to_crop[:, :2], dtype=torch.float32, device=device)
-    cx, cy = _grid(H, W, device)
-    src_x = cx + a[0, 0] * ux + a[0, 1] * uy
-    src_y = cy + a[1, 0] * ux + a[1, 1] * uy
-    warped = _sample_at(out, src_x, src_y)
+    cx, cy = _grid(h, w, device)
+    cx, cy = cx + (x0 - X0), cy + (y0 - Y0)  # window pixel centres in the source's pixels
+    warped = _sample_at(src, cx + a[0, 0] * ux + a[0, 1] * uy, cy + a[1, 0] * ux + a[1, 1] * uy)
+
     # what the warp does not explain: the model's change after warping its own "before" picture
     def on_work_grid(picture: torch.Tensor) -> torch.Tensor:
         picture = picture.float()
@@ -373,5 +450,26 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
     change = torch.sign(change) * (change.abs() - residual_floor).clamp_min(0) * region
     residual = _sample_at(change, wx, wy, mode="bicubic") * 127.5
     edited = warped + residual
-    result = torch.where(moving[None, None], edited, out)
-    return result[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    if pinned:
+        sources, targets = (np.asarray(p, np.float64).reshape(-1, 2) for p in pins)  # type: ignore[union-attr]
+        fx, fy = _pin_field(mx, my, sources, targets, pin_sigma)
+        # the pins' neighbourhoods may move even where the model's motion was too small to count
+        near = torch.zeros_like(mx)
+        for tx, ty in np.concatenate([sources, targets]):
+            near = torch.maximum(near, torch.exp(-((mx - float(tx)) ** 2 + (my - float(ty)) ** 2)
+                                                 / (2 * (2 * pin_sigma) ** 2)))
+        pin_weight = torch.maximum(weight, near * inside)
+        if allowed is not None:
+            pin_weight = pin_weight * allowed
+        fx, fy = fx * pin_weight, fy * pin_weight
+        # the moved window, placed back into the source so the second warp reads moved pixels
+        moved = src.clone()
+        moved[:, :, y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = torch.where(moving[None, None], edited, out)
+        edited = _sample_at(moved, cx + a[0, 0] * fx + a[0, 1] * fy, cy + a[1, 0] * fx + a[1, 1] * fy)
+        moving = moving | (pin_weight > 0.01)
+    if not bool(moving.any()):
+        return original.copy()
+    window = torch.where(moving[None, None], edited, out)
+    result = original.copy()
+    result[y0:y1, x0:x1] = window[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return result

@@ -181,3 +181,36 @@ def test_new_content_comes_from_the_model_and_small_model_changes_do_not() -> No
     out = motion.transfer_detail(native, crop_to_model, (size, size), flow, region, before, after, residual_floor=0.1)
     assert out[30:38, 30:38].max() < 40                        # inside the new dark area
     assert np.array_equal(out[52:58, 52:58], native[52:58, 52:58])
+
+
+def test_pins_take_a_handle_s_content_the_rest_of_the_way_and_stay_near_it() -> None:
+    """The model's motion carried a dot 2 px of the 5 it should go (a uniform patch shift): the pins move
+    it onto its target within 1 px of the 256 px picture (the dot's centroid: the field is exact at the
+    target and stretches the dot a little around it), pixels far from the pins stay as the motion left
+    them, and outside the selection nothing changes."""
+    native_size, model_size = 256, 64
+    small = model_size / native_size
+    dot = np.array([[128.0, 128.0]])
+    native = scene(native_size, dot, 6.0)
+    crop_to_model = np.array([[small, 0.0, 0.5 * small - 0.5], [0.0, small, 0.5 * small - 0.5]])
+    to_model = lambda p: (p + 0.5) * small - 0.5  # noqa: E731
+    handle_m, target_m = to_model(dot[0]), to_model(dot[0] + [20.0, 0.0])   # 5 model px to the right
+    flow = torch.zeros(1, 2, model_size, model_size)
+    flow[0, 0, 24:40, 24:44] = -2.0                          # the model moved the patch 2 model px right
+    region = torch.zeros(1, 1, model_size, model_size)
+    region[..., 24:40, 24:44] = 1.0
+    pictures = torch.zeros(1, 3, model_size, model_size)
+    carried = motion.carried_to(flow, handle_m[None], handle_m[None])
+    assert np.allclose(carried, [handle_m + [2.0, 0.0]], atol=1e-4)
+    keep = np.zeros((native_size, native_size), bool)
+    keep[:, :40] = True
+    plain = motion.transfer_detail(native, crop_to_model, (model_size,) * 2, flow, region, pictures, pictures,
+                                   keep=keep)
+    pinned = motion.transfer_detail(native, crop_to_model, (model_size,) * 2, flow, region, pictures, pictures,
+                                    keep=keep, pins=(carried, target_m[None]), pin_sigma=4.0)
+    assert np.hypot(*(centroids(plain, dot + [8.0, 0.0], 10.0) - (dot + [8.0, 0.0]))[0]) <= 0.5
+    assert np.hypot(*(centroids(pinned, dot + [20.0, 0.0], 10.0) - (dot + [20.0, 0.0]))[0]) <= 1.0
+    assert np.array_equal(pinned[keep], native[keep])
+    far = np.zeros_like(keep)
+    far[:, 200:] = True                                        # > 6 sigma from the pins: as the motion left it
+    assert np.array_equal(pinned[far], plain[far])
