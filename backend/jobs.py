@@ -190,10 +190,11 @@ class ModelPool:
         enc = encoder_path(path)
         if not enc.is_file():
             return None
-        from inversion.encoder import file_sha256, load_encoder
+        from draggan_util.hashing import sha256_file
+        from inversion.encoder import load_encoder
 
         try:
-            encoder = load_encoder(enc, file_sha256(path), device=self.device)
+            encoder = load_encoder(enc, sha256_file(path), device=self.device)
         except (ValueError, OSError) as exc:
             log.warning("ignoring the encoder %s: %s", enc, exc)
             return None

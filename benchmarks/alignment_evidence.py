@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 import stylegan2  # noqa: E402
 from backend import align as A  # noqa: E402
 from backend import models  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
 from inversion import project  # noqa: E402
 from inversion.settings import PRESETS  # noqa: E402
 from tests.alignment import canvas  # noqa: E402
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             keys += ("drag_md_before", "drag_md_after")
         summary = {name: {k: round(float(np.mean([r[name][k] for r in rows])), 3) for k in keys}
                    for name in ("canvas", "box", "aligned", "detected") if all(name in r for r in rows)}
-        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": models.sha256_file(
+        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": sha256_file(
             models.EMBEDDED_MODEL_FILE)[:16], "steps": settings.steps, "preset": "fast", "pti": False,
             "threads": args.threads, "drag_steps": args.drag_steps, "drag_offsets": DRAG_OFFSETS,
             "cases": rows, "mean": summary}, indent=1) + "\n", encoding="utf-8")

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 import stylegan2  # noqa: E402
 from backend import align as A  # noqa: E402
 from backend import models  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
 from inversion import project  # noqa: E402
 from inversion.settings import PRESETS  # noqa: E402
 from training import faces  # noqa: E402
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["aligned_better_stlpips"] = sum(r["aligned"]["stlpips"] < r["whole"]["stlpips"] for r in both)
     print(json.dumps(summary, indent=1))
     if args.out is not None:
-        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": models.sha256_file(
+        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": sha256_file(
             models.EMBEDDED_MODEL_FILE)[:16], "steps": settings.steps, "preset": "fast", "pti": False,
             "threads": args.threads, "faces": rows, "mean": summary}, indent=1) + "\n", encoding="utf-8")
     return 0

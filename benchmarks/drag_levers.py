@@ -70,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import stylegan2
     from backend.engine import DragSession
+    from draggan_util.hashing import sha256_file
     from inversion import LatentCache, project
-    from inversion.encoder import file_sha256, load_encoder
+    from inversion.encoder import load_encoder
     from training.detector import load_detector
 
     model = REPO / "backend" / "data" / "faces-128.pt"
     G = stylegan2.load_generator(model)
-    encoder = load_encoder(model.with_name("faces-128.encoder.pt"), file_sha256(model))
+    encoder = load_encoder(model.with_name("faces-128.encoder.pt"), sha256_file(model))
     cache = LatentCache(args.cache_dir, 4 << 30)
     detector = load_detector()
     records = []

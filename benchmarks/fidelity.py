@@ -84,6 +84,7 @@ if str(REPO) not in sys.path:
 
 from backend.engine import DragParams, DragSession  # noqa: E402
 from backend.engine.session import to_uint8, warm_lr  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
 
 DEFAULT_MODEL = REPO / "backend" / "data" / "faces-128.pt"
 NO_EDIT = "no edit"
@@ -605,12 +606,6 @@ def protocol_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{key}: {get(old, key)!r} -> {get(new, key)!r}" for key in PROTOCOL_KEYS if get(old, key) != get(new, key)]
 
 
-def sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -699,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "mask_margin": args.mask_margin, "drag_settings": drag_settings, "truncation_psi": args.truncation_psi,
         "seed": args.seed,
         "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
-        "model_sha256": sha256(args.model), "detector_sha256": sha256(detector_path),
+        "model_sha256": sha256_file(args.model), "detector_sha256": sha256_file(detector_path),
     }
     previous = None
     if args.resume and args.json.is_file():

@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:
 import fidelity  # noqa: E402
 
 from backend.engine.session import to_uint8  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
 
 STALL_FRACTION = 0.8  # an edit that ends at >= 80 % of its starting distance "stalled"
 
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps({
-            "config": {"model": args.model.name, "model_sha256": fidelity.sha256(args.model), "pairs": args.pairs,
+            "config": {"model": args.model.name, "model_sha256": sha256_file(args.model), "pairs": args.pairs,
                        "points": args.points, "mask_margin": args.mask_margin, "max_steps": args.max_steps,
                        "drag_settings": settings, "threads": args.threads, "seed": args.seed,
                        "torch": torch.__version__},

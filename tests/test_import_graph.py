@@ -4,7 +4,8 @@ Every ``.py`` file of the shipped packages is parsed with ``ast`` (nothing is im
 imports are collected: ``import x``, ``from x import y``, relative imports resolved against the
 file's package, and the string argument of ``importlib.import_module(...)`` / ``__import__(...)``.
 
-Data flows plug-in -> draggan_wire -> backend -> alignment / inversion -> stylegan2, so:
+Data flows plug-in -> draggan_wire -> backend -> alignment / inversion -> stylegan2 (draggan_util, a
+few standard-library helpers, sits under the engine packages), so:
 
 - nothing shipped imports ``training``, ``tests``, ``benchmarks``, ``scripts`` or the test-support
   package ``testkit`` (a user's install has none of them);
@@ -34,6 +35,7 @@ SHIPPED: dict[str, Path] = {
     "draggan_wire": REPO / "draggan_wire",
     "inversion": REPO / "inversion",
     "stylegan2": REPO / "stylegan2",
+    "draggan_util": REPO / "draggan_util",
     "gimp_plugin": REPO / "gimp_plugin" / "draggan",
 }
 PLUGIN_OWN_NAMES = {"draggan", "draggan_core"}
@@ -43,10 +45,11 @@ NOT_SHIPPED = {"training", "tests", "benchmarks", "scripts", "testkit"}
 ALLOWED: dict[str, set[str]] = {
     "gimp_plugin": {"draggan_wire"},
     "draggan_wire": set(),
-    "backend": {"draggan_wire", "alignment", "inversion", "stylegan2"},
-    "alignment": {"stylegan2"},
-    "inversion": {"stylegan2"},
+    "backend": {"draggan_wire", "alignment", "inversion", "stylegan2", "draggan_util"},
+    "alignment": {"stylegan2", "draggan_util"},
+    "inversion": {"stylegan2", "draggan_util"},
     "stylegan2": set(),
+    "draggan_util": set(),   # standard-library helpers (the file hash) under everything but the wire
 }
 
 
