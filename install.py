@@ -31,7 +31,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent
 PLUGIN_NAME = "draggan"                      # GIMP loads PLUG-IN-DIR/draggan/draggan.py
-PLUGIN_SOURCE = REPO / "gimp_plugin" / PLUGIN_NAME
 WIRE_PACKAGE = "draggan_wire"                # backend/{protocol,client,relay_bridge}.py, staged
 WIRE_FILES = ("protocol.py", "client.py", "relay_bridge.py")
 VENDOR_DIR = "vendor"                        # pyzmq unpacked here when GIMP's Python lacks it

@@ -32,13 +32,12 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import protocol
+from . import models, protocol
 from .protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger("draggan.backend")
@@ -82,61 +81,8 @@ class UnknownModel(LookupError):
     pass
 
 
-def registry_models(extra: Mapping[str, Path]) -> list[tuple[str, Path | None, bool, int, int]]:
-    """(name, path, installed, width, height) for every model the registry and ``extra`` know."""
-    try:
-        from . import models
-    except ImportError:  # registry not available: only the models named on the command line
-        return [(n, Path(p), Path(p).is_file(), 0, 0) for n, p in extra.items()]
-    return [(m.name, m.path, m.installed, m.width, m.height) for m in models.available_models(extra)]
-
-
-def registry_poor_inversion(name: str) -> tuple[float, float]:
-    """(ST-LPIPS, PSNR dB) "poor inversion" thresholds of model ``name`` for ``welcome``."""
-    try:
-        from . import models
-    except ImportError:
-        return 0.0, 0.0
-    poor = models.poor_inversion(name)
-    return poor.stlpips, poor.psnr_db
-
-
-def registry_drag_defaults(name: str) -> Any:
-    """The drag settings of model ``name`` (``models.model_drag_defaults``: a ``DragDefaults``); the
-    official ones without the registry."""
-    try:
-        from . import models
-    except ImportError:
-        return SimpleNamespace(lr_boost=1.0, lr_half_life=20.0, stop_distance=0.0, lambda_mask=20.0)
-    return models.model_drag_defaults(name)
-
-
-def registry_framing(name: str) -> str:
-    """What model ``name`` draws for clients' automatic crop ("any" without the registry)."""
-    try:
-        from . import models
-    except ImportError:
-        return "any"
-    return models.model_framing(name)
-
-
-def registry_alignment(name: str, overrides: Mapping[str, str] | None = None) -> str:
-    """The alignment kind of model ``name``: ``overrides[name]`` (name -> kind, ``serve --model-align``)
-    when there, else the registry's ("none" without an entry)."""
-    try:
-        from . import models
-    except ImportError:
-        return (overrides or {}).get(name, "none")
-    return models.model_alignment(name, "auto", overrides)
-
-
-def registry_resolve(name: str, extra: Mapping[str, Path]) -> Path:
-    try:
-        from . import models
-    except ImportError:
-        if name in extra:
-            return Path(extra[name])
-        raise UnknownModel(f"model '{name}' is not served here; known: {', '.join(sorted(extra))}") from None
+def resolve_model(name: str, extra: Mapping[str, Path]) -> Path:
+    """The file of model ``name`` (``extra``: name -> file given on the command line), else UnknownModel."""
     try:
         return models.resolve_model(name, extra=extra)
     except models.ModelError as exc:
@@ -213,32 +159,33 @@ class ModelPool:
         """Installed models for ``welcome`` (size 0 x 0 until known)."""
         out = []
         with self._lock:
-            for name, _path, installed, width, height in registry_models(self.extra):
-                if not installed:
+            for model in models.available_models(self.extra):
+                if not model.installed:
                     continue
-                width, height = self._sizes.get(name, (width, height))
-                poor = registry_poor_inversion(name)
-                out.append(protocol.ModelEntry(name=name, width=width, height=height,
-                                               loaded=name in self._loaded, poor_stlpips=poor[0],
-                                               poor_psnr_db=poor[1], framing=registry_framing(name)))
+                width, height = self._sizes.get(model.name, (model.width, model.height))
+                poor = models.poor_inversion(model.name)
+                out.append(protocol.ModelEntry(name=model.name, width=width, height=height,
+                                               loaded=model.name in self._loaded, poor_stlpips=poor.stlpips,
+                                               poor_psnr_db=poor.psnr_db, framing=models.model_framing(model.name)))
         return out
 
     def installed_names(self) -> list[str]:
-        return [name for name, _p, installed, _w, _h in registry_models(self.extra) if installed]
+        return [model.name for model in models.available_models(self.extra) if model.installed]
 
     def check(self, name: str) -> None:
         """Raises UnknownModel when ``name`` cannot be served (cheap: no loading)."""
         with self._lock:
             if name in self._loaded:
                 return
-        registry_resolve(name, self.extra)
+        resolve_model(name, self.extra)
 
     def probe_sizes(self) -> None:
         """Learn width x height of models whose registry entry does not say (loads each once)."""
-        for name, path, installed, width, height in registry_models(self.extra):
-            if installed and path is not None and not (width and height) and name not in self._sizes:
-                G = self._load_file(path)
-                self._sizes[name] = (int(G.img_width), int(G.img_height))
+        for model in models.available_models(self.extra):
+            if (model.installed and model.path is not None and not (model.width and model.height)
+                    and model.name not in self._sizes):
+                G = self._load_file(model.path)
+                self._sizes[model.name] = (int(G.img_width), int(G.img_height))
                 del G
 
     def get(self, name: str, emit: Emit | None = None) -> Any:
@@ -248,7 +195,7 @@ class ModelPool:
                 self._loaded.move_to_end(name)
                 entry.last_used = time.monotonic()
                 return entry.G
-        path = registry_resolve(name, self.extra)
+        path = resolve_model(name, self.extra)
         if emit is not None:
             emit(protocol.Progress(phase="loading", text=f"loading model '{name}'"))
         started = time.monotonic()
@@ -674,7 +621,7 @@ class EditRunner:
 
     def alignment_of(self, model: str) -> str:
         """Model ``model``'s alignment kind ("none" | "ffhq" | "faces")."""
-        return registry_alignment(model, self.alignments)
+        return models.model_alignment(model, "auto", self.alignments)
 
     def memory(self) -> tuple[int, int]:
         return device_memory(self.device)
@@ -808,7 +755,7 @@ class EditRunner:
         if should_cancel():
             raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
 
-        pti = registry_pti(req.model) if req.params.pti is None else bool(req.params.pti)
+        pti = models.model_pti(req.model) if req.params.pti is None else bool(req.params.pti)
         # a stop before the drag began keeps nothing: the inversion ends as a cancel
         projection = self._project(owner, G, prepared.image, req.params, emit,
                                    lambda: should_cancel() or should_stop(), pti)
@@ -1083,13 +1030,6 @@ def _check_points(points: list[tuple[float, float]], width: int, height: int, fi
                                                        f"y in 0..{height - 1})", f"{field_name}[{i}]")
 
 
-def registry_pti(name: str) -> bool:
-    """Whether model ``name`` is pivotally tuned when the request leaves it to the model."""
-    from . import models
-
-    return models.model_pti(name)
-
-
 def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, handles: list[tuple[float, float]],
                  targets: list[tuple[float, float]], width: int, height: int
                  ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
@@ -1113,7 +1053,7 @@ def _drag_params(params: protocol.EditParams, G: Any, model: str) -> Any:
     feature_block = min(DragParams.feature_block, int(G.synthesis.num_blocks) - 1)
     # the model's measured drag settings (larger first steps, stop distance, mask weight when the
     # request leaves it to the model), the official ones otherwise
-    own = registry_drag_defaults(model)
+    own = models.model_drag_defaults(model)
     lambda_mask = own.lambda_mask if params.lambda_mask is None else params.lambda_mask
     return DragParams(max_steps=params.max_steps, lr=params.lr, latent=params.latent,
                       lambda_mask=lambda_mask, r1=params.r1, r2=params.r2,

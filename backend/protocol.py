@@ -202,9 +202,6 @@ class ErrorCode:
     AUTH = "auth"  # CURVE keys missing or wrong
 
 
-ERROR_CODES = frozenset(v for k, v in vars(ErrorCode).items() if k.isupper())
-
-
 class ProtocolError(Exception):
     """A message (or a reply) violates the protocol, or the server reported an error.
 
@@ -1392,8 +1389,3 @@ def decode(
     message = cls.from_fields(fields, resolver)
     resolver.check_all_used()
     return Envelope(type=mtype, id=rid, message=message, token=token)
-
-
-def new_request_id(counter: int, prefix: str = "r") -> str:
-    """A request id that matches ID_PATTERN (``prefix`` + decimal counter)."""
-    return f"{prefix}{counter}"
