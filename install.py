@@ -782,7 +782,7 @@ def ensure_backend_venv(venv: Path, repo: Path, torch: str, torch_index: str | N
 
 
 # --------------------------------------------------------------------------------------------
-# Optional: face landmarks for face alignment (issue 19, docs/alignment.md)
+# Optional: face landmarks for face alignment (docs/alignment.md)
 # --------------------------------------------------------------------------------------------
 
 # The MTCNN weights backend/landmarks.py loads ship inside facenet-pytorch's wheel (MIT). The package

@@ -1,6 +1,7 @@
 """An edit in an aligned face frame: prepare the model-frame inputs from a native-resolution crop, and
-paste the model's result back into the crop exactly (issue 19). Wire-independent: the server calls
-these once the protocol carries native crops (protocol 3); tests call them directly.
+paste the model's result back into the crop exactly, so the pixels outside the edit do not move.
+Wire-independent: the server calls these once the protocol carries native crops (protocol 3); tests
+call them directly.
 
 * :func:`prepare` finds the face (a landmark function, by default MTCNN from backend/landmarks.py;
   with several faces, the one whose quad holds the handles), builds the :class:`backend.align.Alignment`

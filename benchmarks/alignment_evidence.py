@@ -1,4 +1,4 @@
-"""Issue 19 evidence: does aligning a face crop (backend/align.py) help the faces-128 inversion?
+"""Evidence: does aligning a face crop (backend/align.py) help the faces-128 inversion?
 
 Procedural faces (training/faces.py, held-out seed 77) are rotated (up to +-45 deg), scaled down
 (to a third) and shifted inside a larger canvas with Pillow. The renderer's exact keypoints are the
@@ -26,7 +26,7 @@ face's own rotation and scale, then into the framing). The dragged picture is pa
 canvas, warped into the oracle's aligned frame (the same frame for every framing) and measured with the
 keypoint detector there: ``drag_md_before`` / ``drag_md_after`` = mean distance of the three
 keypoints to their targets before / after the drag, in pixels of that 128 px frame (the fidelity
-benchmark's MD, issue 19's "keypoint error after a drag").
+benchmark's MD: the "keypoint error after a drag" the alignment must not worsen).
 
     python3 benchmarks/alignment_evidence.py --steps 100 --out docs/alignment-evidence.json \
         --figure docs/images/align-faces-128.png

@@ -1,4 +1,4 @@
-"""Issue 19: should faces-128 align drawings that are already in its training range?
+"""Should faces-128 align drawings that are already in its training range?
 
 docs/alignment.md shows that aligning pays on faces rolled, shrunk and shifted outside faces-128's
 training range. This measures the other side: procedural faces as the renderer draws them (256 px

@@ -4,7 +4,7 @@ Per picture: ``inversion.project`` (preset "fast" unless overridden) then a ``Dr
 the server's drag settings (feature block 5 or the last one, the plug-in's radii for the model
 size), 2 handle/target pairs. Two edit profiles:
 
-* ``fixed``: 30 steps with a preview every 5 (the issue's target: first preview <= 3 s, whole
+* ``fixed``: 30 steps with a preview every 5 (the target: first preview <= 3 s, whole
   edit <= 6 s on 2 cores for the default 128² model);
 * ``plugin``: the GIMP plug-in's defaults: no previews, up to 200 steps (the stop rule may end it).
 

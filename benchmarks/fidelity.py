@@ -39,7 +39,7 @@ larger first steps and its stop distance), i.e. the edits users get; ``reference
 the official step's computations, with the same settings, so check 2 compares like with like.
 
 Figures are means over pairs ± the standard error of the mean (sd / sqrt(n)) unless marked median.
-Two checks from issue 15 are printed with verdicts:
+Two checks (does the fast mode keep the reference's accuracy?) are printed with verdicts:
 
 1. 1 point: MD(fast) / MD(no edit) over the fast row's pairs ≤ 0.3 (paper: 2.44 / 12.93 = 0.19);
 2. per point count: |MD(fast) − MD(reference)| ≤ max(0.5 px, SE), both over the pairs they share,
@@ -90,7 +90,7 @@ DEFAULT_MODEL = REPO / "backend" / "data" / "faces-128.pt"
 NO_EDIT = "no edit"
 ROWS = ("reference", "fast", "fast w", "fast mask", "fast sched")
 FAST_ROW = "fast"
-FAST_POINT_COUNTS = (1, 5)  # the cells that get --pairs-fast pairs (issue 15: >= 100)
+FAST_POINT_COUNTS = (1, 5)  # the cells that get --pairs-fast pairs (>= 100, for a standard error well under a pixel)
 PAIRS_FAST, PAIRS_OTHER = 100, 30
 QUICK = dict(pairs_fast=2, pairs_other=2, max_steps=20)
 RATIO_TARGET = 0.3  # check 1: MD(fast) / MD(no edit) at 1 point

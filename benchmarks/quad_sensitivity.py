@@ -1,4 +1,4 @@
-"""How far landmark errors move the FFHQ alignment quad (issue 19's "within 1 px at model scale").
+"""How far landmark errors move the FFHQ alignment quad (the alignment's target: "within 1 px at model scale").
 
 Exact landmarks of procedural faces (training/faces.py, 128 px, faces-128's frame) get Gaussian noise
 of a given RMS distance on the eye centres and on the mouth corners; the quad built from them

@@ -1,4 +1,4 @@
-"""The model registry's alignment field (issue 19, step b)."""
+"""The model registry's alignment field: which kind of face alignment each model asks for."""
 
 from __future__ import annotations
 

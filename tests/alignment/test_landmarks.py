@@ -129,8 +129,8 @@ def test_refinement_rejects_a_broken_predictor() -> None:
 def test_mtcnn_then_refinement_on_tilted_drawings(weights, procedural_predictor) -> None:
     # The whole chain on procedural faces: MTCNN finds the face (its quad 5-19 px off at 128 here),
     # the keypoint detector refines it; then the server's chain (backend/aligned_edit.py
-    # refined_procedural_face: two refinements, then the patch refiner) meets issue 19's geometry
-    # criterion: the detected quad lies within 1 px of the exact-keypoint quad at model scale.
+    # refined_procedural_face: two refinements, then the patch refiner) meets the alignment's geometry
+    # criterion (docs/alignment.md): the detected quad lies within 1 px of the exact-keypoint quad at model scale.
     from backend.aligned_edit import refined_procedural_face
 
     errors, chain = [], []

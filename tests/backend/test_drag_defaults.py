@@ -1,4 +1,4 @@
-"""The server's per-model drag settings (issue 15's lr_schedule report): the embedded default model drags
+"""The server's per-model drag settings (measured with the lr_schedule hook): the embedded default model drags
 with its measured larger first steps, 1 px stop distance and mask weight 5 (when the request leaves the
 weight to the model), every other model with the official constant lr, stop rule and the paper's 20."""
 

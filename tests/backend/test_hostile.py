@@ -1,7 +1,8 @@
-"""Issue 16: a hostile local client in a SECOND PROCESS (tests/backend/hostile.py) against a real
-server on 127.0.0.1. It cannot see, receive from or touch another client's job, session, image or
-cache entry, whatever routing id it presents; small PNGs do not stall the loop; oversized numbers
-and malformed ids are refused with typed errors; connections past --max-peers are refused."""
+"""The server shares one socket among clients that may be hostile: a hostile local client in a SECOND
+PROCESS (tests/backend/hostile.py) against a real server on 127.0.0.1. It cannot see, receive from or
+touch another client's job, session, image or cache entry, whatever routing id it presents; small
+PNGs do not stall the loop; oversized numbers and malformed ids are refused with typed errors;
+connections past --max-peers are refused."""
 
 from __future__ import annotations
 
@@ -228,8 +229,8 @@ print(json.dumps(out))
 
 
 def test_hello_is_answered_within_a_second_with_ten_paeth_pngs_in_flight() -> None:
-    """Issue 16 #2: 2048 px Paeth PNGs (28 KB each) are checked from their header on the loop and
-    never decoded there; with 10 in flight (and more coming) and a job running, hello answers."""
+    """A PNG flood must not starve the loop: 2048 px Paeth PNGs (28 KB each) are checked from their
+    header on the loop and never decoded there; with 10 in flight (and more coming) and a job running, hello answers."""
     runner = GatedRunner()
     server = start_server(runner, max_peers=64)
     proc: subprocess.Popen[str] | None = None

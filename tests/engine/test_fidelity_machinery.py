@@ -1,4 +1,4 @@
-"""benchmarks/fidelity.py's machinery (issue 15) on a tiny random generator and a stand-in detector:
+"""benchmarks/fidelity.py's machinery on a tiny random generator and a stand-in detector:
 pair determinism, per-cell pair counts, statistics, the checks' verdicts, Markdown/JSON output.
 None of this needs the default model; what the figures *mean* is test_fidelity_short.py's job."""
 

@@ -1,4 +1,4 @@
-"""A short run of benchmarks/fidelity.py (issue 12) on the default model: drags land nearer the targets."""
+"""A short run of benchmarks/fidelity.py on the default model: drags land nearer the targets."""
 
 from __future__ import annotations
 

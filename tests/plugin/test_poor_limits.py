@@ -16,7 +16,7 @@ def test_model_limits_come_from_the_model_else_defaults() -> None:
 
 
 def test_the_issues_out_of_domain_figures_are_poor_under_calibrated_limits() -> None:
-    # issue 17: two out-of-domain crops scored (ST-LPIPS, PSNR) = (0.14, 19.0) and (0.31, 16.4):
+    # two out-of-domain crops, reported by a user, scored (ST-LPIPS, PSNR) = (0.14, 19.0) and (0.31, 16.4):
     # under the old constants neither was flagged.
     for stlpips, psnr in ((0.14, 19.0), (0.31, 16.4)):
         assert not texts.is_poor(psnr, stlpips)

@@ -1,4 +1,4 @@
-"""Issue 20: two `draggan-backend serve` replicas behind the real HAProxy (deploy/haproxy/haproxy.cfg,
+"""A studio setup: two `draggan-backend serve` replicas behind the real HAProxy (deploy/haproxy/haproxy.cfg,
 used verbatim), on loopback, with CURVE end to end and the same keys on both replicas.
 
 Each client connects from its own loopback source address (127.0.0.N), so the balancer's
