@@ -785,7 +785,7 @@ def ensure_backend_venv(venv: Path, repo: Path, torch: str, torch_index: str | N
 # Optional: face landmarks for face alignment (docs/alignment.md)
 # --------------------------------------------------------------------------------------------
 
-# The MTCNN weights backend/landmarks.py loads ship inside facenet-pytorch's wheel (MIT). The package
+# The MTCNN weights alignment/landmarks.py loads ship inside facenet-pytorch's wheel (MIT). The package
 # pins torch < 2.3 and would replace our torch, so it is installed without its dependencies; our
 # code never imports it, it only reads its three weight files.
 LANDMARKS_PACKAGE = "facenet-pytorch==2.6.0"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import is_loopback
-from .protocol import ALIGNMENTS  # stdlib-only mirror of backend/align.py's (which imports torch)
+from .protocol import ALIGNMENTS  # stdlib-only mirror of alignment/align.py's (which imports torch)
 
 DESCRIPTION = """\
 DragGAN backend for the GIMP plug-in. GIMP talks to it over ZeroMQ; it runs the inversion and the

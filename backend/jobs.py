@@ -458,7 +458,7 @@ class HeldSession:
     inversion: protocol.InversionQuality | None
     image_id: str
     params: protocol.EditParams
-    alignment: dict[str, Any]  # backend.align.Alignment.to_dict: model frame -> crop
+    alignment: dict[str, Any]  # alignment.align.Alignment.to_dict: model frame -> crop
     crop_size: tuple[int, int]
     aligned: str = "none"  # the alignment kind when a face was aligned, "none" otherwise
     result: str = "detail"  # protocol RESULT_MODES
@@ -569,7 +569,7 @@ class EditRunner:
                  landmarks: Callable[[np.ndarray], list[Any]] | None = None) -> None:
         self.device = resolve_device(device)
         # model name -> alignment kind, over the registry's (`serve --model-align NAME=KIND`; tests
-        # serve tiny files as face models); landmarks: image -> faces (default MTCNN, backend/landmarks.py)
+        # serve tiny files as face models); landmarks: image -> faces (default MTCNN, alignment/landmarks.py)
         self.alignments = dict(alignments or {})
         self.landmarks = landmarks
         self.inversion_steps = inversion_steps  # None = the presets' own step counts
@@ -720,7 +720,7 @@ class EditRunner:
         """Protocol 4: the native crop into the model's frame (the whole crop scaled, or a face
         alignment for ``align="auto"`` on a model with one), inversion, drag, and the result in the crop's
         frame (``result="detail"``: the crop's own pixels moved; ``"model"``: the model's pixels)."""
-        from backend import aligned_edit
+        from alignment import aligned_edit
         from backend.engine import DragSession
 
         started = time.monotonic()
@@ -795,8 +795,8 @@ class EditRunner:
                          height: int, emit: Emit) -> tuple[Any, str, str]:
         """Find the face and warp the crop into the model's aligned frame; with no face (or no landmark
         weights) a model-shaped box around the points. -> (prepared edit, alignment kind, note)."""
-        from backend import aligned_edit
-        from backend.landmarks import LandmarksUnavailable
+        from alignment import aligned_edit
+        from alignment.landmarks import LandmarksUnavailable
 
         H, W = pixels.shape[:2]
         emit(protocol.Progress(phase="inversion", step=0, total=0,
@@ -823,8 +823,8 @@ class EditRunner:
                      note: str) -> protocol.Result:
         """The session's picture in the crop's frame (RGBA cut to the area the model's frame covers)
         and, per handle of the last drag, whether the dense motion carries it to its target."""
-        from backend import aligned_edit
-        from backend.align import Alignment
+        from alignment import aligned_edit
+        from alignment.align import Alignment
         from backend.engine import motion
 
         al = Alignment.from_dict(held.alignment)
@@ -863,8 +863,8 @@ class EditRunner:
                   should_cancel: ShouldCancel, should_stop: ShouldCancel) -> protocol.Result:
         """Drag again on a session: the stored transform maps the new crop-pixel points and mask into the
         model's frame (the same frame as the first drag)."""
-        from backend import aligned_edit
-        from backend.align import Alignment
+        from alignment import aligned_edit
+        from alignment.align import Alignment
 
         started = time.monotonic()
         held: HeldSession | None = self.sessions.get(owner, req.session_id)
@@ -985,7 +985,7 @@ class EditRunner:
         """Run the drag, reporting progress -> (steps, stopped by ``should_stop``). ``alignment``: points
         are reported in the native crop's pixels; ``preview_frame`` "crop" (with ``crop_size``): previews
         are placed in the crop's frame as results are (RGBA at an offset), else they stay in the model's."""
-        from backend import aligned_edit
+        from alignment import aligned_edit
         from backend.engine import EditCancelled
 
         stop = should_stop or (lambda: False)
@@ -1036,7 +1036,7 @@ def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, hand
     """(the drag's mask, where its motion may reach, a note): with a selection, the selection (model
     frame) for both; without one, ``params.region == "points"`` makes both a box around the points, so
     that a drag moves what was dragged rather than the whole picture; "whole" leaves both open."""
-    from backend import aligned_edit
+    from alignment import aligned_edit
 
     if selection is not None:
         return selection, selection.astype(np.float32), ""

@@ -95,7 +95,7 @@ class ModelSpec:
     sha256: str = ""
     instructions: str = ""
     notes: str = ""
-    # backend/align.py ALIGNMENTS: "ffhq" = the FFHQ recipe's quad at the model's size; "faces" = that
+    # alignment/align.py ALIGNMENTS: "ffhq" = the FFHQ recipe's quad at the model's size; "faces" = that
     # quad onto the procedural faces' average face
     alignment: str = "none"
     # the server's drag settings on this model beyond the user's (DragDefaults: the official ones unless

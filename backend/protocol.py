@@ -171,7 +171,7 @@ LATENT_SPACES = ("w", "w+")
 INVERSION_PRESETS = ("fast", "quality")
 IMAGE_FORMATS = ("raw", "png")
 ALIGN_OPTIONS = ("auto", "off")  # edit.align: auto = the model's registry alignment; off = none
-ALIGNMENTS = ("none", "ffhq", "faces")  # a model's alignment kind (backend/align.py ALIGNMENTS)
+ALIGNMENTS = ("none", "ffhq", "faces")  # a model's alignment kind (alignment/align.py ALIGNMENTS)
 # what a model draws, for the client's automatic crop: "any" = any part of a scene (crop around the
 # points), "whole" = whole subjects framed as in its training data (send the whole layer)
 FRAMINGS = ("any", "whole")

@@ -1,4 +1,4 @@
-"""Evidence: does aligning a face crop (backend/align.py) help the faces-128 inversion?
+"""Evidence: does aligning a face crop (alignment/align.py) help the faces-128 inversion?
 
 Procedural faces (training/faces.py, held-out seed 77) are rotated (up to +-45 deg), scaled down
 (to a third) and shifted inside a larger canvas with Pillow. The renderer's exact keypoints are the
@@ -9,9 +9,9 @@ conditions alike) in three framings:
 * ``canvas``: the whole canvas scaled to 128x128 (an axis-aligned crop that is not face-fitted);
 * ``box``: the axis-aligned square with the FFHQ quad's centre and size (face-fitted, but the roll
   is not undone);
-* ``aligned``: the FFHQ quad mapped onto the quad of faces-128's average face (backend/align.py).
+* ``aligned``: the FFHQ quad mapped onto the quad of faces-128's average face (alignment/align.py).
 * ``detected``: the same from detected landmarks instead of the oracle, found as the server finds
-  them (``backend.aligned_edit.refined_procedural_face``: MTCNN, refined twice in faces-128's frame
+  them (``alignment.aligned_edit.refined_procedural_face``: MTCNN, refined twice in faces-128's frame
   by the keypoint detector, then by the patch refiner); skipped when MTCNN is not installed or finds
   no face.
 
@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import stylegan2  # noqa: E402
-from backend import align as A  # noqa: E402
+from alignment import align as A  # noqa: E402
 from backend import models  # noqa: E402
 from draggan_util.hashing import sha256_file  # noqa: E402
 from inversion import project  # noqa: E402
@@ -70,8 +70,8 @@ CASES = [(40.0, 0.5, (230.0, 160.0)), (-45.0, 1 / 3, (120.0, 250.0)), (25.0, 0.7
 def detected_quad(big: np.ndarray, handle: np.ndarray, size: int) -> np.ndarray | None:
     """The FFHQ quad from the server's landmarks (MTCNN + refinements), or None (no MTCNN weights, or
     no face there)."""
-    from backend import landmarks as L
-    from backend.aligned_edit import refined_procedural_face
+    from alignment import landmarks as L
+    from alignment.aligned_edit import refined_procedural_face
 
     try:
         found = L.detect_faces(big)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         settings = dataclasses.replace(settings, steps=args.steps)
     params = faces.sample_params(np.random.default_rng(77), len(CASES))
-    from training.detector import load_detector
+    from alignment.detector import load_detector
 
     detector = load_detector()
     names = list(faces.KEYPOINT_NAMES)

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import stylegan2  # noqa: E402
-from backend import align as A  # noqa: E402
+from alignment import align as A  # noqa: E402
 from backend import models  # noqa: E402
 from draggan_util.hashing import sha256_file  # noqa: E402
 from inversion import project  # noqa: E402
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", type=Path, default=None, help="JSON of every face and the means")
     args = ap.parse_args(argv)
-    from backend import landmarks as L
-    from backend.aligned_edit import refined_procedural_face
+    from alignment import landmarks as L
+    from alignment.aligned_edit import refined_procedural_face
 
     torch.set_num_threads(args.threads)
     G = stylegan2.load_generator(models.EMBEDDED_MODEL_FILE, device="cpu")

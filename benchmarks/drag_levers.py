@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     import stylegan2
+    from alignment.detector import load_detector
     from backend.engine import DragSession
     from draggan_util.hashing import sha256_file
     from inversion import LatentCache, project
     from inversion.encoder import load_encoder
-    from training.detector import load_detector
 
     model = REPO / "backend" / "data" / "faces-128.pt"
     G = stylegan2.load_generator(model)

@@ -103,7 +103,7 @@ Cell = tuple[str, int]  # (row, number of points)
 
 
 class KeypointModel(Protocol):
-    """What the protocol needs from a detector (``training.detector.KeypointDetector`` is one)."""
+    """What the protocol needs from a detector (``alignment.detector.KeypointDetector`` is one)."""
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` -> float ``[N, K, 2]`` keypoints, (x, y) pixels."""
@@ -624,7 +624,7 @@ def parse_points(value: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--detector", type=Path, default=None, help="default: training.detector.DEFAULT_PATH")
+    parser.add_argument("--detector", type=Path, default=None, help="default: alignment.detector.DEFAULT_PATH")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK['pairs_fast']} pairs everywhere, {QUICK['max_steps']} max steps "
                              "(explicit --pairs-*/--max-steps still win)")
@@ -677,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     pairs_fast, pairs_other, max_steps = run_settings(args)
 
     import stylegan2
-    from training.detector import DEFAULT_PATH, load_detector
+    from alignment.detector import DEFAULT_PATH, load_detector
 
     if args.resume and args.json is None:
         raise SystemExit("--resume continues the --json file: give --json")

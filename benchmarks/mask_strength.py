@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     weights = [None if v == "none" else float(v) for v in args.lambdas]
 
     import stylegan2
-    from training.detector import DEFAULT_PATH, load_detector
+    from alignment.detector import DEFAULT_PATH, load_detector
 
     torch.set_num_threads(args.threads)
     G = stylegan2.load_generator(args.model)

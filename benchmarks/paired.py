@@ -92,8 +92,8 @@ class Figures:
     """The measuring instruments: ST-LPIPS (VGG) and the keypoint detector, loaded once."""
 
     def __init__(self) -> None:
+        from alignment.detector import load_detector
         from inversion.lpips import STLPIPS
-        from training.detector import load_detector
 
         self.lpips = STLPIPS("vgg").eval()
         self.detector = load_detector()

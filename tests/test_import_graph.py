@@ -115,7 +115,7 @@ def package_graph() -> dict[str, dict[str, list[str]]]:
     return graph
 
 
-# Until alignment/ and draggan_wire/ exist and backend stops loading training modules.
+# Until draggan_wire/ is a package of the repository.
 PENDING = pytest.mark.xfail(strict=True, reason="the restructuring has not reached this yet")
 
 
@@ -125,7 +125,6 @@ def test_every_shipped_package_exists_and_has_python_files() -> None:
     assert missing == [], f"shipped packages without .py files: {missing}"
 
 
-@PENDING
 def test_nothing_shipped_imports_training_tests_benchmarks_or_scripts() -> None:
     offenders = [
         f"{where} imports {name}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend import align, models, protocol
+from alignment import align
+from backend import models, protocol
 
 
 def test_alignment_per_model() -> None:

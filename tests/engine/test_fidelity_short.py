@@ -51,7 +51,7 @@ def generated_keypoint_error(G, detector, n: int = 8) -> float:
 
 def test_two_pairs_one_point_move_toward_their_targets():
     import stylegan2
-    from training.detector import DEFAULT_PATH, load_detector
+    from alignment.detector import DEFAULT_PATH, load_detector
 
     fidelity = load_fidelity_module()
     G = stylegan2.load_generator(require(fidelity.DEFAULT_MODEL))
