@@ -37,8 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import models, protocol
-from .protocol import ErrorCode, ProtocolError
+from draggan_wire import protocol
+from draggan_wire.protocol import ErrorCode, ProtocolError
+
+from . import models
 
 log = logging.getLogger("draggan.backend")
 

@@ -69,8 +69,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import protocol
-from .protocol import Error, ErrorCode, ProtocolError
+from draggan_wire import protocol
+from draggan_wire.protocol import Error, ErrorCode, ProtocolError
 
 log = logging.getLogger("draggan.backend")
 

@@ -185,8 +185,8 @@ def drag_in_frame(G: object, res: object, al: A.Alignment, big: np.ndarray, hand
     """Drag the projection ``res`` (made in framing ``al``) from ``handles_big`` to ``targets_big``
     (canvas px, x then y); measure both before and after in the oracle's aligned frame."""
     from backend import jobs
-    from backend import protocol as P
     from backend.engine import DragSession
+    from draggan_wire import protocol as P
 
     def measure(picture_big: np.ndarray, targets: np.ndarray) -> float:
         frame, _ = oracle.warp_image(picture_big)

@@ -167,10 +167,10 @@ def wire_edits(G: Any, model_path: Path, encoder_file: str | None, images: list[
     """Each picture edited through a real server over loopback ZeroMQ (see ``--wire``)."""
     import tempfile
 
-    from backend import protocol
-    from backend.client import Client
     from backend.jobs import EditRunner, encoder_path
     from backend.server import Server, ServerConfig
+    from draggan_wire import protocol
+    from draggan_wire.client import Client
 
     sys.path.insert(0, str(REPO / "gimp_plugin" / "draggan"))
     from draggan_core.options import radii_for  # the plug-in's radii for this model size

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 import zmq  # noqa: E402
 
-from backend import protocol as P  # noqa: E402
-from backend.client import Client, new_token  # noqa: E402
+from draggan_wire import protocol as P  # noqa: E402
+from draggan_wire.client import Client, new_token  # noqa: E402
 from tests.backend.conftest import start_server  # noqa: E402
 from tests.backend.test_hostile import GatedRunner, fake  # noqa: E402
 from tests.backend.test_server_faults import _fuzz_messages, send_and_count_replies  # noqa: E402

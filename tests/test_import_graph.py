@@ -115,11 +115,6 @@ def package_graph() -> dict[str, dict[str, list[str]]]:
     return graph
 
 
-# Until draggan_wire/ is a package of the repository.
-PENDING = pytest.mark.xfail(strict=True, reason="the restructuring has not reached this yet")
-
-
-@PENDING
 def test_every_shipped_package_exists_and_has_python_files() -> None:
     missing = [name for name in SHIPPED if not python_files(name)]
     assert missing == [], f"shipped packages without .py files: {missing}"
@@ -174,7 +169,6 @@ def test_the_shipped_package_graph_has_no_cycle() -> None:
         visit(package, [])
 
 
-@PENDING
 def test_the_plugin_imports_the_wire_protocol_by_its_real_name() -> None:
     link = SHIPPED["gimp_plugin"] / "draggan_core" / "link.py"
     static = [

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from alignment import align
-from backend import models, protocol
+from backend import models
+from draggan_wire import protocol
 
 
 def test_alignment_per_model() -> None:

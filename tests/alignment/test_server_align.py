@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from alignment import align as A
-from backend import protocol as P
-from backend.client import Client
-from backend.protocol import ErrorCode
 from backend.server import Server
+from draggan_wire import protocol as P
+from draggan_wire.client import Client
+from draggan_wire.protocol import ErrorCode
 from tests.alignment import canvas
 from tests.backend.conftest import FAST, make_tiny_generator, real_runner, start_server
 from training import faces

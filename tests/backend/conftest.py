@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend import protocol
 from backend.jobs import EditRunner
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server, ServerConfig
+from draggan_wire import protocol
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = 32  # the tiny generator's output size (pixels)

@@ -2,8 +2,8 @@
 
     python -m tests.backend.hostile MODE ENDPOINT [JSON ARGS]
 
-Prints one JSON line with what it saw. It never uses backend.client (a hostile peer speaks raw
-ZeroMQ), only backend.protocol to build messages, and its own identity token (it has no other).
+Prints one JSON line with what it saw. It never uses draggan_wire.client (a hostile peer speaks raw
+ZeroMQ), only draggan_wire.protocol to build messages, and its own identity token (it has no other).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from backend import protocol as P
+from draggan_wire import protocol as P
 
 TOKEN = os.urandom(32).hex()  # the hostile user's own identity; it never learns the victim's
 AUTO_ID_START = 0x6B8B4567  # libzmq's first automatic routing id counter (0x00 + 4 bytes)
@@ -212,7 +212,7 @@ def _identities(args: dict[str, Any]) -> list[Identity]:
     keys_dir = args.get("keys_dir")
     if not keys_dir:
         return [Identity(i, None) for i in range(args.get("count", 20))]
-    from backend.client import read_public_key, read_secret_key
+    from draggan_wire.client import read_public_key, read_secret_key
 
     server = read_public_key(os.path.join(keys_dir, "server.key"))
     out = []

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from backend import jobs, models
-from backend import protocol as P
+from draggan_wire import protocol as P
 
 G_WITH_7_BLOCKS = SimpleNamespace(synthesis=SimpleNamespace(num_blocks=7))
 

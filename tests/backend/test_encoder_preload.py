@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.client import Client
 from backend.jobs import ModelPool, encoder_path
 from draggan_util.hashing import sha256_file
+from draggan_wire.client import Client
 from inversion import ENCODER_PRESETS
 from inversion.encoder import LatentEncoder, save_encoder
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from backend import protocol as P
-from backend.client import Client, new_token
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import owner_of_token
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, new_token
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import FAST, PYTHON, REPO, SIDE, edit, real_runner, start_server, subprocess_env, wait_until
 
@@ -198,9 +198,9 @@ def test_sessions_images_and_cache_are_per_owner_and_a_full_store_makes_room(tin
 
 HOSTILE_STORES = f"""
 import json, sys
-from backend import protocol as P
-from backend.client import Client
-from backend.protocol import ProtocolError
+from draggan_wire import protocol as P
+from draggan_wire.client import Client
+from draggan_wire.protocol import ProtocolError
 endpoint, photo_file, session_id, image_id = sys.argv[1:5]
 image = P.Image({SIDE}, {SIDE}, 3, open(photo_file, 'rb').read())
 params = P.EditParams(max_steps=2, r1=10.0, r2=20.0, preview_every=0)

@@ -35,11 +35,11 @@ import pytest
 import zmq
 
 from backend import keys as keys_mod
-from backend import protocol as P
 from backend.cli import main
-from backend.client import Client, ClientKeys, read_public_key, read_secret_key
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, ClientKeys, read_public_key, read_secret_key
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import PYTHON, REPO, SIDE, StoreRunner, start_server, subprocess_env, wait_until
 

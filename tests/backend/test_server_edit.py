@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import protocol as P
-from backend.client import Client, new_token
 from backend.models import DEFAULT_MODEL
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, new_token
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import FAST, SIDE, edit, make_tiny_generator, real_runner, start_server, wait_until
 

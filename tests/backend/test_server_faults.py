@@ -20,10 +20,10 @@ import pytest
 import torch
 import zmq
 
-from backend import protocol as P
-from backend.client import Client, new_token
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, new_token
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import (
     PYTHON,
@@ -40,8 +40,8 @@ from .conftest import (
 
 KILLED_CLIENT = """
 import sys, time
-from backend import protocol as P
-from backend.client import Client, new_token
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, new_token
 endpoint, image_file = sys.argv[1], sys.argv[2]
 image = P.Image({side}, {side}, 3, open(image_file, 'rb').read())
 client = Client(endpoint, timeout_s=60)

@@ -42,9 +42,9 @@ def main() -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     import stylegan2
-    from backend import protocol
     from backend.jobs import EditRunner
     from backend.server import Server, ServerConfig
+    from draggan_wire import protocol
 
     model_path = args.dir / "tiny.pt"
     G = stylegan2.Generator(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, channel_base=256,

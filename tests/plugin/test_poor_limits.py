@@ -50,6 +50,7 @@ def test_welcome_carries_each_models_framing() -> None:
     """The built-in faces-128 draws whole faces ("whole": the plug-in's Auto crop sends the whole layer);
     models without an entry and older servers (no field) mean "any"; anything else is refused."""
     import pytest
+
     from draggan_wire import protocol
 
     sys_path_repo()

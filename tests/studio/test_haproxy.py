@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from backend import keys as keys_mod
-from backend import protocol as P
-from backend.client import Client, ClientKeys
-from backend.protocol import ErrorCode, ProtocolError
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, ClientKeys
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from ..backend.conftest import FAST, PYTHON, REPO, make_tiny_generator, subprocess_env
 
