@@ -55,7 +55,7 @@ from backend import models  # noqa: E402
 from draggan_util.hashing import sha256_file  # noqa: E402
 from inversion import project  # noqa: E402
 from inversion.settings import PRESETS  # noqa: E402
-from tests.alignment import canvas  # noqa: E402
+from testkit import canvas  # noqa: E402
 from training import faces  # noqa: E402
 
 RENDER = 256

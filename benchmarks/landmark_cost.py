@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from alignment import align as A  # noqa: E402
 from alignment import landmarks as L  # noqa: E402
 from alignment.aligned_edit import REFINE_ITERATIONS  # noqa: E402
-from tests.alignment import canvas  # noqa: E402
+from testkit import canvas  # noqa: E402
 from training import faces  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 drag's reach against the drift outside the editable region, on the fidelity benchmark's pairs.
 
 Same pairs, handles, targets and editable box (handles and targets + ``--mask-margin`` px) as the
-``fast mask`` row of ``benchmarks/fidelity.py``, with the server's drag settings for the model
+``fast mask`` row of ``benchmarks/fidelity.py`` (testkit/fidelity.py), with the server's drag settings for the model
 (``--drag-settings model``); one row per weight, and ``none`` (the same drag with no mask at all).
 Per row: MD after (px, mean ± standard error over pairs), how many edits converged and how many
 *stalled* (ended less than 20 % closer to their targets than they started), median steps, and the
@@ -30,11 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# benchmarks/ is on sys.path as this script's folder, after REPO (so `inversion` is still the package)
-import fidelity  # noqa: E402
-
 from backend.engine.session import to_uint8  # noqa: E402
 from draggan_util.hashing import sha256_file  # noqa: E402
+from testkit import fidelity  # noqa: E402
 
 STALL_FRACTION = 0.8  # an edit that ends at >= 80 % of its starting distance "stalled"
 

@@ -218,3 +218,28 @@ def test_the_collector_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert names[:3] == ["importlib", "training.faces", "tests"]
     assert "backend.alignment" in names and "backend.sub" in names
     assert "benchmarks.fidelity" in names and "scripts" in names
+
+
+def _top_level_imports(folder: Path) -> list[tuple[str, str]]:
+    """(file:line, top-level name) of every absolute import under ``folder`` (relative ones stay inside)."""
+    out = []
+    for path in sorted(folder.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            out.extend((f"{path.relative_to(REPO)}:{node.lineno}", name.split(".")[0]) for name in names)
+    return out
+
+
+def test_benchmarks_and_tests_share_code_only_through_testkit() -> None:
+    """Benchmarks import nothing from tests/, tests import nothing from benchmarks/, and testkit/ (what
+    both use) imports neither."""
+    offenders = [f"{where} imports tests" for where, name in _top_level_imports(REPO / "benchmarks") if name == "tests"]
+    offenders += [f"{where} imports benchmarks" for where, name in _top_level_imports(REPO / "tests")
+                  if name == "benchmarks"]
+    offenders += [f"{where} imports {name}" for where, name in _top_level_imports(REPO / "testkit")
+                  if name in ("tests", "benchmarks")]
+    assert offenders == [], "\n".join(offenders)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from alignment import align as A
-from tests.alignment import canvas
+from testkit import canvas
 from training import faces
 
 

@@ -10,7 +10,7 @@ import torch
 from alignment import align as A
 from alignment import aligned_edit as E
 from alignment import landmarks as L
-from tests.alignment import canvas
+from testkit import canvas
 from training import faces
 
 

@@ -65,7 +65,7 @@ def test_no_face_in_a_flat_picture(weights) -> None:
 def _tilted_face(seed: int, angle: float, scale: float, centre: tuple[float, float]):
     """A procedural face rendered at 256 px, rolled, scaled and shifted into a 384 px canvas; with the
     exact FFHQ-recipe alignment onto faces-128's template (the oracle)."""
-    from tests.alignment import canvas
+    from testkit import canvas
     from training import faces
 
     p = faces.sample_params(np.random.default_rng(seed), 1)[0]

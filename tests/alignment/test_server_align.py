@@ -21,7 +21,7 @@ from backend.server import Server
 from draggan_wire import protocol as P
 from draggan_wire.client import Client
 from draggan_wire.protocol import ErrorCode
-from tests.alignment import canvas
+from testkit import canvas
 from tests.backend.conftest import FAST, make_tiny_generator, real_runner, start_server
 from training import faces
 

@@ -1,7 +1,7 @@
 """Identities must cost something: a second local process must not lock everyone else out.
 
 Real ZeroMQ sockets on 127.0.0.1 and a real server; the hostile side is a second process
-(tests/backend/hostile.py) or, for another OS user, a forked child that drops to a throwaway user.
+(testkit/hostile.py) or, for another OS user, a forked child that drops to a throwaway user.
 
 * The default `draggan-backend serve` uses CURVE on loopback with this user's keys: a process of
   another OS user reaches the port but gets no `welcome` (with no keys, with keys of its own).
@@ -131,7 +131,7 @@ def test_protocol_validation_alone() -> None:
 def test_ten_thousand_malformed_messages_from_a_second_process_all_get_typed_errors(tiny_model: Path) -> None:
     server = start_server(StoreRunner(tiny_model))
     try:
-        out = subprocess.run([PYTHON, "-m", "tests.backend.hostile", "fuzz", server.endpoint,
+        out = subprocess.run([PYTHON, "-m", "testkit.hostile", "fuzz", server.endpoint,
                               json.dumps({"count": 10_000})], cwd=REPO, env=subprocess_env(), capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0, out.stderr
@@ -345,7 +345,7 @@ def test_twenty_identities_filling_every_limit_do_not_stop_an_honest_client(mode
     proc: subprocess.Popen[str] | None = None
     try:
         held = old.edit(quick_edit())  # made before the crowd came
-        proc = subprocess.Popen([PYTHON, "-m", "tests.backend.hostile", "hog", server.endpoint, json.dumps(hog_args)],
+        proc = subprocess.Popen([PYTHON, "-m", "testkit.hostile", "hog", server.endpoint, json.dumps(hog_args)],
                                 cwd=REPO, env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdin is not None

@@ -1,6 +1,6 @@
 """A hostile local client, run as a SECOND PROCESS by test_hostile.py (and benchmarks/server_flood.py).
 
-    python -m tests.backend.hostile MODE ENDPOINT [JSON ARGS]
+    python -m testkit.hostile MODE ENDPOINT [JSON ARGS]
 
 Prints one JSON line with what it saw. It never uses draggan_wire.client (a hostile peer speaks raw
 ZeroMQ), only draggan_wire.protocol to build messages, and its own identity token (it has no other).
@@ -397,13 +397,13 @@ def fuzz(endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
     keys, hello with protocol 0 or below, lone surrogates in strings), from one connection, 100 in
     flight at a time; every one must be answered with a typed error (the only ones that may go
     unanswered are frames over the size limit, which libzmq drops with their connection)."""
-    from tests.backend.test_server_faults import _fuzz_messages, send_and_count_replies
+    from testkit.fuzz import fuzz_messages, send_and_count_replies
 
     rng = random.Random(args.get("seed", 99))
     messages: list[tuple[str, list[bytes]]] = []
     seed = 0
     while len(messages) < args.get("count", 10_000):
-        messages += _fuzz_messages(random.Random(seed))
+        messages += fuzz_messages(random.Random(seed))
         messages += _parsing_cases(rng, 300)
         seed += 1
     sent, codes, no_reply = send_and_count_replies(endpoint, messages)
