@@ -448,7 +448,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "or bind to tcp://127.0.0.1 and use an SSH tunnel")
     from draggan_wire.protocol import PROTOCOL_VERSION
 
-    from .jobs import EditRunner
+    from .edit_runner import EditRunner
     from .server import SERVER_VERSION, Server, ServerConfig
 
     extra, order = _model_args(args.model)

@@ -13,7 +13,7 @@ Threads and data flow::
 * One job runs at a time; at most ``queue_limit`` wait. A further edit gets ``busy`` at once.
 * A connection that sends nothing for two heartbeat intervals while it has a job gets the job
   aborted (the GIMP plug-in is killed outright by its status-bar cancel).
-* The job itself (invert, drag) is the runner's business (``backend.jobs``); the server only needs
+* The job itself (invert, drag) is the runner's business (``backend.edit_runner``); the server only needs
   the small :class:`Runner` interface, so scheduling can be tested without a model. PNG payloads are
   checked from their header on the loop and decoded with Pillow in the worker, just before the run.
 
@@ -49,7 +49,7 @@ freshly minted identities churns through its own places and never through an ear
   then the connections that just came, last the calm owners' single connections (the newest owner
   first). A dropped client loses nothing but the connection: ZeroMQ reconnects it under the same
   identity, and its next request goes there.
-* Stores: ``backend.jobs.OwnedStore``.
+* Stores: ``backend.stores.OwnedStore``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ Request = Any  # protocol.Edit | protocol.Continue | protocol.Undo
 
 
 class Runner(Protocol):
-    """What the server needs from the thing that runs edits (backend.jobs.EditRunner in production).
+    """What the server needs from the thing that runs edits (backend.edit_runner.EditRunner in production).
 
     Optional, looked up with getattr: ``stores() -> dict[str, int]`` (figures for ``welcome`` and
     ``status``) and ``pressure(owner) -> int`` (how often the owner lately lost or took a place in

@@ -19,7 +19,7 @@ Reported: ST-LPIPS (VGG) and PSNR of the reconstruction against its own 128x128 
 plug-in's poor-inversion warning sees), and the PSNR of the reconstruction pasted back into the
 canvas over the pixels inside the face quad (the same pixels for every framing).
 
-Then a drag in each framing, as the server makes it on faces-128 (``backend.jobs`` drag parameters:
+Then a drag in each framing, as the server makes it on faces-128 (``backend.edit_runner`` drag parameters:
 its larger first steps, at most ``--drag-steps`` steps, no mask): the mouth corners out and up and the
 chin down (``DRAG_OFFSETS``, in pixels of the upright 256 px render, carried into the canvas with the
 face's own rotation and scale, then into the framing). The dragged picture is pasted back into the
@@ -184,7 +184,7 @@ def drag_in_frame(G: object, res: object, al: A.Alignment, big: np.ndarray, hand
                   max_steps: int) -> dict[str, float]:
     """Drag the projection ``res`` (made in framing ``al``) from ``handles_big`` to ``targets_big``
     (canvas px, x then y); measure both before and after in the oracle's aligned frame."""
-    from backend import jobs
+    from backend import edit_runner
     from backend.engine import DragSession
     from draggan_wire import protocol as P
 
@@ -203,7 +203,7 @@ def drag_in_frame(G: object, res: object, al: A.Alignment, big: np.ndarray, hand
     clip = np.clip  # a handle of a tiny face near the frame's edge stays inside the image
     handles = [tuple(clip(p, 0, size - 1)) for p in al.to_model(handles_big)]
     targets = [tuple(clip(p, 0, size - 1)) for p in al.to_model(targets_big)]
-    params = jobs._drag_params(P.EditParams(max_steps=max_steps, preview_every=0), res.generator,  # type: ignore[attr-defined]
+    params = edit_runner._drag_params(P.EditParams(max_steps=max_steps, preview_every=0), res.generator,  # type: ignore[attr-defined]
                                models.DEFAULT_MODEL)
     session = DragSession(res.generator, res.ws, handle_points=handles, target_points=targets,  # type: ignore[attr-defined]
                           params=params)

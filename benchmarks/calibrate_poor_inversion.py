@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     G = stylegan2.load_generator(path, device="cpu")
     # as the server does: a W+ encoder beside the model file is the projection's start (and changes
     # the preset's steps and loss, so the thresholds are for the model *with* it)
-    from backend.jobs import encoder_path
+    from backend.model_pool import encoder_path
     from inversion.encoder import load_encoder
 
     encoder = load_encoder(encoder_path(path), sha256_file(path)) if encoder_path(path).is_file() else None

@@ -167,7 +167,8 @@ def wire_edits(G: Any, model_path: Path, encoder_file: str | None, images: list[
     """Each picture edited through a real server over loopback ZeroMQ (see ``--wire``)."""
     import tempfile
 
-    from backend.jobs import EditRunner, encoder_path
+    from backend.edit_runner import EditRunner
+    from backend.model_pool import encoder_path
     from backend.server import Server, ServerConfig
     from draggan_wire import protocol
     from draggan_wire.client import Client

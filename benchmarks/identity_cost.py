@@ -113,7 +113,7 @@ def transport(targets: dict[str, tuple[Server, ClientKeys | None]], sizes: list[
 def default_edits(keys_dir: Path, count: int) -> None:
     import torch
 
-    from backend.jobs import EditRunner
+    from backend.edit_runner import EditRunner
 
     sys.path.insert(0, str(REPO / "gimp_plugin" / "draggan"))
     sys.path.insert(1, str(REPO / "benchmarks"))

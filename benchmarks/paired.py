@@ -134,7 +134,7 @@ class Wire:
     """A real server in this process on a free loopback port, and a client that talks to it."""
 
     def __init__(self, cache_dir: Path) -> None:
-        from backend.jobs import EditRunner
+        from backend.edit_runner import EditRunner
         from backend.server import Server, ServerConfig
         from draggan_wire.client import Client
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.jobs import EditRunner
+from backend.edit_runner import EditRunner
 from backend.server import Server
 from draggan_wire import protocol
 from draggan_wire.protocol import ErrorCode, ProtocolError
@@ -174,7 +174,7 @@ class StoreRunner(EditRunner):
               should_cancel: Callable[[], bool], should_stop: Callable[[], bool]) -> protocol.Result:
         import hashlib
 
-        from backend.jobs import HeldSession
+        from backend.sessions import HeldSession
 
         if req.image is not None:
             assert isinstance(req.image, protocol.Image)

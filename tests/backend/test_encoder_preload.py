@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.jobs import ModelPool, encoder_path
+from backend.model_pool import ModelPool, encoder_path
 from draggan_util.hashing import sha256_file
 from draggan_wire.client import Client
 from inversion import ENCODER_PRESETS

@@ -475,7 +475,7 @@ def test_a_full_store_makes_room_from_the_owner_holding_the_most() -> None:
     """OwnedStore's rules alone: the biggest holder gives up its least recently used item, never its
     most recent; among single-item owners the latest to come gives way; pinned items stay; a
     tombstone says why an item is gone, to its owner only; pressure counts both sides of a push."""
-    from backend.jobs import OwnedStore
+    from backend.stores import OwnedStore
 
     store = OwnedStore(max_items=4, retention_s=3600, max_total=6, what="sessions")
     honest = store.put("honest", "h1")
