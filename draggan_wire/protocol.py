@@ -386,7 +386,7 @@ def png_info(data: bytes, field_name: str = "png", max_side: int = MAX_IMAGE_SID
 @dataclass
 class PendingImage:
     """A PNG payload whose spec was checked (size and channels from its header) but which is not
-    decoded yet: the server decodes it in its worker (``backend.server.decode_pending``)."""
+    decoded yet: the server decodes it in its worker (``backend.worker.decode_pending``)."""
 
     width: int
     height: int
