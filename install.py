@@ -31,9 +31,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent
 PLUGIN_NAME = "draggan"                      # GIMP loads PLUG-IN-DIR/draggan/draggan.py
-PLUGIN_SOURCE = REPO / "gimp_plugin" / PLUGIN_NAME
-WIRE_PACKAGE = "draggan_wire"                # backend/{protocol,client,relay_bridge}.py, staged
-WIRE_FILES = ("protocol.py", "client.py", "relay_bridge.py")
+WIRE_PACKAGE = "draggan_wire"                # the repository's draggan_wire/ package, staged as it is
+WIRE_FILES = ("__init__.py", "protocol.py", "client.py", "relay_bridge.py")   # what a clone must have
 VENDOR_DIR = "vendor"                        # pyzmq unpacked here when GIMP's Python lacks it
 CONFIG_FILE = "draggan.json"                 # the plug-in's config: backend address and its CURVE keys
 RELAY_FILE = "relay.json"                    # the backend venv's Python, for the pyzmq relay
@@ -42,25 +41,6 @@ STAGE_MANIFEST = ".draggan-install.json"     # marks a folder as ours (uninstall
 PRESERVED_ON_RESTAGE = (VENDOR_DIR, CONFIG_FILE, RELAY_FILE)
 SKIPPED_NAMES = ("__pycache__", ".pytest_cache", ".mypy_cache")
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
-
-WIRE_INIT_TEXT = '''"""The DragGAN wire protocol and client, staged here by install.py from the backend.
-
-protocol.py, client.py and relay_bridge.py are copies (or, after `install.py --dev`, links) of the
-files of the same names in backend/. Do not edit them here: re-run install.py instead.
-"""
-
-import os as _os
-import sys as _sys
-
-# When GIMP's own Python has no pyzmq, install.py unpacks a matching wheel into ../vendor/.
-# Appended (not prepended) so that a pyzmq that GIMP's Python already has always wins.
-_VENDOR = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "vendor")
-if _os.path.isdir(_VENDOR) and _VENDOR not in _sys.path:
-    _sys.path.append(_VENDOR)
-
-__all__ = ["protocol", "client", "relay_bridge"]
-'''
-
 
 class InstallError(Exception):
     """A step failed in a way the user can act on; the message says what to do."""
@@ -126,7 +106,7 @@ def stage_plugin(plugins_dir: Path, repo: Path = REPO, link: bool = False) -> St
     """Stage the plug-in into `plugins_dir/draggan/` (GIMP's NAME/NAME.py layout).
 
     Layout made: draggan/draggan.py (executable), draggan/<everything else in gimp_plugin/draggan/>,
-    draggan/draggan_wire/{__init__.py (generated), protocol.py, client.py}.
+    draggan/draggan_wire/ (the repository's draggan_wire package as it is: protocol, client, relay bridge).
     `link=True` symlinks the sources instead of copying (for developers) — except the entry file
     draggan.py, which is always copied: plug-ins find their siblings through
     os.path.realpath(__file__), and a link would point that back into the repository.
@@ -137,8 +117,8 @@ def stage_plugin(plugins_dir: Path, repo: Path = REPO, link: bool = False) -> St
     entry = source / f"{PLUGIN_NAME}.py"
     if not entry.is_file():
         raise InstallError(f"the plug-in entry file {entry} is missing: is this a complete clone?")
-    wire_sources = [repo / "backend" / name for name in WIRE_FILES]
-    for path in wire_sources:
+    wire_source = repo / WIRE_PACKAGE
+    for path in (wire_source / name for name in WIRE_FILES):
         if not path.is_file():
             raise InstallError(f"{path} is missing: the plug-in needs it (is this a complete clone?)")
 
@@ -164,13 +144,10 @@ def stage_plugin(plugins_dir: Path, repo: Path = REPO, link: bool = False) -> St
             else:
                 dst.symlink_to(item.resolve(), target_is_directory=item.is_dir())
         wire = build / WIRE_PACKAGE
-        wire.mkdir()
-        (wire / "__init__.py").write_text(WIRE_INIT_TEXT, encoding="utf-8")
-        for src in wire_sources:
-            if link:
-                (wire / src.name).symlink_to(src.resolve())
-            else:
-                shutil.copy2(src, wire / src.name)
+        if link:
+            wire.symlink_to(wire_source.resolve(), target_is_directory=True)
+        else:
+            _copy_tree(wire_source, wire)
         _make_executable(build / entry.name)
 
         preserved: list[str] = []
@@ -783,10 +760,10 @@ def ensure_backend_venv(venv: Path, repo: Path, torch: str, torch_index: str | N
 
 
 # --------------------------------------------------------------------------------------------
-# Optional: face landmarks for face alignment (issue 19, docs/alignment.md)
+# Optional: face landmarks for face alignment (docs/alignment.md)
 # --------------------------------------------------------------------------------------------
 
-# The MTCNN weights backend/landmarks.py loads ship inside facenet-pytorch's wheel (MIT). The package
+# The MTCNN weights alignment/landmarks.py loads ship inside facenet-pytorch's wheel (MIT). The package
 # pins torch < 2.3 and would replace our torch, so it is installed without its dependencies; our
 # code never imports it, it only reads its three weight files.
 LANDMARKS_PACKAGE = "facenet-pytorch==2.6.0"

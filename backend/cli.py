@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .client import is_loopback
-from .protocol import ALIGNMENTS  # stdlib-only mirror of backend/align.py's (which imports torch)
+from draggan_wire.client import is_loopback
+from draggan_wire.protocol import ALIGNMENTS  # stdlib-only mirror of alignment/align.py's (which imports torch)
 
 DESCRIPTION = """\
 DragGAN backend for the GIMP plug-in. GIMP talks to it over ZeroMQ; it runs the inversion and the
@@ -279,8 +279,9 @@ def _fail(message: str) -> int:
 
 
 def cmd_keys(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from draggan_wire.protocol import ProtocolError
+
     from . import keys
-    from .protocol import ProtocolError
 
     keys_dir = args.keys_dir or keys.default_keys_dir()
     try:
@@ -337,8 +338,8 @@ def cmd_models() -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Connect (CURVE when keys are given), say hello, print what the server reports."""
-    from .client import Client, ClientKeys
-    from .protocol import ErrorCode, ProtocolError
+    from draggan_wire.client import Client, ClientKeys
+    from draggan_wire.protocol import ErrorCode, ProtocolError
 
     timeout = max(0.2, float(args.timeout))
     try:
@@ -445,8 +446,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             why = "binding to a non-loopback address requires CURVE keys" if not loopback else "CURVE keys"
             return _fail(f"{why}: {exc}. Make keys with `draggan-backend keys init` (see docs/remote.md), "
                          "or bind to tcp://127.0.0.1 and use an SSH tunnel")
-    from .jobs import EditRunner
-    from .protocol import PROTOCOL_VERSION
+    from draggan_wire.protocol import PROTOCOL_VERSION
+
+    from .edit_runner import EditRunner
     from .server import SERVER_VERSION, Server, ServerConfig
 
     extra, order = _model_args(args.model)

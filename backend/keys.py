@@ -3,7 +3,7 @@
 Needs only the standard library and pyzmq (no torch), so ``install.py`` and a laptop without the
 backend's heavy dependencies can run it (``python -m backend.cli keys init``).
 
-Layout of the keys folder (``<config>/keys``, see :func:`backend.client.config_dir`; mode 0700)::
+Layout of the keys folder (``<config>/keys``, see :func:`draggan_wire.client.config_dir`; mode 0700)::
 
     server.key            the server's public key (copy it to every client machine as server.key)
     server.key_secret     the server's secret key, mode 0600 — the server refuses to start otherwise
@@ -23,7 +23,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .client import config_dir, read_public_key, read_secret_key
+from draggan_wire.client import config_dir, read_public_key, read_secret_key
 
 ALLOWED_DIR = "allowed_clients"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -19,7 +19,6 @@ Command line: ``python -m backend.models {list,download,add,verify,remove,path} 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -34,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from draggan_util.hashing import sha256_file
 
 DEFAULT_MODEL = "faces-128"
 EMBEDDED_MODEL_FILE = Path(__file__).resolve().parent / "data" / "faces-128.pt"
@@ -94,7 +95,7 @@ class ModelSpec:
     sha256: str = ""
     instructions: str = ""
     notes: str = ""
-    # backend/align.py ALIGNMENTS: "ffhq" = the FFHQ recipe's quad at the model's size; "faces" = that
+    # alignment/align.py ALIGNMENTS: "ffhq" = the FFHQ recipe's quad at the model's size; "faces" = that
     # quad onto the procedural faces' average face
     alignment: str = "none"
     # the server's drag settings on this model beyond the user's (DragDefaults: the official ones unless
@@ -425,20 +426,6 @@ def resolve_model(name: str, extra: Mapping[str, Path] | None = None, folder: Pa
     if verify:
         verify_model(name, folder=folder)
     return path
-
-
-def sha256_file(path: Path, progress: Callable[[int, int], None] | None = None) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks; progress(done_bytes, total_bytes)."""
-    h = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h.hexdigest()
 
 
 def expected_sha256(name: str, folder: Path | None = None) -> str:

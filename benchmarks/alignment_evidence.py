@@ -1,4 +1,4 @@
-"""Issue 19 evidence: does aligning a face crop (backend/align.py) help the faces-128 inversion?
+"""Evidence: does aligning a face crop (alignment/align.py) help the faces-128 inversion?
 
 Procedural faces (training/faces.py, held-out seed 77) are rotated (up to +-45 deg), scaled down
 (to a third) and shifted inside a larger canvas with Pillow. The renderer's exact keypoints are the
@@ -9,9 +9,9 @@ conditions alike) in three framings:
 * ``canvas``: the whole canvas scaled to 128x128 (an axis-aligned crop that is not face-fitted);
 * ``box``: the axis-aligned square with the FFHQ quad's centre and size (face-fitted, but the roll
   is not undone);
-* ``aligned``: the FFHQ quad mapped onto the quad of faces-128's average face (backend/align.py).
+* ``aligned``: the FFHQ quad mapped onto the quad of faces-128's average face (alignment/align.py).
 * ``detected``: the same from detected landmarks instead of the oracle, found as the server finds
-  them (``backend.aligned_edit.refined_procedural_face``: MTCNN, refined twice in faces-128's frame
+  them (``alignment.aligned_edit.refined_procedural_face``: MTCNN, refined twice in faces-128's frame
   by the keypoint detector, then by the patch refiner); skipped when MTCNN is not installed or finds
   no face.
 
@@ -19,14 +19,14 @@ Reported: ST-LPIPS (VGG) and PSNR of the reconstruction against its own 128x128 
 plug-in's poor-inversion warning sees), and the PSNR of the reconstruction pasted back into the
 canvas over the pixels inside the face quad (the same pixels for every framing).
 
-Then a drag in each framing, as the server makes it on faces-128 (``backend.jobs`` drag parameters:
+Then a drag in each framing, as the server makes it on faces-128 (``backend.edit_runner`` drag parameters:
 its larger first steps, at most ``--drag-steps`` steps, no mask): the mouth corners out and up and the
 chin down (``DRAG_OFFSETS``, in pixels of the upright 256 px render, carried into the canvas with the
 face's own rotation and scale, then into the framing). The dragged picture is pasted back into the
 canvas, warped into the oracle's aligned frame (the same frame for every framing) and measured with the
 keypoint detector there: ``drag_md_before`` / ``drag_md_after`` = mean distance of the three
 keypoints to their targets before / after the drag, in pixels of that 128 px frame (the fidelity
-benchmark's MD, issue 19's "keypoint error after a drag").
+benchmark's MD: the "keypoint error after a drag" the alignment must not worsen).
 
     python3 benchmarks/alignment_evidence.py --steps 100 --out docs/alignment-evidence.json \
         --figure docs/images/align-faces-128.png
@@ -50,11 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import stylegan2  # noqa: E402
-from backend import align as A  # noqa: E402
+from alignment import align as A  # noqa: E402
 from backend import models  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
 from inversion import project  # noqa: E402
 from inversion.settings import PRESETS  # noqa: E402
-from tests.alignment import canvas  # noqa: E402
+from testkit import canvas  # noqa: E402
 from training import faces  # noqa: E402
 
 RENDER = 256
@@ -69,8 +70,8 @@ CASES = [(40.0, 0.5, (230.0, 160.0)), (-45.0, 1 / 3, (120.0, 250.0)), (25.0, 0.7
 def detected_quad(big: np.ndarray, handle: np.ndarray, size: int) -> np.ndarray | None:
     """The FFHQ quad from the server's landmarks (MTCNN + refinements), or None (no MTCNN weights, or
     no face there)."""
-    from backend import landmarks as L
-    from backend.aligned_edit import refined_procedural_face
+    from alignment import landmarks as L
+    from alignment.aligned_edit import refined_procedural_face
 
     try:
         found = L.detect_faces(big)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         settings = dataclasses.replace(settings, steps=args.steps)
     params = faces.sample_params(np.random.default_rng(77), len(CASES))
-    from training.detector import load_detector
+    from alignment.detector import load_detector
 
     detector = load_detector()
     names = list(faces.KEYPOINT_NAMES)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             keys += ("drag_md_before", "drag_md_after")
         summary = {name: {k: round(float(np.mean([r[name][k] for r in rows])), 3) for k in keys}
                    for name in ("canvas", "box", "aligned", "detected") if all(name in r for r in rows)}
-        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": models.sha256_file(
+        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": sha256_file(
             models.EMBEDDED_MODEL_FILE)[:16], "steps": settings.steps, "preset": "fast", "pti": False,
             "threads": args.threads, "drag_steps": args.drag_steps, "drag_offsets": DRAG_OFFSETS,
             "cases": rows, "mean": summary}, indent=1) + "\n", encoding="utf-8")
@@ -183,9 +184,9 @@ def drag_in_frame(G: object, res: object, al: A.Alignment, big: np.ndarray, hand
                   max_steps: int) -> dict[str, float]:
     """Drag the projection ``res`` (made in framing ``al``) from ``handles_big`` to ``targets_big``
     (canvas px, x then y); measure both before and after in the oracle's aligned frame."""
-    from backend import jobs
-    from backend import protocol as P
+    from backend import edit_runner
     from backend.engine import DragSession
+    from draggan_wire import protocol as P
 
     def measure(picture_big: np.ndarray, targets: np.ndarray) -> float:
         frame, _ = oracle.warp_image(picture_big)
@@ -202,7 +203,7 @@ def drag_in_frame(G: object, res: object, al: A.Alignment, big: np.ndarray, hand
     clip = np.clip  # a handle of a tiny face near the frame's edge stays inside the image
     handles = [tuple(clip(p, 0, size - 1)) for p in al.to_model(handles_big)]
     targets = [tuple(clip(p, 0, size - 1)) for p in al.to_model(targets_big)]
-    params = jobs._drag_params(P.EditParams(max_steps=max_steps, preview_every=0), res.generator,  # type: ignore[attr-defined]
+    params = edit_runner._drag_params(P.EditParams(max_steps=max_steps, preview_every=0), res.generator,  # type: ignore[attr-defined]
                                models.DEFAULT_MODEL)
     session = DragSession(res.generator, res.ws, handle_points=handles, target_points=targets,  # type: ignore[attr-defined]
                           params=params)

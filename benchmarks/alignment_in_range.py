@@ -1,4 +1,4 @@
-"""Issue 19: should faces-128 align drawings that are already in its training range?
+"""Should faces-128 align drawings that are already in its training range?
 
 docs/alignment.md shows that aligning pays on faces rolled, shrunk and shifted outside faces-128's
 training range. This measures the other side: procedural faces as the renderer draws them (256 px
@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import stylegan2  # noqa: E402
-from backend import align as A  # noqa: E402
+from alignment import align as A  # noqa: E402
 from backend import models  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
 from inversion import project  # noqa: E402
 from inversion.settings import PRESETS  # noqa: E402
 from training import faces  # noqa: E402
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", type=Path, default=None, help="JSON of every face and the means")
     args = ap.parse_args(argv)
-    from backend import landmarks as L
-    from backend.aligned_edit import refined_procedural_face
+    from alignment import landmarks as L
+    from alignment.aligned_edit import refined_procedural_face
 
     torch.set_num_threads(args.threads)
     G = stylegan2.load_generator(models.EMBEDDED_MODEL_FILE, device="cpu")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["aligned_better_stlpips"] = sum(r["aligned"]["stlpips"] < r["whole"]["stlpips"] for r in both)
     print(json.dumps(summary, indent=1))
     if args.out is not None:
-        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": models.sha256_file(
+        args.out.write_text(json.dumps({"model": "faces-128", "model_file_sha256_prefix": sha256_file(
             models.EMBEDDED_MODEL_FILE)[:16], "steps": settings.steps, "preset": "fast", "pti": False,
             "threads": args.threads, "faces": rows, "mean": summary}, indent=1) + "\n", encoding="utf-8")
     return 0

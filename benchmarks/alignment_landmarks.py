@@ -1,11 +1,11 @@
-"""Issue 19: MTCNN landmarks (backend/landmarks.py) against hand annotations on scikit-image's
-astronaut (tests/alignment/data/astronaut-landmarks.json), upright and rotated about the image centre
-(the annotations rotate with it), and against the exact keypoints of procedural faces: upright at
-256 px, and rolled (+-45 deg), scaled (1/3 to 1) and shifted in a 384 px canvas, where MTCNN's
-landmarks are also refined in faces-128's frame by training/detector.py's keypoint detector
-(``backend.landmarks.refine_landmarks``, the 16 keypoints mapped to the 5 landmarks by
+"""How good are the alignment's landmarks? MTCNN landmarks (alignment/landmarks.py) against hand
+annotations on scikit-image's astronaut (tests/alignment/data/astronaut-landmarks.json), upright and
+rotated about the image centre (the annotations rotate with it), and against the exact keypoints of
+procedural faces: upright at 256 px, and rolled (+-45 deg), scaled (1/3 to 1) and shifted in a 384 px
+canvas, where MTCNN's landmarks are also refined in faces-128's frame by training/detector.py's
+keypoint detector (``alignment.landmarks.refine_landmarks``, the 16 keypoints mapped to the 5 landmarks by
 training/fit_landmarks.py's linear map), then by the second stage (training/corner_refiner.py's patch
-network in a 256 px frame, ``backend.landmarks.procedural_corner_refiner``: "corners"); "floor" is the
+network in a 256 px frame, ``alignment.landmarks.procedural_corner_refiner``: "corners"); "floor" is the
 first-stage predictor run on the exactly aligned frame ("floor_corners": then the second stage).
 
     python3 benchmarks/alignment_landmarks.py --out docs/alignment-landmarks.json
@@ -26,9 +26,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend import align as A  # noqa: E402
-from backend import landmarks as L  # noqa: E402
-from tests.alignment import canvas  # noqa: E402
+from alignment import align as A  # noqa: E402
+from alignment import landmarks as L  # noqa: E402
+from testkit import canvas  # noqa: E402
 from training import faces  # noqa: E402
 
 ORDER = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]

@@ -22,7 +22,6 @@ Needs scikit-image (the `bench` extra: pip install -e ".[bench]").
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -40,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import stylegan2  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
 from inversion import project  # noqa: E402
 from inversion._common import tensor_to_uint8  # noqa: E402
 
@@ -69,10 +69,6 @@ def generated(G: Any, seed: int, psi: float) -> np.ndarray:
     with torch.no_grad():
         img = G.synthesis(G.mapping(z, c=None, truncation_psi=psi), noise_mode="const")
     return tensor_to_uint8(img)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def thresholds(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     G = stylegan2.load_generator(path, device="cpu")
     # as the server does: a W+ encoder beside the model file is the projection's start (and changes
     # the preset's steps and loss, so the thresholds are for the model *with* it)
-    from backend.jobs import encoder_path
-    from inversion.encoder import file_sha256, load_encoder
+    from backend.model_pool import encoder_path
+    from inversion.encoder import load_encoder
 
-    encoder = load_encoder(encoder_path(path), file_sha256(path)) if encoder_path(path).is_file() else None
+    encoder = load_encoder(encoder_path(path), sha256_file(path)) if encoder_path(path).is_file() else None
     width, height = int(G.img_width), int(G.img_height)
     pictures: list[tuple[str, str, np.ndarray]] = []
     for seed in range(args.generated):
@@ -146,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         samples.append({"group": group, "name": name, "stlpips": round(float(res.stlpips), 4),
                         "psnr": round(float(res.psnr), 2), "cpu_s": round(time.process_time() - t0, 1)})
         print(f"{group:>13}  {name:<34} ST-LPIPS {res.stlpips:.4f}  PSNR {res.psnr:6.2f} dB", flush=True)
-    result = {"model": args.model, "model_file": path.name, "model_sha256": sha256(path),
+    result = {"model": args.model, "model_file": path.name, "model_sha256": sha256_file(path),
               "preset": "fast", "pti": False,
-              "encoder_sha256": file_sha256(encoder_path(path)) if encoder is not None else None,
+              "encoder_sha256": sha256_file(encoder_path(path)) if encoder is not None else None,
               "metric": "ST-LPIPS (VGG, shift-tolerant) and PSNR of the projection",
               **thresholds(samples), "samples": samples,
               "command": "python benchmarks/calibrate_poor_inversion.py " + " ".join(map(shlex.quote, argv or

@@ -69,14 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     import stylegan2
+    from alignment.detector import load_detector
     from backend.engine import DragSession
+    from draggan_util.hashing import sha256_file
     from inversion import LatentCache, project
-    from inversion.encoder import file_sha256, load_encoder
-    from training.detector import load_detector
+    from inversion.encoder import load_encoder
 
     model = REPO / "backend" / "data" / "faces-128.pt"
     G = stylegan2.load_generator(model)
-    encoder = load_encoder(model.with_name("faces-128.encoder.pt"), file_sha256(model))
+    encoder = load_encoder(model.with_name("faces-128.encoder.pt"), sha256_file(model))
     cache = LatentCache(args.cache_dir, 4 << 30)
     detector = load_detector()
     records = []

@@ -4,7 +4,7 @@ Per picture: ``inversion.project`` (preset "fast" unless overridden) then a ``Dr
 the server's drag settings (feature block 5 or the last one, the plug-in's radii for the model
 size), 2 handle/target pairs. Two edit profiles:
 
-* ``fixed``: 30 steps with a preview every 5 (the issue's target: first preview <= 3 s, whole
+* ``fixed``: 30 steps with a preview every 5 (the target: first preview <= 3 s, whole
   edit <= 6 s on 2 cores for the default 128² model);
 * ``plugin``: the GIMP plug-in's defaults: no previews, up to 200 steps (the stop rule may end it).
 
@@ -167,10 +167,11 @@ def wire_edits(G: Any, model_path: Path, encoder_file: str | None, images: list[
     """Each picture edited through a real server over loopback ZeroMQ (see ``--wire``)."""
     import tempfile
 
-    from backend import protocol
-    from backend.client import Client
-    from backend.jobs import EditRunner, encoder_path
+    from backend.edit_runner import EditRunner
+    from backend.model_pool import encoder_path
     from backend.server import Server, ServerConfig
+    from draggan_wire import protocol
+    from draggan_wire.client import Client
 
     sys.path.insert(0, str(REPO / "gimp_plugin" / "draggan"))
     from draggan_core.options import radii_for  # the plug-in's radii for this model size

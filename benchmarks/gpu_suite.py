@@ -1,4 +1,5 @@
-"""One-shot GPU suite (issue 18): device tests, drag step, time per edit, 512² inversion -> one JSON + one table.
+"""One-shot GPU suite (one GPU session measures everything): device tests, drag step, time per edit,
+512² inversion -> one JSON + one table.
 
     benchmarks/gpu_suite.sh [--out DIR] [--dry-run]
 

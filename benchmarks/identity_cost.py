@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from backend import keys as keys_mod  # noqa: E402
-from backend import protocol as P  # noqa: E402
-from backend.client import Client, ClientKeys  # noqa: E402
 from backend.server import Server, ServerConfig  # noqa: E402
+from draggan_wire import protocol as P  # noqa: E402
+from draggan_wire.client import Client, ClientKeys  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -113,7 +113,7 @@ def transport(targets: dict[str, tuple[Server, ClientKeys | None]], sizes: list[
 def default_edits(keys_dir: Path, count: int) -> None:
     import torch
 
-    from backend.jobs import EditRunner
+    from backend.edit_runner import EditRunner
 
     sys.path.insert(0, str(REPO / "gimp_plugin" / "draggan"))
     sys.path.insert(1, str(REPO / "benchmarks"))

@@ -23,7 +23,7 @@ ST-LPIPS figures are on the shift-tolerant LPIPS (VGG) scale, not comparable to 
 what the server uses when the model has an encoder) instead of the plain ``fast`` preset.
 
 Examples: ``OMP_NUM_THREADS=2 python benchmarks/inversion.py --part generated --seeds 2``;
-issue 15's figures: ``--part generated --seeds 16 --steps 150`` and ``--part renders --renders 16``.
+the figures in the docs: ``--part generated --seeds 16 --steps 150`` and ``--part renders --renders 16``.
 """
 
 from __future__ import annotations

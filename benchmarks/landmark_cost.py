@@ -1,4 +1,4 @@
-"""What the server's landmarks cost for a procedural face (backend/aligned_edit.py
+"""What the server's landmarks cost for a procedural face (alignment/aligned_edit.py
 refined_procedural_face): MTCNN on the canvas, the first stage (two keypoint-detector refinements in
 faces-128's frame), the second stage (the patch refiner in a 256 px frame). One face of seed 77 rolled
 30 deg at 0.8x in a 384 px canvas; min / median of ``--runs`` runs after a warm-up, seconds.
@@ -20,10 +20,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend import align as A  # noqa: E402
-from backend import landmarks as L  # noqa: E402
-from backend.aligned_edit import REFINE_ITERATIONS  # noqa: E402
-from tests.alignment import canvas  # noqa: E402
+from alignment import align as A  # noqa: E402
+from alignment import landmarks as L  # noqa: E402
+from alignment.aligned_edit import REFINE_ITERATIONS  # noqa: E402
+from testkit import canvas  # noqa: E402
 from training import faces  # noqa: E402
 
 

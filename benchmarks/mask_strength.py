@@ -2,7 +2,7 @@
 drag's reach against the drift outside the editable region, on the fidelity benchmark's pairs.
 
 Same pairs, handles, targets and editable box (handles and targets + ``--mask-margin`` px) as the
-``fast mask`` row of ``benchmarks/fidelity.py``, with the server's drag settings for the model
+``fast mask`` row of ``benchmarks/fidelity.py`` (testkit/fidelity.py), with the server's drag settings for the model
 (``--drag-settings model``); one row per weight, and ``none`` (the same drag with no mask at all).
 Per row: MD after (px, mean ± standard error over pairs), how many edits converged and how many
 *stalled* (ended less than 20 % closer to their targets than they started), median steps, and the
@@ -30,10 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# benchmarks/ is on sys.path as this script's folder, after REPO (so `inversion` is still the package)
-import fidelity  # noqa: E402
-
 from backend.engine.session import to_uint8  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
+from testkit import fidelity  # noqa: E402
 
 STALL_FRACTION = 0.8  # an edit that ends at >= 80 % of its starting distance "stalled"
 
@@ -90,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     weights = [None if v == "none" else float(v) for v in args.lambdas]
 
     import stylegan2
-    from training.detector import DEFAULT_PATH, load_detector
+    from alignment.detector import DEFAULT_PATH, load_detector
 
     torch.set_num_threads(args.threads)
     G = stylegan2.load_generator(args.model)
@@ -119,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps({
-            "config": {"model": args.model.name, "model_sha256": fidelity.sha256(args.model), "pairs": args.pairs,
+            "config": {"model": args.model.name, "model_sha256": sha256_file(args.model), "pairs": args.pairs,
                        "points": args.points, "mask_margin": args.mask_margin, "max_steps": args.max_steps,
                        "drag_settings": settings, "threads": args.threads, "seed": args.seed,
                        "torch": torch.__version__},

@@ -58,7 +58,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend import protocol  # noqa: E402
+from draggan_wire import protocol  # noqa: E402
 from training import paired  # noqa: E402
 
 TUNING_SEED = 1
@@ -92,8 +92,8 @@ class Figures:
     """The measuring instruments: ST-LPIPS (VGG) and the keypoint detector, loaded once."""
 
     def __init__(self) -> None:
+        from alignment.detector import load_detector
         from inversion.lpips import STLPIPS
-        from training.detector import load_detector
 
         self.lpips = STLPIPS("vgg").eval()
         self.detector = load_detector()
@@ -134,9 +134,9 @@ class Wire:
     """A real server in this process on a free loopback port, and a client that talks to it."""
 
     def __init__(self, cache_dir: Path) -> None:
-        from backend.client import Client
-        from backend.jobs import EditRunner
+        from backend.edit_runner import EditRunner
         from backend.server import Server, ServerConfig
+        from draggan_wire.client import Client
 
         self.runner = EditRunner(device="cpu", cache=True, cache_dir=cache_dir)
         self.server = Server(ServerConfig(bind="tcp://127.0.0.1:0", heartbeat_s=2.0), self.runner).start_thread()

@@ -1,8 +1,8 @@
-"""How far landmark errors move the FFHQ alignment quad (issue 19's "within 1 px at model scale").
+"""How far landmark errors move the FFHQ alignment quad (the alignment's target: "within 1 px at model scale").
 
 Exact landmarks of procedural faces (training/faces.py, 128 px, faces-128's frame) get Gaussian noise
 of a given RMS distance on the eye centres and on the mouth corners; the quad built from them
-(backend/align.py ``ffhq_quad``) is compared with the exact quad in faces-128's aligned frame:
+(alignment/align.py ``ffhq_quad``) is compared with the exact quad in faces-128's aligned frame:
 largest corner distance, mean / median and the share within 1 px. It says which landmark precision
 the 1 px criterion needs (docs/alignment.md).
 
@@ -20,7 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend import align as A  # noqa: E402
+from alignment import align as A  # noqa: E402
 from training import faces  # noqa: E402
 
 

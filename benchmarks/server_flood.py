@@ -1,14 +1,14 @@
-"""Issue 16 benchmark: the backend's socket loop under hostile input, on 127.0.0.1.
+"""Benchmark: the backend's socket loop under hostile input, on 127.0.0.1.
 
     python benchmarks/server_flood.py [--pings 100] [--flood-seconds 20] [--fuzz 12000]
 
 1. PNG flood: a job runs (a gated fake runner: no model, so only the loop is measured) while a
-   second process (tests/backend/hostile.py flood_png) keeps 10 connections sending edits with a
+   second process (testkit/hostile.py flood_png) keeps 10 connections sending edits with a
    2048x2048 Paeth-filtered PNG (28 KB each; ~20 s in a pure-Python decoder). Meanwhile this process
-   sends ``--pings`` pings one after the other and prints the round-trip percentiles (issue 16:
-   p99 <= 100 ms on a quiet machine).
-2. Fuzz: ``--fuzz`` malformed messages (the kinds of tests/backend/test_server_faults.py, several
-   seeds) from one DEALER; prints the counts by kind and by error code, and checks that every one
+   sends ``--pings`` pings one after the other and prints the round-trip percentiles (the target:
+   p99 <= 100 ms on a quiet machine, so a flood does not freeze other users).
+2. Fuzz: ``--fuzz`` malformed messages (testkit/fuzz.py's kinds, as tests/backend/test_server_faults.py
+   sends them, several seeds) from one DEALER; prints the counts by kind and by error code, and checks that every one
    got a typed error and that the server still answers.
 Figures are printed, never asserted (the machine may be shared).
 """
@@ -31,11 +31,10 @@ sys.path.insert(0, str(REPO))
 
 import zmq  # noqa: E402
 
-from backend import protocol as P  # noqa: E402
-from backend.client import Client, new_token  # noqa: E402
-from tests.backend.conftest import start_server  # noqa: E402
-from tests.backend.test_hostile import GatedRunner, fake  # noqa: E402
-from tests.backend.test_server_faults import _fuzz_messages, send_and_count_replies  # noqa: E402
+from draggan_wire import protocol as P  # noqa: E402
+from draggan_wire.client import Client, new_token  # noqa: E402
+from testkit.fuzz import fuzz_messages, send_and_count_replies  # noqa: E402
+from testkit.servers import GatedRunner, fake, start_server  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -63,7 +62,7 @@ def ping_flood(pings: int, seconds: float) -> None:
 
             reader = threading.Thread(target=follow, daemon=True)
             reader.start()
-            flood = subprocess.Popen([sys.executable, "-m", "tests.backend.hostile", "flood_png", server.endpoint,
+            flood = subprocess.Popen([sys.executable, "-m", "testkit.hostile", "flood_png", server.endpoint,
                                       json.dumps({"count": 10, "seconds": seconds})], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, text=True)
             assert flood.stdout is not None and flood.stdout.readline().strip() == "FLOODING"
@@ -104,7 +103,7 @@ def fuzz(count: int) -> None:
     messages: list[tuple[str, list[bytes]]] = []
     seed = 0
     while len(messages) < count:
-        messages += _fuzz_messages(random.Random(seed))
+        messages += fuzz_messages(random.Random(seed))
         seed += 1
     messages = messages[:count]
     started = time.monotonic()

@@ -8,7 +8,7 @@ import json
 import math
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,20 +23,6 @@ CancelCheck = Callable[[], bool]
 class InversionCancelled(Exception):
     """Raised by :func:`inversion.project` / :func:`inversion.pivotal_tuning` when ``should_cancel()``
     returns True; nothing is cached and the base generator is untouched."""
-
-
-class GeneratorLike(Protocol):
-    """What inversion needs from a generator (``stylegan2.Generator`` satisfies it)."""
-
-    z_dim: int
-    w_dim: int
-    num_ws: int
-    img_channels: int
-    mapping: Any
-    synthesis: Any
-
-    def parameters(self) -> Any: ...
-    def state_dict(self) -> Any: ...
 
 
 _lpips_lock = threading.Lock()
@@ -150,11 +136,6 @@ def synthesize(G: Any, ws: torch.Tensor) -> torch.Tensor:
     2 CPU cores), and a batch shares one convolution. Same image up to float rounding.
     """
     return G.synthesis(ws, noise_mode="const", fused_modconv=False)
-
-
-def noise_buffer_names(G: Any) -> list[str]:
-    """State-dict names of the synthesis network's ``noise_const`` buffers (prefixed ``synthesis.``)."""
-    return [f"synthesis.{name}" for name, _ in G.synthesis.named_buffers() if name.endswith("noise_const")]
 
 
 def copy_sharing_parameters(G: Any) -> Any:

@@ -20,7 +20,6 @@ pickled code runs)::
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -29,20 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ENCODER_FORMAT", "LatentEncoder", "file_sha256", "load_encoder", "save_encoder"]
+from draggan_util.hashing import sha256_file
+
+__all__ = ["ENCODER_FORMAT", "LatentEncoder", "load_encoder", "save_encoder"]
 
 ENCODER_FORMAT = "draggan-encoder"
 _VERSION = 1
 _MAX_INPUT = 128
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (ties an encoder to the generator file it was trained for)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LatentEncoder(nn.Module):
@@ -142,5 +134,5 @@ def load_encoder(path: str | Path, generator_sha256: str | None = None,
         raise ValueError(f"{path}: encoder weights do not match their config ({exc})") from exc
     if not all(torch.isfinite(v).all() for v in encoder.state_dict().values()):
         raise ValueError(f"{path}: encoder weights are not finite")
-    encoder.fingerprint = "encoder-" + file_sha256(path)[:24]
+    encoder.fingerprint = "encoder-" + sha256_file(path)[:24]
     return encoder.eval().requires_grad_(False).to(device)

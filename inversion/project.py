@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stylegan2.precision import autocast, resolve_precision
+
 from ._common import (
     CancelCheck,
     InversionCancelled,
@@ -52,7 +54,6 @@ from ._common import (
     tensor_to_uint8,
 )
 from .cache import CacheEntry, LatentCache, cache_key
-from .precision import autocast, resolve_precision
 from .pti import pivotal_tuning
 from .settings import ENCODER_PRESETS, PRESETS, PerceptualObjective, ProjectionSettings, settings_key
 

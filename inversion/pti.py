@@ -15,6 +15,8 @@ from typing import Any, Literal, overload
 
 import torch
 
+from stylegan2.precision import autocast, resolve_precision
+
 from ._common import (
     CancelCheck,
     ProgressCallback,
@@ -25,7 +27,6 @@ from ._common import (
     shared_stlpips,
     synthesize,
 )
-from .precision import autocast, resolve_precision
 from .settings import PerceptualObjective, ProjectionSettings
 
 __all__ = ["pivotal_tuning"]

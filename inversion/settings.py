@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
+from stylegan2.precision import PRECISIONS
+
 from ._common import resize_for_lpips, shared_stlpips
-from .precision import PRECISIONS
 
 __all__ = ["ENCODER_PRESETS", "PRESETS", "PerceptualObjective", "ProjectionSettings", "settings_key"]
 
@@ -47,7 +48,7 @@ class ProjectionSettings:
     Speed levers (off by default): the first ``early_fraction`` of the projection steps (and the
     start search) use the lighter ``early_net`` on images area-downsampled to ``early_max_side``
     (0 = ``lpips_max_side``); ``precision`` ("fp32", "bf16", "auto": see
-    :mod:`inversion.precision`) runs the generator and the perceptual network under autocast
+    :mod:`stylegan2.precision`) runs the generator and the perceptual network under autocast
     (the final figures are always float32).
     """
 

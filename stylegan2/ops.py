@@ -30,10 +30,6 @@ def set_fast_ops(enabled: bool) -> bool:
     return previous
 
 
-def fast_ops_enabled() -> bool:
-    return _USE_FAST_OPS
-
-
 # ----------------------------------------------------------------------------------------------
 # Activation with bias, gain and clamp.
 

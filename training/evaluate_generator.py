@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 import stylegan2
+from alignment.detector import KeypointDetector, load_detector
 from training import faces
-from training.detector import KeypointDetector, load_detector
 from training.train_generator import params_for_z
 
 # The features a drag moves, as groups of faces.KEYPOINT_NAMES (every keypoint in exactly one): the model

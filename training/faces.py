@@ -36,6 +36,9 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from alignment.procedural_faces import KEYPOINT_NAMES as KEYPOINT_NAMES  # part of this module's API
+from alignment.procedural_faces import NUM_KEYPOINTS
+
 SUPERSAMPLE = 4
 N_HAIR_STYLES = 5
 HAIR_STYLE_NAMES = ["short", "long", "bob", "curly", "bun"]
@@ -90,26 +93,7 @@ PARAM_LOW = np.array([s[1] for s in _PARAM_SPECS], dtype=np.float64)
 PARAM_HIGH = np.array([s[2] for s in _PARAM_SPECS], dtype=np.float64)
 _IDX = {name: i for i, name in enumerate(PARAM_NAMES)}
 
-# "left" / "right" are as seen in the (unrolled) image: left = smaller x.
-KEYPOINT_NAMES: list[str] = [
-    "left_eye_outer",
-    "left_eye_inner",
-    "right_eye_inner",
-    "right_eye_outer",
-    "left_pupil",
-    "right_pupil",
-    "left_brow_outer",
-    "left_brow_inner",
-    "right_brow_inner",
-    "right_brow_outer",
-    "nose_tip",
-    "mouth_left",
-    "mouth_right",
-    "upper_lip_top",
-    "lower_lip_bottom",
-    "chin",
-]
-NUM_KEYPOINTS: int = len(KEYPOINT_NAMES)
+# The keypoint names (and their order) are alignment.procedural_faces' (the run time needs them).
 
 # Palettes, interpolated piecewise-linearly by a parameter in [0, 1].
 _SKIN = np.array(

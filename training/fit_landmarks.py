@@ -1,7 +1,8 @@
-"""Fit the 5 face landmarks of procedural faces as a linear function of all 16 detected keypoints.
+"""Fit the 5 face landmarks of procedural faces as a linear function of all 16 detected keypoints
+(alignment/landmark_map.py loads and applies the map).
 
-The alignment recipe (``backend/align.py``) needs eye centres, nose tip and mouth corners; read
-directly off ``training/detector.py``'s keypoints, the mouth corners are the weak point (about
+The alignment recipe (``alignment/align.py``) needs eye centres, nose tip and mouth corners; read
+directly off ``alignment/detector.py``'s keypoints, the mouth corners are the weak point (about
 1 px error at 128 px, where the eye centres have 0.2 px), and the FFHQ quad scales that error by
 1.8 x the eye-to-mouth distance.  The detector's errors on different keypoints are partly shared (a
 mouth read too wide is read too wide at both corners and the lips) and the face's proportions tie
@@ -10,10 +11,10 @@ landmark coordinates, fitted on renders where the exact landmarks are known, is 
 landmark predictor than the direct read-out.  It is linear: 33 x 10 numbers, stored as JSON.
 
 The detections are shift-averaged exactly as the product's predictor does
-(``backend.landmarks.shift_averaged``), on 128 px renders (faces-128's frame, where the
+(``alignment.landmarks.shift_averaged``), on 128 px renders (faces-128's frame, where the
 refinement runs), seeds disjoint from the evaluation seed.
 
-    python -m training.fit_landmarks                    # writes training/models/landmark_regression.json
+    python -m training.fit_landmarks                    # writes alignment/data/landmark_regression.json
 """
 
 from __future__ import annotations
@@ -29,11 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from alignment.landmark_map import DEFAULT_PATH, FORMAT, LANDMARK_NAMES, apply_linear_map
 from training import faces
-
-FORMAT = "draggan-landmark-regression-v1"
-DEFAULT_PATH = Path(__file__).resolve().parent / "models" / "landmark_regression.json"
-LANDMARK_NAMES = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
 
 
 def fit_linear_map(detected: np.ndarray, exact: np.ndarray, ridge: float = 1.0) -> np.ndarray:
@@ -46,16 +44,9 @@ def fit_linear_map(detected: np.ndarray, exact: np.ndarray, ridge: float = 1.0) 
     return np.linalg.solve(gram, features.T @ targets)
 
 
-def apply_linear_map(weights: np.ndarray, detected: np.ndarray) -> np.ndarray:
-    """Landmarks [n, 5, 2] (x, y pixels) from ``detected`` keypoints [n, K, 2]."""
-    detected = np.asarray(detected, np.float64)
-    n = len(detected)
-    return (np.c_[detected.reshape(n, -1), np.ones(n)] @ weights).reshape(n, 5, 2)
-
-
 def landmark_figures(landmarks: np.ndarray, exact: np.ndarray) -> dict[str, Any]:
     """Per-landmark mean error and the FFHQ quad's largest corner error (px; mean, median, share <= 1 px)."""
-    from backend.align import ffhq_quad
+    from alignment.align import ffhq_quad
 
     per_landmark = np.linalg.norm(landmarks - exact, axis=-1).mean(0)
     quad = np.array([np.linalg.norm(ffhq_quad(a) - ffhq_quad(b), axis=1).max() for a, b in zip(landmarks, exact)])
@@ -70,33 +61,11 @@ def save(path: Path, weights: np.ndarray, meta: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
-def load(path: Path | str | None = None) -> np.ndarray:
-    """The weights [2K + 1, 10] of a saved map; ValueError if the file is not one (wrong format,
-    keypoint order, shape or non-finite numbers)."""
-    path = Path(path) if path is not None else DEFAULT_PATH
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"landmark regression {path}: {e}") from e
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"landmark regression {path}: not a {FORMAT} file")
-    if doc.get("keypoint_names") != faces.KEYPOINT_NAMES or doc.get("landmark_names") != LANDMARK_NAMES:
-        raise ValueError(f"landmark regression {path}: fitted for other keypoints or landmarks")
-    try:
-        weights = np.array(doc.get("weights"), dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"landmark regression {path}: weights are not a number table") from e
-    if weights.shape != (2 * faces.NUM_KEYPOINTS + 1, 10) or not np.isfinite(weights).all():
-        raise ValueError(f"landmark regression {path}: weights of shape {weights.shape}, "
-                         f"expected ({2 * faces.NUM_KEYPOINTS + 1}, 10), all finite")
-    return weights
-
-
 def detections(det: Any, seed: int, n: int, log: Any = print) -> tuple[np.ndarray, np.ndarray]:
     """Shift-averaged keypoints of detector ``det`` [n, K, 2] on ``n`` renders of seed ``seed`` and their exact
     landmarks [n, 5, 2], in chunks of 100 with a progress line."""
-    from backend.align import keypoints_to_landmarks
-    from backend.landmarks import shift_averaged
+    from alignment.align import keypoints_to_landmarks
+    from alignment.landmarks import shift_averaged
 
     detected, exact = [], []
     params = faces.sample_params(np.random.default_rng(seed), n)   # the faces of faces.dataset(seed, n)
@@ -127,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     t0 = time.time()
-    from training.detector import load_detector
+    from alignment.detector import load_detector
 
     det = load_detector()   # once for both sets
     train_x, train_y = detections(det, args.seed, args.n, log)
     test_x, test_y = detections(det, args.eval_seed, args.eval_n, log)
     weights = fit_linear_map(train_x, train_y, args.ridge)
-    from backend.align import keypoints_to_landmarks
+    from alignment.align import keypoints_to_landmarks
 
     direct = np.stack([keypoints_to_landmarks(k).array() for k in test_x])
     held_out = {"direct read-out": landmark_figures(direct, test_y),

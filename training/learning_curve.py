@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from training.detector import load_detector
+from alignment.detector import load_detector
 from training.evaluate_generator import evaluate_generator, generator_from_state
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alignment.detector import DEFAULT_PATH, KeypointDetector, flip_permutation, load_detector
 from training import faces
-from training.detector import DEFAULT_PATH, KeypointDetector, flip_permutation, load_detector, save_detector
+from training.detector import save_detector
 
 TRAIN_SEED_BASE = 10_000
 CHUNK = 64

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 import stylegan2
-from inversion.encoder import LatentEncoder, file_sha256, load_encoder, save_encoder
+from draggan_util.hashing import sha256_file
+from inversion.encoder import LatentEncoder, load_encoder, save_encoder
 from training import faces
 from training.train_generator import params_for_z, to_tensor
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     G = stylegan2.load_generator(args.generator).eval().requires_grad_(False)
-    sha = file_sha256(args.generator)
+    sha = sha256_file(args.generator)
     if args.resume and args.out.exists():
         encoder = load_encoder(args.out, sha).train().requires_grad_(True)
         print(f"resuming {args.out}", file=sys.stderr)

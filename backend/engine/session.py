@@ -20,7 +20,7 @@ and ``DragStep.points`` describe the latent *before* step ``k``'s update, as the
 
 Precision (``DragParams.precision``, fast mode only; reference mode is always float32): ``"bf16"``
 runs the truncated synthesis and the previews under ``torch.autocast`` in bfloat16, ``"auto"``
-picks bf16 only where it is fast (see :mod:`inversion.precision`). Tracking, losses, Adam and the
+picks bf16 only where it is fast (see :mod:`stylegan2.precision`). Tracking, losses, Adam and the
 latent stay float32; :meth:`DragSession.image` is always rendered in float32.
 
 Host synchronisation (``DragParams.sync_every``, fast mode): with ``k = 1`` every step reads its
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inversion.precision import PRECISIONS, autocast, resolve_precision
+from stylegan2.precision import PRECISIONS, autocast, resolve_precision
 
 from . import conventions
 from .losses import (

@@ -69,7 +69,7 @@ def main() -> int:
     # the backend uses CURVE on loopback too: keys for this run, handed to the plug-in in its
     # draggan.json (GIMP runs in the kit's chroot, which cannot see the user's keys folder)
     from backend import keys
-    from backend.client import read_public_key, read_secret_key
+    from draggan_wire.client import read_public_key, read_secret_key
 
     keys_dir = work / "keys"
     keys.init(keys_dir)

@@ -6,7 +6,7 @@ window and the panel) and a screenshot of the panel, for the README.
 
 ENDPOINT is a running backend that serves the built-in faces-128 (`draggan-backend serve`, or
 tests/gimp/backend_host.py --inversion-steps -1). Needs root and the GIMP 3 kit with the X tools (the
-chroot is built beside the kit's when the kit's own has no Xvfb; see benchmarks/live_panel.py). The kit
+chroot is built beside the kit's when the kit's own has no Xvfb; see testkit/live_panel.py). The kit
 runs the GIMP with its windows on Xvfb (gui-bin/ over /usr/local/bin) and live_driver.py inside it:
 a 512 px procedural face, its head dragged left (four handles), Drag pressed in the panel, the screen
 grabbed with xwd every --frame-s seconds from the first preview to 2 s past the result. Writes
@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.live_panel import GUI_BIN, face_and_drag, gui_root_args, kit_run_sh  # noqa: E402
+from testkit.live_panel import GUI_BIN, face_and_drag, gui_root_args, kit_run_sh  # noqa: E402
 
 
 def geometry(text: str) -> tuple[int, int, int, int]:

@@ -1,4 +1,4 @@
-"""backend/align.py: the FFHQ quad, the warp into a model frame and its inverse, points and masks."""
+"""alignment/align.py: the FFHQ quad, the warp into a model frame and its inverse, points and masks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from backend import align as A
-from tests.alignment import canvas
+from alignment import align as A
+from testkit import canvas
 from training import faces
 
 

@@ -1,10 +1,12 @@
-"""The model registry's alignment field (issue 19, step b)."""
+"""The model registry's alignment field: which kind of face alignment each model asks for."""
 
 from __future__ import annotations
 
 import pytest
 
-from backend import align, models, protocol
+from alignment import align
+from backend import models
+from draggan_wire import protocol
 
 
 def test_alignment_per_model() -> None:

@@ -1,4 +1,4 @@
-"""backend/aligned_edit.py: a drag on faces-128 in the aligned frame of a tilted face, pasted back
+"""alignment/aligned_edit.py: a drag on faces-128 in the aligned frame of a tilted face, pasted back
 into the native crop exactly (the oracle landmarks of training/faces.py stand in for the detector)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend import align as A
-from backend import aligned_edit as E
-from backend import landmarks as L
-from tests.alignment import canvas
+from alignment import align as A
+from alignment import aligned_edit as E
+from alignment import landmarks as L
+from testkit import canvas
 from training import faces
 
 

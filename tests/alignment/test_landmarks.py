@@ -1,4 +1,4 @@
-"""backend/landmarks.py: our MTCNN with facenet-pytorch's shipped weights (optional: installed with
+"""alignment/landmarks.py: our MTCNN with facenet-pytorch's shipped weights (optional: installed with
 `pip install --no-deps facenet-pytorch`); measured on scikit-image's astronaut against hand annotations."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend import align as A
-from backend import landmarks as L
+from alignment import align as A
+from alignment import landmarks as L
 
 DATA = Path(__file__).parent / "data" / "astronaut-landmarks.json"
 ORDER = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
@@ -65,7 +65,7 @@ def test_no_face_in_a_flat_picture(weights) -> None:
 def _tilted_face(seed: int, angle: float, scale: float, centre: tuple[float, float]):
     """A procedural face rendered at 256 px, rolled, scaled and shifted into a 384 px canvas; with the
     exact FFHQ-recipe alignment onto faces-128's template (the oracle)."""
-    from tests.alignment import canvas
+    from testkit import canvas
     from training import faces
 
     p = faces.sample_params(np.random.default_rng(seed), 1)[0]
@@ -128,10 +128,10 @@ def test_refinement_rejects_a_broken_predictor() -> None:
 
 def test_mtcnn_then_refinement_on_tilted_drawings(weights, procedural_predictor) -> None:
     # The whole chain on procedural faces: MTCNN finds the face (its quad 5-19 px off at 128 here),
-    # the keypoint detector refines it; then the server's chain (backend/aligned_edit.py
-    # refined_procedural_face: two refinements, then the patch refiner) meets issue 19's geometry
-    # criterion: the detected quad lies within 1 px of the exact-keypoint quad at model scale.
-    from backend.aligned_edit import refined_procedural_face
+    # the keypoint detector refines it; then the server's chain (alignment/aligned_edit.py
+    # refined_procedural_face: two refinements, then the patch refiner) meets the alignment's geometry
+    # criterion (docs/alignment.md): the detected quad lies within 1 px of the exact-keypoint quad at model scale.
+    from alignment.aligned_edit import refined_procedural_face
 
     errors, chain = [], []
     for seed, angle, scale, centre in ((77, 27.0, 0.87, (200.0, 190.0)), (79, -41.0, 1.0, (190.0, 200.0)),

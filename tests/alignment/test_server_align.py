@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backend import align as A
-from backend import protocol as P
-from backend.client import Client
-from backend.protocol import ErrorCode
+from alignment import align as A
 from backend.server import Server
-from tests.alignment import canvas
+from draggan_wire import protocol as P
+from draggan_wire.client import Client
+from draggan_wire.protocol import ErrorCode
+from testkit import canvas
 from tests.backend.conftest import FAST, make_tiny_generator, real_runner, start_server
 from training import faces
 
@@ -213,7 +213,7 @@ def test_old_protocol_versions_get_a_typed_error(served, old: int) -> None:
 
 def test_real_mtcnn_aligns_a_tilted_astronaut(served) -> None:
     """The real detector on a real photo: scikit-image's astronaut rotated by 25 degrees."""
-    from backend import landmarks as L
+    from alignment import landmarks as L
 
     try:
         L.weights_dir()
@@ -229,7 +229,7 @@ def test_real_mtcnn_aligns_a_tilted_astronaut(served) -> None:
     crop = np.ascontiguousarray(photo)   # the whole 512x512 photo is the native crop
     runner = server.runner
     saved = runner.landmarks
-    runner.landmarks = None   # MTCNN (backend/landmarks.py)
+    runner.landmarks = None   # MTCNN (alignment/landmarks.py)
     try:
         result, texts = run(server, P.Edit(model="tinyface", handles=[(171.0, 152.0)], targets=[(176.0, 152.0)],
                                            image=image(crop), params=FAST, align="auto"))

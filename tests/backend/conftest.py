@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from backend import protocol
-from backend.jobs import EditRunner
-from backend.protocol import ErrorCode, ProtocolError
-from backend.server import Server, ServerConfig
+from backend.edit_runner import EditRunner
+from backend.server import Server
+from draggan_wire import protocol
+from draggan_wire.protocol import ErrorCode, ProtocolError
+from testkit.servers import SIDE, start_server  # noqa: F401  (the backend tests import them from here)
 
 REPO = Path(__file__).resolve().parents[2]
-SIDE = 32  # the tiny generator's output size (pixels)
 # Radii are "pixels at 512" (the engine scales them): 10 -> 1 px motion radius at 32 px.
 FAST = protocol.EditParams(max_steps=4, r1=10.0, r2=20.0, preview_every=2)
 
@@ -60,12 +60,6 @@ def real_runner(tiny_model: Path, **kwargs: Any) -> EditRunner:
     kwargs.setdefault("inversion_steps", 1)  # a short projection keeps the CPU tests quick
     kwargs.setdefault("cache_dir", None)
     return EditRunner(models={"tiny": tiny_model}, device="cpu", **kwargs)
-
-
-def start_server(runner: Any, **config: Any) -> Server:
-    config.setdefault("bind", "tcp://127.0.0.1:0")
-    config.setdefault("heartbeat_s", 1.0)
-    return Server(ServerConfig(**config), runner).start_thread()
 
 
 @pytest.fixture(scope="session")
@@ -180,7 +174,7 @@ class StoreRunner(EditRunner):
               should_cancel: Callable[[], bool], should_stop: Callable[[], bool]) -> protocol.Result:
         import hashlib
 
-        from backend.jobs import HeldSession
+        from backend.sessions import HeldSession
 
         if req.image is not None:
             assert isinstance(req.image, protocol.Image)

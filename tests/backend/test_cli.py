@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backend import protocol as P
 from backend.cli import _alignment_overrides, _parse_bytes, build_parser, main
+from draggan_wire import protocol as P
 
 from .conftest import PYTHON, REPO, subprocess_env
 
@@ -168,7 +168,7 @@ def test_served_model_align_reaches_welcome_status_and_banner(tiny_model: Path, 
     """`serve --model-align`: welcome's models[].alignment (what the plug-in's align=auto follows),
     `status` and the start-up banner say the alignment the server uses."""
     from backend import keys
-    from backend.client import Client, ClientKeys
+    from draggan_wire.client import Client, ClientKeys
 
     from .test_server_restart import free_port
 

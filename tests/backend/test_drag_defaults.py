@@ -1,4 +1,4 @@
-"""The server's per-model drag settings (issue 15's lr_schedule report): the embedded default model drags
+"""The server's per-model drag settings (measured with the lr_schedule hook): the embedded default model drags
 with its measured larger first steps, 1 px stop distance and mask weight 5 (when the request leaves the
 weight to the model), every other model with the official constant lr, stop rule and the paper's 20."""
 
@@ -8,14 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend import jobs, models
-from backend import protocol as P
+from backend import edit_runner, models
+from draggan_wire import protocol as P
 
 G_WITH_7_BLOCKS = SimpleNamespace(synthesis=SimpleNamespace(num_blocks=7))
 
 
 def test_the_default_model_gets_its_settings_and_others_the_official_ones() -> None:
-    params = jobs._drag_params(P.EditParams(), G_WITH_7_BLOCKS, models.DEFAULT_MODEL)
+    params = edit_runner._drag_params(P.EditParams(), G_WITH_7_BLOCKS, models.DEFAULT_MODEL)
     spec = models.REGISTRY[models.DEFAULT_MODEL]
     assert (params.lr_boost, params.lr_half_life, params.stop_distance, params.lambda_mask) == (
         spec.drag.lr_boost, spec.drag.lr_half_life, spec.drag.stop_distance, spec.drag.lambda_mask)
@@ -23,18 +23,18 @@ def test_the_default_model_gets_its_settings_and_others_the_official_ones() -> N
     assert 0 < params.lambda_mask < 20  # lighter than the paper's: small selections stall less
     assert 0 < params.stop_distance < 2  # finer than the official rule's 2 px floor
     for name in ("ffhq-512", "lions-512", "my-custom-file", "tiny"):
-        other = jobs._drag_params(P.EditParams(), G_WITH_7_BLOCKS, name)
+        other = edit_runner._drag_params(P.EditParams(), G_WITH_7_BLOCKS, name)
         assert other.lr_boost == 1.0 and other.lr_at(0) == other.lr_at(100) == P.EditParams().lr, name
         assert other.stop_distance == 0.0, name  # 0 = the official max(2 / 512 * H, 2)
         assert other.lambda_mask == 20.0, name  # the paper's
     # the user's lr is the floor the warm-up decays to; everything else passes through unchanged
-    mine = jobs._drag_params(P.EditParams(lr=0.004, max_steps=50, r1=5.0), G_WITH_7_BLOCKS, models.DEFAULT_MODEL)
+    mine = edit_runner._drag_params(P.EditParams(lr=0.004, max_steps=50, r1=5.0), G_WITH_7_BLOCKS, models.DEFAULT_MODEL)
     assert mine.lr == 0.004 and mine.max_steps == 50 and mine.r1 == 5.0 and mine.feature_block == 5
     assert mine.lr_at(10_000) == pytest.approx(0.004)
     mine.validate()
     # a mask weight the user chose wins over the model's, 0 included
     for chosen in (0.0, 20.0, 7.5):
-        assert jobs._drag_params(P.EditParams(lambda_mask=chosen), G_WITH_7_BLOCKS,
+        assert edit_runner._drag_params(P.EditParams(lambda_mask=chosen), G_WITH_7_BLOCKS,
                                  models.DEFAULT_MODEL).lambda_mask == chosen
 
 

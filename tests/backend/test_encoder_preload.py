@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.client import Client
-from backend.jobs import ModelPool, encoder_path
+from backend.model_pool import ModelPool, encoder_path
+from draggan_util.hashing import sha256_file
+from draggan_wire.client import Client
 from inversion import ENCODER_PRESETS
-from inversion.encoder import LatentEncoder, file_sha256, save_encoder
+from inversion.encoder import LatentEncoder, save_encoder
 
 from .conftest import FAST, PYTHON, REPO, edit, make_tiny_generator, real_runner, start_server, subprocess_env
 
@@ -28,7 +29,7 @@ def write_encoder(model: Path, sha: str | None = None) -> Path:
     with torch.no_grad():
         for p in enc.parameters():
             p.add_(torch.randn_like(p) * 0.01)
-    save_encoder(enc, encoder_path(model), sha or file_sha256(model))
+    save_encoder(enc, encoder_path(model), sha or sha256_file(model))
     return encoder_path(model)
 
 

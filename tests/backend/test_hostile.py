@@ -1,7 +1,8 @@
-"""Issue 16: a hostile local client in a SECOND PROCESS (tests/backend/hostile.py) against a real
-server on 127.0.0.1. It cannot see, receive from or touch another client's job, session, image or
-cache entry, whatever routing id it presents; small PNGs do not stall the loop; oversized numbers
-and malformed ids are refused with typed errors; connections past --max-peers are refused."""
+"""The server shares one socket among clients that may be hostile: a hostile local client in a SECOND
+PROCESS (testkit/hostile.py) against a real server on 127.0.0.1. It cannot see, receive from or
+touch another client's job, session, image or cache entry, whatever routing id it presents; small
+PNGs do not stall the loop; oversized numbers and malformed ids are refused with typed errors;
+connections past --max-peers are refused."""
 
 from __future__ import annotations
 
@@ -9,74 +10,25 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backend import protocol as P
-from backend.client import Client, new_token
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import owner_of_token
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, new_token
+from draggan_wire.protocol import ErrorCode, ProtocolError
+from testkit.servers import GatedRunner, fake
 
 from .conftest import FAST, PYTHON, REPO, SIDE, edit, real_runner, start_server, subprocess_env, wait_until
 
 
 def hostile(mode: str, endpoint: str, args: dict[str, Any] | None = None, timeout: float = 300) -> dict[str, Any]:
-    out = subprocess.run([PYTHON, "-m", "tests.backend.hostile", mode, endpoint, json.dumps(args or {})],
+    out = subprocess.run([PYTHON, "-m", "testkit.hostile", mode, endpoint, json.dumps(args or {})],
                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-class GatedRunner:
-    """A runner without a model whose job emits progress until ``release`` is set; it keeps per-owner
-    sessions and images so a foreign id gets unknown_session / unknown_image."""
-
-    device = "cpu"
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.started = threading.Event()
-        self.owned: dict[str, set[str]] = {}
-        self.runs: list[str] = []
-
-    def models(self) -> list[P.ModelEntry]:
-        return [P.ModelEntry("fake", SIDE, SIDE, True)]
-
-    def memory(self) -> tuple[int, int]:
-        return (0, 0)
-
-    def precheck(self, owner: str, request: Any) -> None:
-        mine = self.owned.get(owner, set())
-        if isinstance(request, P.Continue) and request.session_id not in mine:
-            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "unknown session", "fields.session_id")
-        if isinstance(request, P.Edit) and request.image_id is not None and request.image_id not in mine:
-            raise ProtocolError(ErrorCode.UNKNOWN_IMAGE, "unknown image", "fields.image_id")
-
-    def purge(self, owner: str) -> tuple[int, int]:
-        return (0, len(self.owned.pop(owner, set())))
-
-    def run(self, owner: str, request: Any, emit: Callable[[P.Progress], None],
-            should_cancel: Callable[[], bool], should_stop: Callable[[], bool] | None = None) -> P.Result:
-        self.runs.append(owner)
-        self.started.set()
-        step = 0
-        while not self.release.is_set():
-            if should_cancel():
-                raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
-            step += 1
-            emit(P.Progress(phase="drag", step=step, total=10**6, loss=0.5))
-            time.sleep(0.02)
-        self.owned.setdefault(owner, set()).update({"victim-session", "victim-image"})
-        return P.Result(image=P.Image(SIDE, SIDE, 3, bytes(SIDE * SIDE * 3)), points=[(1.0, 1.0)],
-                        session_id="victim-session", image_id="victim-image", steps=step)
-
-
-def fake(**kw: Any) -> P.Edit:
-    return P.Edit(model="fake", handles=[(1.0, 1.0)], targets=[(2.0, 2.0)],
-                  image=P.Image(SIDE, SIDE, 3, bytes(SIDE * SIDE * 3)), **kw)
 
 
 @pytest.mark.parametrize("victim_routing_id", [None, b"\x00\x6b\x8b\x45\x67"], ids=["automatic", "chosen-0x00"])
@@ -197,9 +149,9 @@ def test_sessions_images_and_cache_are_per_owner_and_a_full_store_makes_room(tin
 
 HOSTILE_STORES = f"""
 import json, sys
-from backend import protocol as P
-from backend.client import Client
-from backend.protocol import ProtocolError
+from draggan_wire import protocol as P
+from draggan_wire.client import Client
+from draggan_wire.protocol import ProtocolError
 endpoint, photo_file, session_id, image_id = sys.argv[1:5]
 image = P.Image({SIDE}, {SIDE}, 3, open(photo_file, 'rb').read())
 params = P.EditParams(max_steps=2, r1=10.0, r2=20.0, preview_every=0)
@@ -228,8 +180,8 @@ print(json.dumps(out))
 
 
 def test_hello_is_answered_within_a_second_with_ten_paeth_pngs_in_flight() -> None:
-    """Issue 16 #2: 2048 px Paeth PNGs (28 KB each) are checked from their header on the loop and
-    never decoded there; with 10 in flight (and more coming) and a job running, hello answers."""
+    """A PNG flood must not starve the loop: 2048 px Paeth PNGs (28 KB each) are checked from their
+    header on the loop and never decoded there; with 10 in flight (and more coming) and a job running, hello answers."""
     runner = GatedRunner()
     server = start_server(runner, max_peers=64)
     proc: subprocess.Popen[str] | None = None
@@ -237,7 +189,7 @@ def test_hello_is_answered_within_a_second_with_ten_paeth_pngs_in_flight() -> No
         with Client(server.endpoint, timeout_s=60) as busy:
             running = busy.submit(fake())
             wait_until(runner.started.is_set, what="a job to run")
-            proc = subprocess.Popen([PYTHON, "-m", "tests.backend.hostile", "flood_png", server.endpoint,
+            proc = subprocess.Popen([PYTHON, "-m", "testkit.hostile", "flood_png", server.endpoint,
                                      json.dumps({"count": 10, "seconds": 6.0})], cwd=REPO, env=subprocess_env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "FLOODING"
@@ -290,7 +242,7 @@ def test_connections_past_max_peers_make_room_and_the_server_stays_usable() -> N
     in by closing an idle older one, the server never holds more than 8, and a client arriving while
     the 30 are held gets in too."""
     server = start_server(GatedRunner(), max_peers=8)
-    proc = subprocess.Popen([PYTHON, "-m", "tests.backend.hostile", "connections", server.endpoint,
+    proc = subprocess.Popen([PYTHON, "-m", "testkit.hostile", "connections", server.endpoint,
                              json.dumps({"count": 30})], cwd=REPO, env=subprocess_env(), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -1,7 +1,7 @@
 """Identities must cost something: a second local process must not lock everyone else out.
 
 Real ZeroMQ sockets on 127.0.0.1 and a real server; the hostile side is a second process
-(tests/backend/hostile.py) or, for another OS user, a forked child that drops to a throwaway user.
+(testkit/hostile.py) or, for another OS user, a forked child that drops to a throwaway user.
 
 * The default `draggan-backend serve` uses CURVE on loopback with this user's keys: a process of
   another OS user reaches the port but gets no `welcome` (with no keys, with keys of its own).
@@ -35,11 +35,11 @@ import pytest
 import zmq
 
 from backend import keys as keys_mod
-from backend import protocol as P
 from backend.cli import main
-from backend.client import Client, ClientKeys, read_public_key, read_secret_key
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, ClientKeys, read_public_key, read_secret_key
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import PYTHON, REPO, SIDE, StoreRunner, start_server, subprocess_env, wait_until
 
@@ -131,7 +131,7 @@ def test_protocol_validation_alone() -> None:
 def test_ten_thousand_malformed_messages_from_a_second_process_all_get_typed_errors(tiny_model: Path) -> None:
     server = start_server(StoreRunner(tiny_model))
     try:
-        out = subprocess.run([PYTHON, "-m", "tests.backend.hostile", "fuzz", server.endpoint,
+        out = subprocess.run([PYTHON, "-m", "testkit.hostile", "fuzz", server.endpoint,
                               json.dumps({"count": 10_000})], cwd=REPO, env=subprocess_env(), capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0, out.stderr
@@ -345,7 +345,7 @@ def test_twenty_identities_filling_every_limit_do_not_stop_an_honest_client(mode
     proc: subprocess.Popen[str] | None = None
     try:
         held = old.edit(quick_edit())  # made before the crowd came
-        proc = subprocess.Popen([PYTHON, "-m", "tests.backend.hostile", "hog", server.endpoint, json.dumps(hog_args)],
+        proc = subprocess.Popen([PYTHON, "-m", "testkit.hostile", "hog", server.endpoint, json.dumps(hog_args)],
                                 cwd=REPO, env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdin is not None
@@ -475,7 +475,7 @@ def test_a_full_store_makes_room_from_the_owner_holding_the_most() -> None:
     """OwnedStore's rules alone: the biggest holder gives up its least recently used item, never its
     most recent; among single-item owners the latest to come gives way; pinned items stay; a
     tombstone says why an item is gone, to its owner only; pressure counts both sides of a push."""
-    from backend.jobs import OwnedStore
+    from backend.stores import OwnedStore
 
     store = OwnedStore(max_items=4, retention_s=3600, max_total=6, what="sessions")
     honest = store.put("honest", "h1")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import protocol as P
-from backend.client import Client
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server
+from draggan_wire import protocol as P
+from draggan_wire.client import Client
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import SIDE, edit, real_runner, start_server, wait_until
 

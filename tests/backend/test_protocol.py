@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from backend import protocol as P
-from backend.protocol import ErrorCode, ProtocolError
+from draggan_wire import protocol as P
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import PYTHON, REPO, subprocess_env
 
@@ -245,13 +245,10 @@ BLOCKER = textwrap.dedent("""
 
 
 def test_protocol_and_client_import_with_only_the_standard_library(tmp_path: Path) -> None:
-    """Staged as GIMP sees it (package draggan_wire), with zmq, numpy, torch and PIL blocked: the
-    protocol works, the client module imports, and making a Client says how to get pyzmq."""
-    wire = tmp_path / "draggan_wire"
-    wire.mkdir()
-    (wire / "__init__.py").write_text("")
-    shutil.copy(REPO / "backend" / "protocol.py", wire / "protocol.py")
-    shutil.copy(REPO / "backend" / "client.py", wire / "client.py")
+    """The draggan_wire package alone, copied as install.py stages it (nothing else of the project
+    beside it), with zmq, numpy, torch and PIL blocked: the protocol works, the client module imports,
+    and making a Client says how to get pyzmq."""
+    shutil.copytree(REPO / "draggan_wire", tmp_path / "draggan_wire", ignore=shutil.ignore_patterns("__pycache__"))
     script = BLOCKER + textwrap.dedent("""
         from draggan_wire import protocol, client
         frames = protocol.encode(protocol.Hello(client='gimp'), 'r1', 'cd' * 32)
@@ -273,7 +270,7 @@ def test_protocol_and_client_import_with_only_the_standard_library(tmp_path: Pat
 
 
 def test_protocol_module_imports_nothing_but_stdlib() -> None:
-    script = BLOCKER + "import backend.protocol as p; print(p.PROTOCOL_VERSION)"
+    script = BLOCKER + "import draggan_wire.protocol as p; print(p.PROTOCOL_VERSION)"
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=subprocess_env(), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == str(P.PROTOCOL_VERSION), out.stderr

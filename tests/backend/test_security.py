@@ -12,8 +12,8 @@ import pytest
 
 from backend import keys
 from backend.cli import is_loopback, main
-from backend.client import Client, ClientKeys, read_public_key, read_secret_key
-from backend.protocol import ErrorCode, ProtocolError
+from draggan_wire.client import Client, ClientKeys, read_public_key, read_secret_key
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import PYTHON, REPO, FakeRunner, fake_edit, start_server, subprocess_env
 

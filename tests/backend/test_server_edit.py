@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import protocol as P
-from backend.client import Client, new_token
 from backend.models import DEFAULT_MODEL
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, new_token
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import FAST, SIDE, edit, make_tiny_generator, real_runner, start_server, wait_until
 
@@ -153,7 +153,7 @@ def test_models_load_on_demand_and_lru_evicts_under_memory_budget(tiny_model: Pa
                                                                   photo: P.Image) -> None:
     other = make_tiny_generator(tmp_path / "other.pt", seed=1)
     import stylegan2
-    from backend.jobs import module_bytes
+    from backend.model_pool import module_bytes
 
     one_model = module_bytes(stylegan2.load_generator(tiny_model))
     runner = real_runner(tiny_model, max_memory=int(one_model * 1.5))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from backend import protocol as P
-from backend.client import Client
-from backend.protocol import ErrorCode, ProtocolError
+from draggan_wire import protocol as P
+from draggan_wire.client import Client
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import PYTHON, REPO, edit, subprocess_env
 

@@ -1,6 +1,7 @@
-"""benchmarks/fidelity.py's machinery (issue 15) on a tiny random generator and a stand-in detector:
-pair determinism, per-cell pair counts, statistics, the checks' verdicts, Markdown/JSON output.
-None of this needs the default model; what the figures *mean* is test_fidelity_short.py's job."""
+"""The fidelity protocol's machinery (testkit/fidelity.py, run by benchmarks/fidelity.py) on a tiny
+random generator and a stand-in detector: pair determinism, per-cell pair counts, statistics, the
+checks' verdicts, Markdown/JSON output. None of this needs the default model; what the figures
+*mean* is test_fidelity_short.py's job."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import numpy as np
 import pytest
 
 from backend.engine import DragParams
+from testkit import fidelity
 
 from .conftest import make_tiny_generator
-from .test_fidelity_short import load_fidelity_module
 
-fidelity = load_fidelity_module()
 EditResult = fidelity.EditResult
 
 # 32 px tiny generator: r1 = 12 -> 1 px, r2 = 40 -> 2 px at 32 px (see test_session.py)

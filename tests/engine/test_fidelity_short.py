@@ -1,26 +1,15 @@
-"""A short run of benchmarks/fidelity.py (issue 12) on the default model: drags land nearer the targets."""
+"""A short run of the fidelity protocol (testkit/fidelity.py, run by benchmarks/fidelity.py) on the
+default model: drags land nearer the targets."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from backend.engine import DragParams
-
-from .conftest import REPO_ROOT
-
-
-def load_fidelity_module():
-    spec = importlib.util.spec_from_file_location("fidelity", REPO_ROOT / "benchmarks" / "fidelity.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fidelity"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from testkit import fidelity
 
 
 def require(path):
@@ -51,9 +40,8 @@ def generated_keypoint_error(G, detector, n: int = 8) -> float:
 
 def test_two_pairs_one_point_move_toward_their_targets():
     import stylegan2
-    from training.detector import DEFAULT_PATH, load_detector
+    from alignment.detector import DEFAULT_PATH, load_detector
 
-    fidelity = load_fidelity_module()
     G = stylegan2.load_generator(require(fidelity.DEFAULT_MODEL))
     detector = load_detector(require(DEFAULT_PATH))
     error = generated_keypoint_error(G, detector)

@@ -1,4 +1,4 @@
-"""DragParams.lr_schedule, the engine's step-size hook (issue 15's "try the lr_schedule hook"):
+"""DragParams.lr_schedule, the engine's step-size hook (how per-model drag settings change the step size):
 ``None`` keeps Adam's ``lr`` constant (the official behaviour); a callable sets the learning rate of
 step ``index`` (0-based within the drag) before that step's update, in both modes and with
 ``sync_every > 1``."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backend.engine import DragParams, DragSession, EditCancelled, conventions
-from inversion import precision
+from stylegan2 import precision
 
 from .conftest import tiny_latent
 

@@ -4,7 +4,7 @@
 
 Writes DIR/tiny.pt (a tiny generator saved with stylegan2.save_generator), serves it as model
 'tiny' and, flagged ``alignment: ffhq`` (face alignment, protocol 3, with the real MTCNN), as
-'tinyface', with backend.server.Server + backend.jobs.EditRunner (the same objects `draggan-backend
+'tinyface', with backend.server.Server + backend.edit_runner.EditRunner (the same objects `draggan-backend
 serve` runs), writes its endpoint to DIR/endpoint once listening, and appends one JSON line per
 finished job to DIR/jobs.jsonl: the request type, the phases the server emitted (so a test can see
 whether it inverted), the outcome and the session id (and for aligned results: their progress texts, frame, offset,
@@ -42,9 +42,9 @@ def main() -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     import stylegan2
-    from backend import protocol
-    from backend.jobs import EditRunner
+    from backend.edit_runner import EditRunner
     from backend.server import Server, ServerConfig
+    from draggan_wire import protocol
 
     model_path = args.dir / "tiny.pt"
     G = stylegan2.Generator(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, channel_base=256,

@@ -34,7 +34,7 @@ def _tilted_astronaut() -> np.ndarray:
 @pytest.fixture(scope="module")
 def drive(gimp3_run, backend, tmp_path_factory):
     """One GIMP run of align_driver.py -> (report, io folder, the backend's job log)."""
-    from backend import landmarks
+    from alignment import landmarks
 
     try:
         landmarks.weights_dir()   # the backend's MTCNN: without it the edit would take the unaligned path
@@ -91,8 +91,8 @@ def test_the_face_was_aligned_and_the_layer_placed_exactly(drive) -> None:
 def test_the_produced_area_is_the_face_frame_cut_at_the_layer_edge(drive) -> None:
     """Independently of the server's answer: MTCNN on the same pixels gives the transform whose
     produced area the result's alpha must be (up to a boundary pixel or two: float order)."""
-    from backend import align as A
-    from backend.landmarks import detect_faces
+    from alignment import align as A
+    from alignment.landmarks import detect_faces
 
     report, io, jobs = drive
     new = report["edit"]["layers"][0]

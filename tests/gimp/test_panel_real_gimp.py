@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import live_panel
+from testkit import live_panel
 
 from ..conftest import gimp_unavailable
 

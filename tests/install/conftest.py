@@ -28,7 +28,8 @@ def install():
 
 @pytest.fixture()
 def fake_repo(tmp_path: Path) -> Path:
-    """A minimal repo tree with the plug-in folder and the three wire files (plus caches to skip)."""
+    """A minimal repo tree with the plug-in folder and the draggan_wire package (plus caches to skip);
+    the package's __init__.py is the real one (it puts the staged vendor/ folder on sys.path)."""
     repo = tmp_path / "repo"
     plugin = repo / "gimp_plugin" / "draggan"
     (plugin / "draggan_core").mkdir(parents=True)
@@ -38,8 +39,11 @@ def fake_repo(tmp_path: Path) -> Path:
     (plugin / "draggan_core" / "__pycache__").mkdir()
     (plugin / "draggan_core" / "__pycache__" / "points.cpython-311.pyc").write_bytes(b"\0")
     (plugin / "__pycache__").mkdir()
-    (repo / "backend").mkdir()
-    (repo / "backend" / "protocol.py").write_text("VERSION = 1\n")
-    (repo / "backend" / "client.py").write_text("from . import protocol\n")
-    (repo / "backend" / "relay_bridge.py").write_text("MAX_FRAMES = 64\n")
+    wire = repo / "draggan_wire"
+    (wire / "__pycache__").mkdir(parents=True)
+    (wire / "__pycache__" / "protocol.cpython-311.pyc").write_bytes(b"\0")
+    (wire / "__init__.py").write_text((REPO / "draggan_wire" / "__init__.py").read_text())
+    (wire / "protocol.py").write_text("VERSION = 1\n")
+    (wire / "client.py").write_text("from . import protocol\n")
+    (wire / "relay_bridge.py").write_text("MAX_FRAMES = 64\n")
     return repo

@@ -41,7 +41,7 @@ def laptop(install, fake_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     stamp = install.install_stamp(fake_repo, "cpu", None, True, (), False)
     install.write_stamp(venv, stamp)
     config = tmp_path / "config"
-    monkeypatch.setenv("DRAGGAN_CONFIG_DIR", str(config))      # backend.client.config_dir() honours it
+    monkeypatch.setenv("DRAGGAN_CONFIG_DIR", str(config))      # draggan_wire.client.config_dir() honours it
 
     def run(cmd, **kw):
         cmd = [str(c) for c in cmd]
@@ -88,7 +88,7 @@ def test_remote_writes_config_with_pinned_keys(install, laptop, tmp_path: Path) 
     assert any("keys allow client.key" in line and "--bind tcp://0.0.0.0:6000" in line for line in lines)
     # The client library accepts exactly these keys.
     sys.path.insert(0, str(REPO))
-    from backend.client import ClientKeys
+    from draggan_wire.client import ClientKeys
     ClientKeys(config["server_public_key"].encode(), config["client_public_key"].encode(),
                config["client_secret_key"].encode())
     # Re-staging (a later install.py run) keeps the config.

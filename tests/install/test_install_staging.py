@@ -35,7 +35,8 @@ def test_stage_layout_and_exec_bit(install, fake_repo: Path, tmp_path: Path) -> 
 
 
 def test_staged_wire_package_imports_relatively(install, fake_repo: Path, tmp_path: Path) -> None:
-    """client.py's `from . import protocol` works in the staged package, and vendor/ joins sys.path."""
+    """client.py's `from . import protocol` works in the staged package, and its __init__ puts the
+    plug-in's vendor/ folder on sys.path."""
     plugins = tmp_path / "plug-ins"
     install.stage_plugin(plugins, fake_repo)
     (plugins / "draggan" / "vendor").mkdir()
@@ -56,7 +57,7 @@ def test_restage_replaces_cleanly_keeps_vendor_and_config(install, fake_repo: Pa
     (target / "stale.py").write_text("old file from an older version")
     # The repo moves on: a file disappears, one changes.
     (fake_repo / "gimp_plugin" / "draggan" / "draggan_core" / "points.py").unlink()
-    (fake_repo / "backend" / "protocol.py").write_text("VERSION = 2\n")
+    (fake_repo / "draggan_wire" / "protocol.py").write_text("VERSION = 2\n")
     report = install.stage_plugin(plugins, fake_repo)
     assert report.replaced_previous and sorted(report.preserved) == ["draggan.json", "vendor"]
     assert not (target / "stale.py").exists()
@@ -72,13 +73,14 @@ def test_dev_mode_links_sources_but_copies_entry(install, fake_repo: Path, tmp_p
     install.stage_plugin(plugins, fake_repo, link=True)
     target = plugins / "draggan"
     assert (target / "draggan_core").is_symlink()
-    assert (target / "draggan_wire" / "client.py").is_symlink()
+    assert (target / "draggan_wire").is_symlink()             # the package folder, as it is in the repo
     assert not (target / "draggan.py").is_symlink()          # realpath(__file__) must stay here
-    (fake_repo / "backend" / "protocol.py").write_text("VERSION = 3\n")
+    (fake_repo / "draggan_wire" / "protocol.py").write_text("VERSION = 3\n")
     assert (target / "draggan_wire" / "protocol.py").read_text() == "VERSION = 3\n"
     # Switching back to a copy replaces the links with files.
     install.stage_plugin(plugins, fake_repo, link=False)
     assert not (target / "draggan_core").is_symlink()
+    assert not (target / "draggan_wire").is_symlink() and (target / "draggan_wire" / "client.py").is_file()
 
 
 def test_refuses_foreign_folder_and_missing_sources(install, fake_repo: Path, tmp_path: Path) -> None:
@@ -88,7 +90,7 @@ def test_refuses_foreign_folder_and_missing_sources(install, fake_repo: Path, tm
     with pytest.raises(install.InstallError, match="not made by install.py"):
         install.stage_plugin(plugins, fake_repo)
     assert (plugins / "draggan" / "notes.txt").exists()
-    (fake_repo / "backend" / "client.py").unlink()
+    (fake_repo / "draggan_wire" / "client.py").unlink()
     with pytest.raises(install.InstallError, match="client.py is missing"):
         install.stage_plugin(tmp_path / "other", fake_repo)
 
@@ -114,5 +116,5 @@ def test_cli_plugin_only_on_real_repo(tmp_path: Path) -> None:
     target = tmp_path / "draggan"
     assert os.access(target / "draggan.py", os.X_OK)
     staged_client = (target / "draggan_wire" / "client.py").read_bytes()
-    assert staged_client == (REPO / "backend" / "client.py").read_bytes()
+    assert staged_client == (REPO / "draggan_wire" / "client.py").read_bytes()
     assert (target / "draggan_core").is_dir()

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import stylegan2
+from draggan_util.hashing import sha256_file
 from inversion import ENCODER_PRESETS, LatentCache, LatentEncoder, load_encoder, project
-from inversion.encoder import file_sha256, save_encoder
+from inversion.encoder import save_encoder
 from training import faces
 from training.train_encoder import held_out_figures
 from training.train_encoder import main as train_encoder_main
@@ -60,7 +61,7 @@ def test_file_round_trip_is_tied_to_its_generator_and_rejects_bad_files(tiny_gen
     with torch.no_grad():
         for p in enc.parameters():
             p.add_(torch.randn_like(p) * 0.01)
-    sha = file_sha256(tiny_generator_file)
+    sha = sha256_file(tiny_generator_file)
     path = tmp_path / "tiny.encoder.pt"
     save_encoder(enc, path, sha, {"note": "test"})
     loaded = load_encoder(path, sha)
@@ -168,7 +169,7 @@ def test_training_on_free_pairs_beats_w_avg_on_held_out_pictures(tiny_generator_
                              "--lr", "3e-3", "--render-fraction", "0.25", "--image-images", "1",
                              "--held-out", "32", "--log-every", "1000"])
     assert rc == 0
-    enc = load_encoder(out, file_sha256(tiny_generator_file))
+    enc = load_encoder(out, sha256_file(tiny_generator_file))
     G = stylegan2.load_generator(tiny_generator_file)
     trained = held_out_figures(G, enc, 32)
     untrained = LatentEncoder(G.num_ws, G.w_dim, input_size=32)

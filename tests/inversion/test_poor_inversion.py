@@ -9,7 +9,6 @@ scikit-image's public-domain astronaut photo (a 128x128 centre crop, committed i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -24,13 +23,14 @@ sys.path.insert(0, str(REPO / "gimp_plugin" / "draggan"))
 from draggan_core import texts  # noqa: E402
 
 from backend import models  # noqa: E402
+from draggan_util.hashing import sha256_file  # noqa: E402
 
 PHOTO = Path(__file__).resolve().parent / "data" / "astronaut-full-128.png"
 
 
 def test_the_calibration_describes_the_shipped_default_model() -> None:
     data = json.loads(models.calibration_file(models.DEFAULT_MODEL).read_text())
-    shipped = hashlib.sha256(models.EMBEDDED_MODEL_FILE.read_bytes()).hexdigest()
+    shipped = sha256_file(models.EMBEDDED_MODEL_FILE)
     assert data["model_sha256"] == shipped, (
         "backend/data/faces-128.pt was re-exported after its poor-inversion calibration: rerun "
         "`python benchmarks/calibrate_poor_inversion.py` (about 20 CPU-minutes) and commit the new "

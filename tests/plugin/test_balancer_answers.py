@@ -6,6 +6,7 @@ does; the plug-in runs with the fake GIMP through the real link.Backend and drag
 from __future__ import annotations
 
 from draggan_core import edit, errors, link, options, parasite
+
 from draggan_wire import protocol
 
 from . import fakegimp

@@ -11,6 +11,7 @@ import sys
 import pytest
 import zmq
 from draggan_core import errors, identity, link
+
 from draggan_wire import protocol
 
 from . import fakegimp

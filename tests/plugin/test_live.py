@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from draggan_core import errors, geometry, link, live, points, relay
-from draggan_wire import client as client_module
 
 from backend import keys
-from backend import protocol as P
-from backend.protocol import ErrorCode, ProtocolError
 from backend.server import Server, ServerConfig
+from draggan_wire import client as client_module
+from draggan_wire import protocol as P
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .scripted_router import ScriptedRouter, welcome
 

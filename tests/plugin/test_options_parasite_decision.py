@@ -6,6 +6,7 @@ from typing import Any
 
 from draggan_core import decision, geometry, options, parasite
 from draggan_core.geometry import Rect
+
 from draggan_wire import protocol
 
 from . import fakegimp

@@ -16,7 +16,7 @@ def test_model_limits_come_from_the_model_else_defaults() -> None:
 
 
 def test_the_issues_out_of_domain_figures_are_poor_under_calibrated_limits() -> None:
-    # issue 17: two out-of-domain crops scored (ST-LPIPS, PSNR) = (0.14, 19.0) and (0.31, 16.4):
+    # two out-of-domain crops, reported by a user, scored (ST-LPIPS, PSNR) = (0.14, 19.0) and (0.31, 16.4):
     # under the old constants neither was flagged.
     for stlpips, psnr in ((0.14, 19.0), (0.31, 16.4)):
         assert not texts.is_poor(psnr, stlpips)
@@ -30,7 +30,7 @@ def test_welcome_carries_each_models_thresholds_to_the_plugin() -> None:
     from draggan_wire import protocol
 
     sys_path_repo()
-    from backend import jobs, models
+    from backend import models
 
     welcome = protocol.Welcome(server="t", protocol=protocol.PROTOCOL_VERSION, device="cpu", models=[
         protocol.ModelEntry("faces-128", 128, 128, True, 0.12, 20.5), protocol.ModelEntry("old", 64, 64, False)])
@@ -41,18 +41,20 @@ def test_welcome_carries_each_models_thresholds_to_the_plugin() -> None:
     assert texts.model_limits(got[1]) == (texts.POOR_STLPIPS, texts.POOR_PSNR_DB)   # none sent: defaults
     # the server fills them from the model registry (the default model's committed calibration)
     poor = models.poor_inversion(models.DEFAULT_MODEL)
-    assert jobs.registry_poor_inversion(models.DEFAULT_MODEL) == (poor.stlpips, poor.psnr_db)
-    assert jobs.registry_poor_inversion("ffhq-512") == (0.35, 16.0)
+    assert (poor.stlpips, poor.psnr_db) != (0.35, 16.0)
+    fallback = models.poor_inversion("ffhq-512")
+    assert (fallback.stlpips, fallback.psnr_db) == (0.35, 16.0)
 
 
 def test_welcome_carries_each_models_framing() -> None:
     """The built-in faces-128 draws whole faces ("whole": the plug-in's Auto crop sends the whole layer);
     models without an entry and older servers (no field) mean "any"; anything else is refused."""
     import pytest
+
     from draggan_wire import protocol
 
     sys_path_repo()
-    from backend import jobs, models
+    from backend import models
 
     welcome = protocol.Welcome(server="t", protocol=protocol.PROTOCOL_VERSION, device="cpu", models=[
         protocol.ModelEntry("faces-128", 128, 128, True, framing="whole"), protocol.ModelEntry("x", 64, 64, False)])
@@ -66,9 +68,9 @@ def test_welcome_carries_each_models_framing() -> None:
     header["fields"]["models"][0]["framing"] = "part"
     with pytest.raises(protocol.ProtocolError, match="framing"):
         protocol.decode([json.dumps(header).encode(), *frames[1:]], allowed=protocol.REPLY_TYPES)
-    assert jobs.registry_framing(models.DEFAULT_MODEL) == "whole"
+    assert models.model_framing(models.DEFAULT_MODEL) == "whole"
     assert {name for name, spec in models.REGISTRY.items() if spec.framing != "any"} == {models.DEFAULT_MODEL}
-    assert jobs.registry_framing("ffhq-512") == jobs.registry_framing("my-file") == "any"
+    assert models.model_framing("ffhq-512") == models.model_framing("my-file") == "any"
 
 
 def sys_path_repo() -> None:

@@ -12,6 +12,7 @@ import time
 import pytest
 import zmq
 from draggan_core import errors, link, relay
+
 from draggan_wire import client as client_module
 from draggan_wire import protocol, relay_bridge
 

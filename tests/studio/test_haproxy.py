@@ -1,4 +1,4 @@
-"""Issue 20: two `draggan-backend serve` replicas behind the real HAProxy (deploy/haproxy/haproxy.cfg,
+"""A studio setup: two `draggan-backend serve` replicas behind the real HAProxy (deploy/haproxy/haproxy.cfg,
 used verbatim), on loopback, with CURVE end to end and the same keys on both replicas.
 
 Each client connects from its own loopback source address (127.0.0.N), so the balancer's
@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from backend import keys as keys_mod
-from backend import protocol as P
-from backend.client import Client, ClientKeys
-from backend.protocol import ErrorCode, ProtocolError
+from draggan_wire import protocol as P
+from draggan_wire.client import Client, ClientKeys
+from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from ..backend.conftest import FAST, PYTHON, REPO, make_tiny_generator, subprocess_env
 

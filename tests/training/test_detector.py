@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from training import faces, train_detector
-from training.detector import (
+from alignment.detector import (
     DEFAULT_PATH,
     DetectorFileError,
     KeypointDetector,
     flip_permutation,
     load_detector,
-    save_detector,
 )
+from training import faces, train_detector
+from training.detector import save_detector
 from training.train_detector import TRAIN_SEED_BASE, augment, main
 
 # Seeds below TRAIN_SEED_BASE are never used for training (held-out evaluation uses seed 1).

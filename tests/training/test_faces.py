@@ -193,3 +193,19 @@ def test_pixel_colours_at_keypoints() -> None:
         assert img[y, x].astype(int).sum() < 200, img[y, x]
         x, y = np.round(kp[ni]).astype(int)
         assert img[y, x].astype(int).sum() > 200
+
+
+def test_the_alignments_average_face_is_the_renderers() -> None:
+    """alignment/procedural_faces.py carries the average face so that the run time never imports the
+    renderer: its keypoints are the render's of the mid-range parameters, at 128 px exactly and at other
+    sizes to float32 rounding, and faces_template_quad is built from them."""
+    from alignment import align as A
+    from alignment import procedural_faces as P
+
+    assert P.KEYPOINT_NAMES is faces.KEYPOINT_NAMES and P.NUM_KEYPOINTS == faces.NUM_KEYPOINTS
+    mid = (faces.PARAM_LOW + faces.PARAM_HIGH) / 2.0
+    for size in (64, 96, 128, 256, 512):
+        _, kp = faces.render(mid, size=size)
+        np.testing.assert_allclose(P.average_face_keypoints(size), kp, atol=1e-4)
+        np.testing.assert_allclose(A.faces_template_quad(size), A.ffhq_quad(A.keypoints_to_landmarks(kp)), atol=1e-4)
+    np.testing.assert_array_equal(P.AVERAGE_FACE_KEYPOINTS, faces.render(mid, size=128)[1].astype(np.float64))

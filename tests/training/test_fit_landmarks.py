@@ -1,5 +1,6 @@
-"""training/fit_landmarks.py: the linear map from the detector's 16 keypoints to the 5 alignment
-landmarks (fit, file checks), and that the committed map beats the direct read-out on fresh renders."""
+"""training/fit_landmarks.py and alignment/landmark_map.py: the linear map from the detector's 16
+keypoints to the 5 alignment landmarks (fit, file checks), and that the committed map beats the
+direct read-out on fresh renders."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from backend import align as A
-from backend import landmarks as L
+from alignment import align as A
+from alignment import landmark_map
+from alignment import landmarks as L
 from training import faces
 from training import fit_landmarks as fit
 
@@ -18,17 +20,17 @@ def test_the_fit_recovers_a_planted_linear_map_and_applies_it():
     rng = np.random.default_rng(0)
     detected = rng.uniform(0, 128, (300, faces.NUM_KEYPOINTS, 2))
     truth = rng.normal(size=(2 * faces.NUM_KEYPOINTS + 1, 10))
-    exact = fit.apply_linear_map(truth, detected)
+    exact = landmark_map.apply_linear_map(truth, detected)
     weights = fit.fit_linear_map(detected, exact.reshape(300, 5, 2), ridge=0.0)
     np.testing.assert_allclose(weights, truth, atol=1e-6)
-    assert fit.apply_linear_map(weights, detected[:3]).shape == (3, 5, 2)
+    assert landmark_map.apply_linear_map(weights, detected[:3]).shape == (3, 5, 2)
 
 
 def test_saved_maps_round_trip_and_bad_files_are_refused(tmp_path):
     weights = np.arange((2 * faces.NUM_KEYPOINTS + 1) * 10, dtype=np.float64).reshape(-1, 10) / 7
     path = tmp_path / "map.json"
     fit.save(path, weights, {"note": "test"})
-    np.testing.assert_array_equal(fit.load(path), weights)
+    np.testing.assert_array_equal(landmark_map.load(path), weights)
 
     def broken(**changes) -> object:
         doc = json.loads(path.read_text())
@@ -43,12 +45,12 @@ def test_saved_maps_round_trip_and_bad_files_are_refused(tmp_path):
                          (broken(weights="x"), "shape|number"),
                          (broken(weights=[[float("nan")] * 10] * (2 * faces.NUM_KEYPOINTS + 1)), "finite")]:
         with pytest.raises(ValueError, match=message):
-            fit.load(bad)
+            landmark_map.load(bad)
     (tmp_path / "garbage.json").write_bytes(b"\x00{not json")
     with pytest.raises(ValueError, match="garbage"):
-        fit.load(tmp_path / "garbage.json")
+        landmark_map.load(tmp_path / "garbage.json")
     with pytest.raises(ValueError, match="missing"):
-        fit.load(tmp_path / "missing.json")
+        landmark_map.load(tmp_path / "missing.json")
 
 
 def test_the_committed_map_places_the_quad_better_than_the_direct_read_out():

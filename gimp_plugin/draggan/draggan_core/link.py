@@ -1,8 +1,9 @@
 """The plug-in's view of the backend: draggan_wire.client behind a small interface, errors turned
 into PluginErrors that say what to do.
 
-draggan_wire/ (protocol.py + client.py) is staged beside the plug-in by install.py; pyzmq is
-imported only when a connection is made, so the plug-in registers and shows its dialog without it.
+draggan_wire/ (the repository's wire package: protocol, client, relay bridge) is staged beside the
+plug-in by install.py, as it is; pyzmq is imported only when a connection is made, so the plug-in
+registers and shows its dialog without it.
 """
 
 from __future__ import annotations

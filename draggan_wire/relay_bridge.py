@@ -3,8 +3,8 @@ pyzmq (GIMP for Windows bundles an MSYS2 Python for which PyPI has no pyzmq whee
 
 The plug-in (gimp_plugin/draggan/draggan_core/relay.py) starts this file with the backend venv's
 Python, which has pyzmq (install.py records that Python's path in the staged plug-in's relay.json),
-and drives one socket at a time through it. install.py stages this file beside protocol.py and
-client.py in the plug-in's draggan_wire/ package: the plug-in imports it (standard library only at
+and drives one socket at a time through it. It is part of the draggan_wire package, which install.py
+stages into the plug-in as it is: the plug-in imports it (standard library only at
 import time; pyzmq is imported by :func:`main`) for the framing below, so both ends share one
 definition.
 

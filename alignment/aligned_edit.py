@@ -1,9 +1,10 @@
 """An edit in an aligned face frame: prepare the model-frame inputs from a native-resolution crop, and
-paste the model's result back into the crop exactly (issue 19). Wire-independent: the server calls
-these once the protocol carries native crops (protocol 3); tests call them directly.
+paste the model's result back into the crop exactly, so the pixels outside the edit do not move.
+Wire-independent: the server calls these once the protocol carries native crops (protocol 3); tests
+call them directly.
 
-* :func:`prepare` finds the face (a landmark function, by default MTCNN from backend/landmarks.py;
-  with several faces, the one whose quad holds the handles), builds the :class:`backend.align.Alignment`
+* :func:`prepare` finds the face (a landmark function, by default MTCNN from alignment/landmarks.py;
+  with several faces, the one whose quad holds the handles), builds the :class:`alignment.align.Alignment`
   for the model's alignment kind, and warps the crop, handles, targets and mask into the model's
   frame. No face -> :class:`NoFace` (the caller edits unaligned and says so). Drag again: pass the
   stored alignment (``PreparedEdit.alignment.to_dict()`` kept with the session) as ``reuse``.
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.align import Alignment, FaceLandmarks, choose_face, faces_template_quad, ffhq_quad, quad_transform
+from alignment.align import Alignment, FaceLandmarks, choose_face, faces_template_quad, ffhq_quad, quad_transform
 
 __all__ = ["NoFace", "PreparedEdit", "prepare", "prepare_box", "prepare_whole", "box_alignment", "whole_alignment",
            "default_region", "map_points", "paste_back", "paste_back_cut", "progress_text"]
@@ -57,7 +58,7 @@ DETECT_MAX_SIDE = 1024
 
 
 def _default_landmarks(image: np.ndarray) -> list[FaceLandmarks]:
-    from backend.landmarks import detect_faces
+    from alignment.landmarks import detect_faces
 
     H, W = image.shape[:2]
     scale = max(H, W) / DETECT_MAX_SIDE
@@ -82,10 +83,10 @@ def prepare(crop: np.ndarray, model_width: int, model_height: int, handles: Sequ
             landmarks: LandmarkFn | None = None, template: np.ndarray | None = None,
             reuse: dict[str, Any] | None = None, kind: str = "ffhq") -> PreparedEdit:
     """Warp a native crop (uint8 [H, W, 3]) and its points/mask (crop pixels; mask 1 = may move) into
-    the model's frame. ``kind`` (backend/align.py ALIGNMENTS): "ffhq" maps the face's quad onto
+    the model's frame. ``kind`` (alignment/align.py ALIGNMENTS): "ffhq" maps the face's quad onto
     ``template`` (default: the whole frame, the FFHQ recipe); "faces" onto the procedural average
     face's quad, after refining the landmarks in that frame with the keypoint detector
-    (backend/landmarks.py ``refine_landmarks``). Raises :class:`NoFace`, or ValueError when a point
+    (alignment/landmarks.py ``refine_landmarks``). Raises :class:`NoFace`, or ValueError when a point
     falls outside the aligned frame."""
     if kind not in ("ffhq", "faces"):
         raise ValueError(f"alignment kind must be 'ffhq' or 'faces', got {kind!r}")
@@ -113,7 +114,7 @@ def refined_procedural_face(crop: np.ndarray, face: FaceLandmarks, model_width: 
     frame by the keypoint detector, twice (quad about 1.0-1.2 px off), then by the patch refiner in a
     256 px frame (0.19-0.26 px mean, within 1 px on 63 of 64 tilted faces, docs/alignment.md); and
     that template quad."""
-    from backend import landmarks as L
+    from alignment import landmarks as L
 
     if model_width != model_height:
         raise ValueError("the 'faces' alignment needs a square model")

@@ -1,9 +1,8 @@
 """Client library for the DragGAN backend: connect, handshake, edit with progress, cancel, continue.
 
 Standard library plus pyzmq, which is imported lazily (GIMP's Python may lack it; the error then
-says how to install it). Imports the protocol RELATIVELY because install.py stages this file and
-``protocol.py`` into the plug-in as the package ``draggan_wire``; it must import nothing else from
-the backend.
+says how to install it). Part of the package ``draggan_wire``, which install.py stages into the
+plug-in as it is: it imports the protocol relatively and nothing else of the project.
 
 Typical use (all errors are :class:`protocol.ProtocolError` with a code and an actionable message)::
 

@@ -1,5 +1,5 @@
 """Test helper: put a training/faces.py render into a larger canvas with a known similarity
-(rotation, scale, shift), with Pillow (independent of backend/align.py's resampling)."""
+(rotation, scale, shift), with Pillow (independent of alignment/align.py's resampling)."""
 
 from __future__ import annotations
 

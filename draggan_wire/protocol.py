@@ -171,7 +171,7 @@ LATENT_SPACES = ("w", "w+")
 INVERSION_PRESETS = ("fast", "quality")
 IMAGE_FORMATS = ("raw", "png")
 ALIGN_OPTIONS = ("auto", "off")  # edit.align: auto = the model's registry alignment; off = none
-ALIGNMENTS = ("none", "ffhq", "faces")  # a model's alignment kind (backend/align.py ALIGNMENTS)
+ALIGNMENTS = ("none", "ffhq", "faces")  # a model's alignment kind (alignment/align.py ALIGNMENTS)
 # what a model draws, for the client's automatic crop: "any" = any part of a scene (crop around the
 # points), "whole" = whole subjects framed as in its training data (send the whole layer)
 FRAMINGS = ("any", "whole")
@@ -200,9 +200,6 @@ class ErrorCode:
     TIMEOUT = "timeout"  # no message from the server for too long
     UNAVAILABLE = "unavailable"  # no server answers at the endpoint
     AUTH = "auth"  # CURVE keys missing or wrong
-
-
-ERROR_CODES = frozenset(v for k, v in vars(ErrorCode).items() if k.isupper())
 
 
 class ProtocolError(Exception):
@@ -389,7 +386,7 @@ def png_info(data: bytes, field_name: str = "png", max_side: int = MAX_IMAGE_SID
 @dataclass
 class PendingImage:
     """A PNG payload whose spec was checked (size and channels from its header) but which is not
-    decoded yet: the server decodes it in its worker (``backend.server.decode_pending``)."""
+    decoded yet: the server decodes it in its worker (``backend.worker.decode_pending``)."""
 
     width: int
     height: int
@@ -1392,8 +1389,3 @@ def decode(
     message = cls.from_fields(fields, resolver)
     resolver.check_all_used()
     return Envelope(type=mtype, id=rid, message=message, token=token)
-
-
-def new_request_id(counter: int, prefix: str = "r") -> str:
-    """A request id that matches ID_PATTERN (``prefix`` + decimal counter)."""
-    return f"{prefix}{counter}"

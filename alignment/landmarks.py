@@ -11,7 +11,7 @@ the three files strictly (``weights_only=True``, every key and shape must match)
 below. ``$DRAGGAN_MTCNN_WEIGHTS`` may name a folder holding the three files instead. Nothing is
 downloaded.
 
-:func:`detect_faces` returns :class:`backend.align.FaceLandmarks` in pixel-centre coordinates,
+:func:`detect_faces` returns :class:`alignment.align.FaceLandmarks` in pixel-centre coordinates,
 best first. Measured error on scikit-image's astronaut against hand annotations:
 tests/alignment/data/astronaut-landmarks.json and docs/alignment.md.
 """
@@ -22,14 +22,13 @@ import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.align import FaceLandmarks
+from alignment.align import FaceLandmarks
 
 __all__ = ["LandmarksUnavailable", "MTCNN", "detect_faces", "weights_dir", "load_mtcnn", "refine_landmarks",
            "procedural_face_predictor", "procedural_face_predictor_at", "FramePredictor", "LandmarkRefiner",
@@ -283,13 +282,13 @@ def refine_landmarks(image: np.ndarray, face: FaceLandmarks, predict: FramePredi
     """Refine coarse landmarks (e.g. MTCNN's) with a finer predictor that works in a model's frame.
 
     Each iteration warps ``image`` (uint8 [H, W, 3]) so that the current landmarks' FFHQ quad lands on
-    ``template`` (a quad in the ``size`` x ``size`` frame, :func:`backend.align.faces_template_quad`
+    ``template`` (a quad in the ``size`` x ``size`` frame, :func:`alignment.align.faces_template_quad`
     for the procedural faces), asks ``predict`` for the 5 landmarks there, and maps them back to the
     image. A predictor trained on that frame sees the face as it was trained (upright, centred, at
     its size) whatever the face's roll and scale in the photo, so its error, not the coarse
     detector's, bounds the result. Returns landmarks in ``image`` pixel-centre coordinates (the
     coarse face's box and score kept)."""
-    from backend.align import ffhq_quad, quad_transform
+    from alignment.align import ffhq_quad, quad_transform
 
     if iterations < 1:
         raise ValueError("iterations must be >= 1")
@@ -337,25 +336,23 @@ def procedural_face_predictor(path: str | os.PathLike[str] | None = None,
     detector (16 keypoints at 128 px, held-out error 0.69 px), averaged over the 9 shifts of
     :data:`REFINE_SHIFTS`, then reduced to eye centres, nose tip and mouth corners by the linear map
     of all 16 keypoints that training/fit_landmarks.py fitted (``regression``: its file, "default"
-    for the committed one, None for the direct read-out that :func:`backend.align.keypoints_to_landmarks`
+    for the committed one, None for the direct read-out that :func:`alignment.align.keypoints_to_landmarks`
     applies to exact keypoints). The map uses what neighbouring keypoints know about each landmark:
     on held-out renders it takes the quad's largest corner error from 1.09 to 0.94 px mean, mostly
     through the mouth corners (docs/alignment.md)."""
-    import importlib
+    from alignment import landmark_map
+    from alignment.align import keypoints_to_landmarks
+    from alignment.detector import load_detector
 
-    from backend.align import keypoints_to_landmarks
-
-    detector_module: Any = importlib.import_module("training.detector")   # only the procedural domain needs it
-    det = detector_module.load_detector(path)
+    det = load_detector(path)
     weights = None
     if regression is not None:
-        fit: Any = importlib.import_module("training.fit_landmarks")
-        weights = fit.load(None if regression == "default" else regression)
+        weights = landmark_map.load(None if regression == "default" else regression)
 
     def predict(frames: np.ndarray) -> np.ndarray:
         kps = shift_averaged(det.predict, frames)
         if weights is not None:
-            return fit.apply_linear_map(weights, kps)
+            return landmark_map.apply_linear_map(weights, kps)
         return np.stack([keypoints_to_landmarks(k).array() for k in kps])
 
     return predict
@@ -406,14 +403,12 @@ def procedural_corner_refiner(path: str | os.PathLike[str] | None = None, iterat
     Why a second stage: the FFHQ quad magnifies eye-centre errors about 3x (0.2 px put its worst
     corner 0.66 px off on average, docs/alignment.md), and the whole-face detector's stride-4 heatmaps
     leave the mouth corners 0.9 px off (0.74 px at the quad on their own)."""
-    import importlib
-
-    from backend.align import ffhq_quad, quad_transform
+    from alignment import corner_refiner as module
+    from alignment.align import ffhq_quad, quad_transform
 
     key = str(path) + f"@{iterations}"
     if key in _CORNER_REFINERS:
         return _CORNER_REFINERS[key]
-    module: Any = importlib.import_module("training.corner_refiner")   # only the procedural domain needs it
     net = module.load_refiner(path)
     template = module.frame_template()
     size = module.FRAME

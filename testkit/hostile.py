@@ -1,9 +1,9 @@
 """A hostile local client, run as a SECOND PROCESS by test_hostile.py (and benchmarks/server_flood.py).
 
-    python -m tests.backend.hostile MODE ENDPOINT [JSON ARGS]
+    python -m testkit.hostile MODE ENDPOINT [JSON ARGS]
 
-Prints one JSON line with what it saw. It never uses backend.client (a hostile peer speaks raw
-ZeroMQ), only backend.protocol to build messages, and its own identity token (it has no other).
+Prints one JSON line with what it saw. It never uses draggan_wire.client (a hostile peer speaks raw
+ZeroMQ), only draggan_wire.protocol to build messages, and its own identity token (it has no other).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from backend import protocol as P
+from draggan_wire import protocol as P
 
 TOKEN = os.urandom(32).hex()  # the hostile user's own identity; it never learns the victim's
 AUTO_ID_START = 0x6B8B4567  # libzmq's first automatic routing id counter (0x00 + 4 bytes)
@@ -212,7 +212,7 @@ def _identities(args: dict[str, Any]) -> list[Identity]:
     keys_dir = args.get("keys_dir")
     if not keys_dir:
         return [Identity(i, None) for i in range(args.get("count", 20))]
-    from backend.client import read_public_key, read_secret_key
+    from draggan_wire.client import read_public_key, read_secret_key
 
     server = read_public_key(os.path.join(keys_dir, "server.key"))
     out = []
@@ -397,13 +397,13 @@ def fuzz(endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
     keys, hello with protocol 0 or below, lone surrogates in strings), from one connection, 100 in
     flight at a time; every one must be answered with a typed error (the only ones that may go
     unanswered are frames over the size limit, which libzmq drops with their connection)."""
-    from tests.backend.test_server_faults import _fuzz_messages, send_and_count_replies
+    from testkit.fuzz import fuzz_messages, send_and_count_replies
 
     rng = random.Random(args.get("seed", 99))
     messages: list[tuple[str, list[bytes]]] = []
     seed = 0
     while len(messages) < args.get("count", 10_000):
-        messages += _fuzz_messages(random.Random(seed))
+        messages += fuzz_messages(random.Random(seed))
         messages += _parsing_cases(rng, 300)
         seed += 1
     sent, codes, no_reply = send_and_count_replies(endpoint, messages)

@@ -142,13 +142,12 @@ def faces_template_quad(size: int = 128) -> np.ndarray:
     """The FFHQ quad of the average face of training/faces.py at ``size`` (its training frame):
     the template onto which a procedural face's quad is mapped (training/faces.py centres heads at
     0.5 with half face width 0.245 of the image). Computed from the renderer's own keypoints of the
-    mid-range parameters (no rendering)."""
-    import importlib
+    mid-range parameters (:data:`alignment.procedural_faces.AVERAGE_FACE_KEYPOINTS`; no rendering,
+    no training code). Frames under 64 px scale the 64 px quad, as the renderer starts at 64."""
+    from alignment.procedural_faces import average_face_keypoints
 
-    faces: Any = importlib.import_module("training.faces")   # only the procedural domain needs it
-    p = (faces.PARAM_LOW + faces.PARAM_HIGH) / 2.0
-    _, kp = faces.render(p, size=max(64, int(size)))
-    return ffhq_quad(keypoints_to_landmarks(kp)) * (size / max(64, int(size)))
+    base = max(64, int(size))
+    return ffhq_quad(keypoints_to_landmarks(average_face_keypoints(base))) * (size / base)
 
 
 def keypoints_to_landmarks(kp: np.ndarray) -> FaceLandmarks:

@@ -1,0 +1,166 @@
+"""Drag sessions held for ``continue`` and ``undo`` (``HeldSession``, ``DragState``), running a
+session's drag with progress (``run_drag``), and its picture as a result in the crop's frame
+(``crop_result``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from draggan_wire import protocol
+from draggan_wire.protocol import ErrorCode, ProtocolError
+
+from .images import rgb_to_image
+
+Emit = Callable[[protocol.Progress], None]
+ShouldCancel = Callable[[], bool]
+
+
+@dataclass
+class HeldSession:
+    """A drag session kept for ``continue``: the engine session, what the first edit inverted (the
+    native crop, the transform between its frame and the model's, the inversion's latent) and what the
+    drags so far asked for (their points and regions, model pixels)."""
+
+    model: str
+    session: Any  # backend.engine.DragSession
+    inversion: protocol.InversionQuality | None
+    image_id: str
+    params: protocol.EditParams
+    alignment: dict[str, Any]  # alignment.align.Alignment.to_dict: model frame -> crop
+    crop_size: tuple[int, int]
+    aligned: str = "none"  # the alignment kind when a face was aligned, "none" otherwise
+    result: str = "detail"  # protocol RESULT_MODES
+    native: Any = None  # uint8 [H, W, 3]: the crop as sent
+    ws_initial: Any = None  # [1, num_ws, w_dim]: the inversion's latent (the picture before any drag)
+    seeds: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # every drag's points
+    allowed: Any = None  # float32 [h, w]: where the drags may move (no selection), None = anywhere
+    keep: Any = None  # bool [H, W]: crop pixels outside the last drag's selection
+    last: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])  # the last drag's points
+    history: list[DragState] = dataclasses.field(default_factory=list)  # the states before the last drags
+
+    def remember(self) -> None:
+        """Keep the state before a drag (for ``undo``); the oldest go beyond MAX_UNDO."""
+        session = self.session
+        self.history.append(DragState(ws=session.ws, handles=list(session.points), targets=list(session.targets),
+                                      seeds=list(self.seeds), allowed=self.allowed, keep=self.keep,
+                                      last=self.last, params=self.params, result=self.result))
+        del self.history[:-MAX_UNDO]
+
+    def restore(self, state: DragState) -> None:
+        """Back to ``state``: the latent, the handles it had, and what the drags up to it asked for."""
+        self.session.restart_from(state.ws, state.handles, state.targets)
+        self.seeds, self.allowed, self.keep, self.last = list(state.seeds), state.allowed, state.keep, state.last
+        self.params, self.result = state.params, state.result
+
+
+#: The states a session keeps for ``undo`` (each holds a latent and references to the arrays the drags
+#: made, which later drags replace rather than modify: a few KB to a few MB each).
+MAX_UNDO = 8
+
+
+@dataclass
+class DragState:
+    """A session's state between drags: the latent, its handles and targets (model pixels, where the
+    next drag starts tracking from), and HeldSession's per-drag fields as they were."""
+
+    ws: Any
+    handles: list[tuple[float, float]]
+    targets: list[tuple[float, float]]
+    seeds: list[tuple[float, float]]
+    allowed: Any
+    keep: Any
+    last: tuple[list[tuple[float, float]], list[tuple[float, float]]]
+    params: protocol.EditParams
+    result: str
+
+
+def maybe_float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def run_drag(session: Any, emit: Emit, should_cancel: ShouldCancel,
+             quality: protocol.InversionQuality | None, alignment: Any = None,
+             crop_size: tuple[int, int] | None = None, preview_frame: str = "model",
+             should_stop: ShouldCancel | None = None) -> tuple[int, bool]:
+    """Run the drag, reporting progress -> (steps, stopped by ``should_stop``). ``alignment``: points
+    are reported in the native crop's pixels; ``preview_frame`` "crop" (with ``crop_size``): previews
+    are placed in the crop's frame as results are (RGBA at an offset), else they stay in the model's."""
+    from alignment import aligned_edit
+    from backend.engine import EditCancelled
+
+    stop = should_stop or (lambda: False)
+    in_crop = preview_frame == "crop" and alignment is not None and crop_size is not None
+    steps = 0
+    try:
+        for step in session.run(should_cancel=lambda: should_cancel() or stop()):
+            steps = step.index + 1
+            preview, offset = None, (0, 0)
+            if step.preview is not None and in_crop:
+                assert crop_size is not None
+                rgba, offset = aligned_edit.paste_back_cut(alignment, crop_size[0], crop_size[1], step.preview)
+                preview = rgb_to_image(rgba)
+            elif step.preview is not None:
+                preview = rgb_to_image(step.preview)
+            points = step.points if alignment is None else \
+                [(float(x), float(y)) for x, y in alignment.to_crop(step.points)]
+            emit(protocol.Progress(phase="drag", step=steps, total=step.total, points=points,
+                                   loss=maybe_float(step.loss), preview=preview,
+                                   preview_frame="crop" if in_crop else "model", preview_offset=offset,
+                                   text="done: handles reached their targets" if step.done else ""))
+    except EditCancelled:
+        if stop() and not should_cancel():
+            return steps, True
+        raise ProtocolError(ErrorCode.CANCELLED, "cancelled") from None
+    return steps, False
+
+
+def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
+                note: str) -> protocol.Result:
+    """The session's picture in the crop's frame (RGBA cut to the area the model's frame covers)
+    and, per handle of the last drag, whether the dense motion carries it to its target."""
+    from alignment import aligned_edit
+    from alignment.align import Alignment
+    from backend.engine import motion
+
+    al = Alignment.from_dict(held.alignment)
+    W, H = held.crop_size
+    session = held.session
+    settings = motion.MotionSettings()
+    with torch.no_grad():
+        before = session.G.synthesis(held.ws_initial, noise_mode="const")
+        after = session.G.synthesis(session.ws, noise_mode="const")
+    flow = motion.dense_motion(session.G, held.ws_initial, session.ws, settings)
+    scale = np.array([(flow.shape[-1] - 1) / max(al.width - 1, 1), (flow.shape[-2] - 1) / max(al.height - 1, 1)])
+    allowed = None
+    if held.allowed is not None:
+        allowed = torch.nn.functional.interpolate(torch.from_numpy(held.allowed)[None, None],
+                                                  size=tuple(flow.shape[-2:]), mode="area")[0, 0]
+    _, soft = motion.motion_region(flow, np.asarray(held.seeds) * scale, settings, allowed)
+    handles, targets = held.last
+    landed = motion.landed(flow, np.asarray(handles) * scale, np.asarray(targets) * scale,
+                           settings.land_tolerance)
+    if held.result == "model":
+        rgba, offset = aligned_edit.paste_back_cut(al, W, H, session.image())
+    else:
+        rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,
+                                     after, settings.residual_floor, held.keep)
+        rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
+    points = [(float(x), float(y)) for x, y in al.to_crop(session.points)]
+    if not all(landed):
+        short = ", ".join(str(i + 1) for i, ok in enumerate(landed) if not ok)
+        note = "; ".join(filter(None, [note, f"stopped short: handle {short} did not reach its target"]))
+    return protocol.Result(image=rgb_to_image(rgba), points=points, session_id=session_id,
+                           image_id=held.image_id, inversion=held.inversion, steps=steps,
+                           seconds=time.monotonic() - started, frame="crop", offset=offset,
+                           alignment=held.aligned, note=note, landed=landed)
