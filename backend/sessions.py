@@ -153,8 +153,13 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
     if held.result == "model":
         rgba, offset = aligned_edit.paste_back_cut(al, W, H, session.image())
     else:
+        pins = None
+        # the flow maps to the picture before any drag, where only the first drag's handles lie
+        if settings.pin and handles and len(held.history) <= 1:
+            sources = motion.carried_to(flow, np.asarray(handles) * scale, np.asarray(session.points) * scale)
+            pins = (sources / scale, np.asarray(targets, np.float64))
         rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,
-                                     after, settings.residual_floor, held.keep)
+                                     after, settings.residual_floor, held.keep, pins, settings.pin_sigma)
         rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
     points = [(float(x), float(y)) for x, y in al.to_crop(session.points)]
     if not all(landed):

@@ -38,18 +38,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# benchmarks/ is on sys.path as this script's folder, after REPO (so `inversion` is still the package)
-import fidelity  # noqa: E402
-
 from backend.engine import DragParams, DragSession  # noqa: E402
 from backend.engine.session import to_uint8  # noqa: E402
+from testkit import fidelity  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def cpu_capability() -> str:
     """torch's view of the CPU's vector units (``AVX512``, ``AVX2``...) and its bf16 verdict."""
-    from inversion.precision import resolve_precision
+    from stylegan2.precision import resolve_precision
 
     capability = torch.backends.cpu.get_cpu_capability()
     auto = "bf16" if resolve_precision("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
@@ -77,7 +75,7 @@ def divergence(a: list[list[tuple[float, float]]], b: list[list[tuple[float, flo
 
 def trained_model_rows(model: Path, pairs: int, max_steps: int, seed: int) -> list[dict[str, Any]]:
     import stylegan2
-    from training.detector import DEFAULT_PATH, load_detector
+    from alignment.detector import DEFAULT_PATH, load_detector
 
     G = stylegan2.load_generator(model)
     detector = load_detector(DEFAULT_PATH)

@@ -425,31 +425,19 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
     h, w = y1 - y0, x1 - x0
     # window pixel -> model pixel -> work pixel
     mx, my = _affine_grid(crop_to_model, w, h, device, (x0, y0))
-    wx, wy = mx * sx, my * sy
     inside = (mx >= -0.5) & (mx <= model_w - 0.5) & (my >= -0.5) & (my <= model_h - 0.5)
-    weight = _sample_at(region, wx, wy)[0, 0] * inside
+    weight = _sample_at(region, mx * sx, my * sy)[0, 0] * inside
     allowed = None if keep is None else torch.as_tensor(~np.asarray(keep, bool)[y0:y1, x0:x1], device=device)
     if allowed is not None:
         weight = weight * allowed
     out = src[:, :, y0 - Y0:y1 - Y0, x0 - X0:x1 - X0]
     moving = weight > 0
-    # the flow in crop pixels: model displacement (work px / scale) through the model -> crop linear part
-    u = _sample_at(flow * region, wx, wy)[0]
-    ux, uy = u[0] / sx, u[1] / sy
     a = torch.as_tensor(model_to_crop[:, :2], dtype=torch.float32, device=device)
     cx, cy = _grid(h, w, device)
     cx, cy = cx + (x0 - X0), cy + (y0 - Y0)  # window pixel centres in the source's pixels
-    warped = _sample_at(src, cx + a[0, 0] * ux + a[0, 1] * uy, cy + a[1, 0] * ux + a[1, 1] * uy)
-
-    # what the warp does not explain: the model's change after warping its own "before" picture
-    def on_work_grid(picture: torch.Tensor) -> torch.Tensor:
-        picture = picture.float()
-        return F.interpolate(picture, size=(work_h, work_w), mode="area") if picture.shape[-2] != work_h else picture
-
-    change = on_work_grid(after) - warp(on_work_grid(before), flow * region)
-    change = torch.sign(change) * (change.abs() - residual_floor).clamp_min(0) * region
-    residual = _sample_at(change, wx, wy, mode="bicubic") * 127.5
-    edited = warped + residual
+    # The pins' field comes first: a pixel shows what the motion put at the point the field moves it from.
+    # Composing the two displacements samples the crop once (two warps in a row would blur it twice).
+    px, py = mx, my
     if pinned:
         sources, targets = (np.asarray(p, np.float64).reshape(-1, 2) for p in pins)  # type: ignore[union-attr]
         fx, fy = _pin_field(mx, my, sources, targets, pin_sigma)
@@ -462,11 +450,24 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
         if allowed is not None:
             pin_weight = pin_weight * allowed
         fx, fy = fx * pin_weight, fy * pin_weight
-        # the moved window, placed back into the source so the second warp reads moved pixels
-        moved = src.clone()
-        moved[:, :, y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = torch.where(moving[None, None], edited, out)
-        edited = _sample_at(moved, cx + a[0, 0] * fx + a[0, 1] * fy, cy + a[1, 0] * fx + a[1, 1] * fy)
+        px, py = mx + fx, my + fy
+        cx, cy = cx + a[0, 0] * fx + a[0, 1] * fy, cy + a[1, 0] * fx + a[1, 1] * fy
         moving = moving | (pin_weight > 0.01)
+    wx, wy = px * sx, py * sy
+    # the flow in crop pixels: model displacement (work px / scale) through the model -> crop linear part
+    u = _sample_at(flow * region, wx, wy)[0]
+    ux, uy = u[0] / sx, u[1] / sy
+    warped = _sample_at(src, cx + a[0, 0] * ux + a[0, 1] * uy, cy + a[1, 0] * ux + a[1, 1] * uy)
+
+    # what the warp does not explain: the model's change after warping its own "before" picture
+    def on_work_grid(picture: torch.Tensor) -> torch.Tensor:
+        picture = picture.float()
+        return F.interpolate(picture, size=(work_h, work_w), mode="area") if picture.shape[-2] != work_h else picture
+
+    change = on_work_grid(after) - warp(on_work_grid(before), flow * region)
+    change = torch.sign(change) * (change.abs() - residual_floor).clamp_min(0) * region
+    residual = _sample_at(change, wx, wy, mode="bicubic") * 127.5
+    edited = warped + residual
     if not bool(moving.any()):
         return original.copy()
     window = torch.where(moving[None, None], edited, out)
