@@ -50,7 +50,9 @@ class MotionSettings:
     (work pixels); ``residual_floor``: model changes smaller than this (on [-1, 1] images; 0.1 = 13
     levels) are not added; ``land_tolerance``: how far (work pixels) the motion may carry a handle's
     content from its target and still count as landed; ``smooth``: the Gaussian (work pixels) that
-    spreads confident motion into flat areas; ``pin``/``pin_sigma``: take each handle's content the rest
+    spreads confident motion into flat areas; ``allowed_feather``: the width (work pixels) over which the
+    motion fades out inside the edge of ``allowed`` (a box the drag may change), so that something the
+    model moved across that edge bends instead of breaking; ``pin``/``pin_sigma``: take each handle's content the rest
     of the way to its target in the picture's own pixels (:func:`transfer_detail`'s ``pins``; model
     pixels)."""
 
@@ -66,6 +68,7 @@ class MotionSettings:
     smooth: float = 1.0
     pin: bool = True
     pin_sigma: float = 4.0
+    allowed_feather: int = 4
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -303,7 +306,11 @@ def motion_region(flow: torch.Tensor, seeds_xy: Sequence[Sequence[float]], setti
         soft = F.max_pool2d(soft, 2 * settings.grow + 1, 1, settings.grow)
     soft = _box_mean(soft, 2 * settings.feather + 1) if settings.feather > 0 else soft
     if allowed is not None:
-        soft = soft * allowed.to(soft).view(1, 1, h, w)
+        limit = allowed.to(soft).view(1, 1, h, w)
+        k = int(settings.allowed_feather)
+        if k > 0:  # eroded, then blurred: zero outside as before, a ramp of 2k + 1 pixels inside
+            limit = _box_mean(-F.max_pool2d(-limit, 2 * k + 1, 1, k), 2 * k + 1)
+        soft = soft * limit
     return hard, soft
 
 
@@ -465,7 +472,10 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
         return F.interpolate(picture, size=(work_h, work_w), mode="area") if picture.shape[-2] != work_h else picture
 
     change = on_work_grid(after) - warp(on_work_grid(before), flow * region)
-    change = torch.sign(change) * (change.abs() - residual_floor).clamp_min(0) * region
+    # only in the region's core: at its soft edge the warp fades out while the model's content moved on,
+    # and their difference there is the moved content again (a doubled edge), not new content
+    core = _box_mean((region >= 0.99).float(), 3)
+    change = torch.sign(change) * (change.abs() - residual_floor).clamp_min(0) * core
     residual = _sample_at(change, wx, wy, mode="bicubic") * 127.5
     edited = warped + residual
     if not bool(moving.any()):

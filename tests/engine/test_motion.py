@@ -131,7 +131,7 @@ def test_the_region_is_the_motion_connected_to_the_points_and_landed_checks_each
     flow = torch.zeros(1, 2, 40, 40)
     flow[0, 0, 5:15, 5:15] = -3.0      # one patch moved 3 px right (backward flow -3)
     flow[0, 1, 25:35, 25:35] = 2.0     # another, elsewhere, moved 2 px up
-    settings = motion.MotionSettings(threshold=1.0, grow=0, feather=0)
+    settings = motion.MotionSettings(threshold=1.0, grow=0, feather=0, allowed_feather=0)
     hard, soft = motion.motion_region(flow, [(8.0, 10.0)], settings)
     assert hard[5:15, 5:15].all() and not hard[25:35, 25:35].any() and hard.sum() == 100
     assert torch.equal(soft[0, 0] > 0, hard)
