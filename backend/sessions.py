@@ -150,6 +150,7 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
     handles, targets = held.last
     landed = motion.landed(flow, np.asarray(handles) * scale, np.asarray(targets) * scale,
                            settings.land_tolerance)
+    pinned = False
     if held.result == "model":
         rgba, offset = aligned_edit.paste_back_cut(al, W, H, session.image())
     else:
@@ -158,13 +159,18 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
         if settings.pin and handles and len(held.history) <= 1:
             sources = motion.carried_to(flow, np.asarray(handles) * scale, np.asarray(session.points) * scale)
             pins = (sources / scale, np.asarray(targets, np.float64))
+            pinned = True
         rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,
                                      after, settings.residual_floor, held.keep, pins, settings.pin_sigma)
         rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
     points = [(float(x), float(y)) for x, y in al.to_crop(session.points)]
     if not all(landed):
         short = ", ".join(str(i + 1) for i, ok in enumerate(landed) if not ok)
-        note = "; ".join(filter(None, [note, f"stopped short: handle {short} did not reach its target"]))
+        why = f"stopped short: handle {short} did not reach its target"
+        if pinned:
+            why = (f"stopped short: the model did not carry handle {short} to its target; the rest of the way "
+                   "is your pixels warped")
+        note = "; ".join(filter(None, [note, why]))
     return protocol.Result(image=rgb_to_image(rgba), points=points, session_id=session_id,
                            image_id=held.image_id, inversion=held.inversion, steps=steps,
                            seconds=time.monotonic() - started, frame="crop", offset=offset,

@@ -271,7 +271,10 @@ are sent as the plug-in sends them (the whole layer, natively; its parameters) t
 loopback; {threads} thread(s), {machine}, shared with other work (times are indicative).
 
 Rows: *today* = protocol 3's edit (no PTI, the model's pixels, the whole picture may move); *detail*,
-*region*, *pti* = each of the new levers alone; *default* = the server's defaults now. Baselines:
+*region*, *pti* = each of the new levers alone; *default* = the server's defaults now. Rows marked *v1*
+are the same requests answered by the first protocol-4 server (before the pins that take each handle's
+content onto its target, the 6 px least margin of the box, its feathered edge and the residual kept to
+the motion's core). Baselines:
 *no edit*, *ceiling* (the exact answer drawn at 128 px and scaled up: the best a 128 px model's own
 pixels could be), *warp rbf* / *warp tps* (the layer warped by the handle -> target points alone).
 ST-LPIPS is the VGG shift-tolerant distance to the exact answer at the layer's size ("x no edit": the
