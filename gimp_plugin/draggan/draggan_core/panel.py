@@ -27,6 +27,7 @@ from typing import Any
 from . import dialog, edit, errors, geometry, link, live, options, parasite, points, texts
 from . import gimp_ops as ops
 from .gimp_ops import Gimp
+from .result_layer import ResultLayer
 
 TITLE = "DragGAN Panel"
 PUMP_MS = 40
@@ -80,9 +81,7 @@ class Panel:
         self.listeners: list[Listener] = []
         self.models: list[Any] | None = None
         self.session: live.Session | None = None
-        self.live: Any = None                # the result layer while the panel is open
-        self.live_rect: geometry.Rect | None = None
-        self.mask_key: Any = None
+        self.result_layer = ResultLayer(image, layer)
         self.job: live.Job | None = None     # the running job
         self.context: JobContext | None = None   # the last drag's (undo places its answer there too)
         self.applied: Any = None
@@ -93,13 +92,12 @@ class Panel:
         self._serial = 0
         self._pending_drag = False
         self._owns_loop = False
-        self._anchors_at: Any = None
         self._model_combo_done = False
         GimpUi.init("draggan")
         self.mailbox = live.Mailbox()
         self.worker = live.Worker(connect or self._connect, self.mailbox)
         self.worker.start()
-        self._build(procedure)
+        build_window(self, procedure)
         self._timer = GLib.timeout_add(PUMP_MS, self._pump)
         self._ask_models()
 
@@ -108,56 +106,10 @@ class Panel:
     def _connect(self, address: str, timeout_s: float) -> Any:
         return link.Backend(address, timeout_s, plugin_config=self.plugin_config)
 
-    def _build(self, procedure: Any) -> None:
-        Gtk, GimpUi, GObject = self.Gtk, self.GimpUi, self.GObject
-        dlg = GimpUi.ProcedureDialog.new(procedure, self.config, TITLE)
-        self.window = dlg
-        dlg.set_modal(False)
-        self.models_label = dlg.get_label("models-info", "Asking the backend for its models...", False, False)
-        self.models_label.set_line_wrap(True)
-        self.models_label.set_max_width_chars(50)
-        self.model_entry = dlg.get_widget("model", GimpUi.LabelEntry)
-        names = [arg.name for arg in options.ARGUMENTS if arg.name != "path"]
-        names.insert(names.index("model") + 1, "models-info")
-        dlg.fill(names)
-        for response in (Gtk.ResponseType.OK, Gtk.ResponseType.CANCEL):
-            widget = dlg.get_widget_for_response(response)
-            if widget is not None:
-                widget.hide()
-        self.buttons = {key: dlg.add_button(label, response) for key, label, response in END_BUTTONS}
-        live_row = Gtk.ButtonBox(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
-        live_row.set_layout(Gtk.ButtonBoxStyle.START)
-        for key, label in LIVE_BUTTONS:
-            button = Gtk.Button.new_with_mnemonic(label)
-            GObject.Object.connect(button, "clicked", self._on_live_button, key)
-            live_row.add(button)
-            self.buttons[key] = button
-        area = dlg.get_content_area()
-        self.status = Gtk.Label(label="Draw handle → target pairs with the Paths tool, then press Drag.",
-                                xalign=0.0)
-        self.status.set_line_wrap(True)
-        self.status.set_max_width_chars(50)
-        self.bar = Gtk.ProgressBar()
-        self.bar.set_show_text(True)
-        self.bar.set_text("idle")
-        summary = Gtk.Label(label=dialog.points_text(self.image, self.config.get_property("path")), xalign=0.0)
-        summary.set_line_wrap(True)
-        try:
-            row = dialog._path_chooser(self.Gimp, GimpUi, GObject, Gtk, self.image, self.config, summary, PATH_LABEL)
-        except Exception:   # an extra: without it the active path is used
-            traceback.print_exc()
-            row = None
-        for position, widget in enumerate(w for w in (row, summary, live_row, self.bar, self.status) if w is not None):
-            area.pack_start(widget, False, False, 0)
-            area.reorder_child(widget, position)
-            widget.show_all()
-        try:
-            dlg.get_widget("learning-rate", GimpUi.LabelSpin).set_digits(4)
-        except Exception:
-            traceback.print_exc()
-        GObject.Object.connect(dlg, "response", self._on_response)
-        GObject.Object.connect(dlg, "delete-event", self._on_delete)
-        self._sensitive()
+    @property
+    def live(self) -> Any:
+        """The result layer while the panel is open (None before the first picture)."""
+        return self.result_layer.layer
 
     @property
     def Gimp(self) -> Any:
@@ -244,15 +196,7 @@ class Panel:
 
     def _pick_model(self, wanted: str) -> Any:
         assert self.models is not None
-        if not wanted and self.session is not None:
-            wanted = self.session.model.name
-        if not wanted:
-            loaded = [m for m in self.models if m.loaded]
-            return (loaded or self.models)[0]
-        for m in self.models:
-            if m.name == wanted:
-                return m
-        raise errors.model_not_available(wanted, [m.name for m in self.models])
+        return pick_model(self.models, wanted, self.session)
 
     # -- the buttons ----------------------------------------------------------------------------
 
@@ -326,7 +270,7 @@ class Panel:
                        targets=targets, mask=mask, params=params,
                        align=options.ALIGN_AUTO if aligned else options.ALIGN_OFF, result=opts.result,
                        session_id=self.session.session_id if cont and self.session else "", context=self.context)
-        self._anchors_at = None
+        self.result_layer.anchors_at = None
         self._say(reason)
         self.bar.set_fraction(0.0)
         self.bar.set_text("starting")
@@ -353,24 +297,7 @@ class Panel:
         """Put the result into the image as one undo step and close (the Apply button)."""
         if self.job is not None or self.live is None or not self.live.is_valid():
             return
-        rect = ops.layer_rect(self.live)
-        rgba = ops.read_rgba(self.live)
-        mask = self.live.get_mask()
-        mask_bytes = ops.read_mask(mask, rect) if mask is not None else None
-        with ops.undo_frozen(self.image):
-            self.image.remove_layer(self.live)
-        self.live = None
-        self.image.undo_group_start()
-        try:
-            final = ops.insert_rgba_layer(self.image, self.layer, self.name, rect, rgba)
-            if mask_bytes is not None:
-                ops.add_mask_bytes(final, mask_bytes)
-            record = self._record(rect)
-            if record is not None:
-                ops.attach_session(final, record)
-        finally:
-            self.image.undo_group_end()
-        Gimp.displays_flush()
+        final = self.result_layer.apply(self.name, session_record(self.session, ops.layer_rect(self.live)))
         self.applied = final
         self._tell("applied", layer=final)
         self._finish()
@@ -379,11 +306,7 @@ class Panel:
         """Close without applying: the result layer goes (the Close button, the window's X)."""
         if self.closed:
             return
-        if self.live is not None and self.live.is_valid():
-            with ops.undo_frozen(self.image):
-                self.image.remove_layer(self.live)
-            Gimp.displays_flush()
-        self.live = None
+        self.result_layer.remove()
         self._finish()
 
     def _finish(self) -> None:
@@ -398,21 +321,13 @@ class Panel:
         if self._owns_loop:
             self.Gtk.main_quit()
 
-    def _record(self, rect: geometry.Rect) -> parasite.SessionRecord | None:
-        session = self.session
-        if session is None or session.session_id in edit.NO_SESSION:
-            return None
-        return parasite.SessionRecord(session.address, session.session_id, rect, session.model.name,
-                                      (session.model.width, session.model.height), session.pti,
-                                      parasite.FRAME_CROP, session.crop, session.aligned)
-
     # -- what the worker sends ------------------------------------------------------------------
 
     def _pump(self) -> bool:
         if self.closed:
             return False
         if not self.image.is_valid():   # the image was closed under the panel: nothing left to show
-            self.live = None
+            self.result_layer.layer = None
             self._finish()
             return False
         try:
@@ -463,21 +378,7 @@ class Panel:
 
     def _follow(self, ctx: JobContext, tracked: list[points.Point]) -> None:
         """The path's handle anchors to the tracked points (crop pixels as sent)."""
-        key = tuple((round(x, 2), round(y, 2)) for x, y in tracked)
-        if key == self._anchors_at:
-            return
-        self._anchors_at = key
-        path = ctx.path
-        if path is None or not path.is_valid():
-            return
-        handles = geometry.from_sent_points(list(tracked), ctx.crop, ctx.sent)
-        try:
-            strokes = live.move_handles(ops.path_strokes(path), handles)
-        except ValueError:   # the path changed meanwhile: leave it as the user made it
-            return
-        with ops.undo_frozen(self.image):
-            ops.set_path_strokes(path, strokes)
-        Gimp.displays_flush()
+        self.result_layer.follow(ctx.path, ctx.crop, ctx.sent, tracked, live.move_handles)
 
     def _answer(self, answer: live.Answer) -> None:
         job = answer.job
@@ -506,21 +407,10 @@ class Panel:
         self._tell("idle", kind=job.kind)
 
     def _failed(self, job: live.Job, exc: errors.PluginError) -> None:
-        text = exc.message
-        if exc.code in CONNECTION_CODES:
+        if exc.code in CONNECTION_CODES or (job.kind == "undo" and "no longer holds" in exc.message):
             self.session = None
-            kept = " The result layer keeps the last picture it showed." if self.live is not None else ""
-            text = (f"DragGAN: lost the backend during the {'drag' if job.kind != 'undo' else 'undo'}: "
-                    f"{text.replace('DragGAN: ', '')}{kept} Press Drag to start again (the picture is "
-                    "inverted anew).")
-            exc = errors.PluginError(text)
-        elif exc.code == "cancelled":   # Stop before the drag began (queued, inverting): nothing to keep
-            exc = errors.PluginError("DragGAN: stopped before the drag began: nothing changed"
-                                     + (" (the layer shows the last result)." if self.live is not None else "."))
-        elif job.kind == "undo" and "no longer holds" in text:
-            self.session = None
-        self.bar.set_text("stopped" if "cancelled" in text else "error")
-        self._error(exc)
+        self.bar.set_text("stopped" if "cancelled" in exc.message else "error")
+        self._error(failure_message(job, exc, self.live is not None))
 
     def _done(self, job: live.Job, answer: live.Answer, ctx: JobContext) -> None:
         result = answer.result
@@ -540,21 +430,10 @@ class Panel:
         self.name = texts.result_layer_name(self.layer.get_name(), False, poor, short)
         self._show(rect, rgba, ctx, final=True)
         if result.points and ctx.path is not None:
-            self._anchors_at = None
+            self.result_layer.anchors_at = None
             self._follow(ctx, list(result.points))
         self.last_result = result
-        words = {"edit": "inverted and dragged", "continue": "continued the session (no re-inversion)",
-                 "undo": "undid the last drag"}[job.kind]
-        if answer.note:
-            words = answer.note + "; " + words
-        if getattr(result, "stopped", False):
-            words += f"; stopped at step {result.steps}"
-        if result.inversion is not None and answer.inverted:
-            words += "; " + texts.quality_text(result.inversion.psnr, result.inversion.stlpips,
-                                               texts.model_limits(ctx.model),
-                                               float(getattr(result.inversion, "colour", 0.0) or 0.0))
-        if short:
-            words += "; " + texts.stopped_short_text(0.0, ctx.with_selection, landed)
+        words = result_words(job, answer, ctx, short, landed)
         self._say(words + f". {self.session.history} drag(s) can be undone.")
         self.bar.set_fraction(1.0)
         self.bar.set_text("stopped" if getattr(result, "stopped", False) else "done")
@@ -565,28 +444,117 @@ class Panel:
     # -- the result layer -----------------------------------------------------------------------
 
     def _show(self, rect: geometry.Rect, rgba: bytes, ctx: JobContext, final: bool = False) -> None:
-        """Paint `rgba` into the result layer at `rect` (made there, above the user's layer, with its
-        mask, when it is missing or elsewhere); outside the undo history."""
+        """Paint `rgba` into the result layer at `rect`, its mask made for this drag's selection and result."""
         opts = options.read_options(self.config)
         mask_key = (ctx.with_selection, ops.selection_bounds(self.image), ctx.crop, opts.result)
-        with ops.undo_frozen(self.image):
-            if self.live is not None and (not self.live.is_valid() or rect != self.live_rect):
-                if self.live.is_valid():
-                    self.image.remove_layer(self.live)
-                self.live = None
-            if self.live is None:
-                self.live = ops.insert_rgba_layer(self.image, self.layer, self.name, rect, rgba)
-                self.live_rect = rect
-                self.mask_key = None
-                self.image.set_selected_layers([self.layer])
-            else:
-                ops.write_rgba(self.live, rgba)
-                if final and self.live.get_name() != self.name:
-                    self.live.set_name(self.name)
-            if self.mask_key != mask_key:
-                if self.live.get_mask() is not None:
-                    self.live.remove_mask(Gimp.MaskApplyMode.DISCARD)
-                plan = geometry.plan_mask(rect, ctx.with_selection, opts.result == options.RESULT_DETAIL)
-                ops.add_produced_mask(self.image, self.live, plan)
-                self.mask_key = mask_key
-        Gimp.displays_flush()
+        plan = geometry.plan_mask(rect, ctx.with_selection, opts.result == options.RESULT_DETAIL)
+        self.result_layer.show(rect, rgba, self.name, mask_key, plan, final)
+
+
+def build_window(panel: Panel, procedure: Any) -> None:
+    """The panel's window: the filter's settings, the path chooser, the live buttons, progress and status."""
+    Gtk, GimpUi, GObject = panel.Gtk, panel.GimpUi, panel.GObject
+    dlg = GimpUi.ProcedureDialog.new(procedure, panel.config, TITLE)
+    panel.window = dlg
+    dlg.set_modal(False)
+    panel.models_label = dlg.get_label("models-info", "Asking the backend for its models...", False, False)
+    panel.models_label.set_line_wrap(True)
+    panel.models_label.set_max_width_chars(50)
+    panel.model_entry = dlg.get_widget("model", GimpUi.LabelEntry)
+    names = [arg.name for arg in options.ARGUMENTS if arg.name != "path"]
+    names.insert(names.index("model") + 1, "models-info")
+    dlg.fill(names)
+    for response in (Gtk.ResponseType.OK, Gtk.ResponseType.CANCEL):
+        widget = dlg.get_widget_for_response(response)
+        if widget is not None:
+            widget.hide()
+    panel.buttons = {key: dlg.add_button(label, response) for key, label, response in END_BUTTONS}
+    live_row = Gtk.ButtonBox(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+    live_row.set_layout(Gtk.ButtonBoxStyle.START)
+    for key, label in LIVE_BUTTONS:
+        button = Gtk.Button.new_with_mnemonic(label)
+        GObject.Object.connect(button, "clicked", panel._on_live_button, key)
+        live_row.add(button)
+        panel.buttons[key] = button
+    area = dlg.get_content_area()
+    panel.status = Gtk.Label(label="Draw handle → target pairs with the Paths tool, then press Drag.",
+                            xalign=0.0)
+    panel.status.set_line_wrap(True)
+    panel.status.set_max_width_chars(50)
+    panel.bar = Gtk.ProgressBar()
+    panel.bar.set_show_text(True)
+    panel.bar.set_text("idle")
+    summary = Gtk.Label(label=dialog.points_text(panel.image, panel.config.get_property("path")), xalign=0.0)
+    summary.set_line_wrap(True)
+    try:
+        row = dialog._path_chooser(panel.Gimp, GimpUi, GObject, Gtk, panel.image, panel.config, summary, PATH_LABEL)
+    except Exception:   # an extra: without it the active path is used
+        traceback.print_exc()
+        row = None
+    for position, widget in enumerate(w for w in (row, summary, live_row, panel.bar, panel.status) if w is not None):
+        area.pack_start(widget, False, False, 0)
+        area.reorder_child(widget, position)
+        widget.show_all()
+    try:
+        dlg.get_widget("learning-rate", GimpUi.LabelSpin).set_digits(4)
+    except Exception:
+        traceback.print_exc()
+    GObject.Object.connect(dlg, "response", panel._on_response)
+    GObject.Object.connect(dlg, "delete-event", panel._on_delete)
+    panel._sensitive()
+
+
+
+def pick_model(models: list[Any], wanted: str, session: live.Session | None) -> Any:
+    """The model to drag with: the one named, else the session's, else the first loaded (else the first)."""
+    if not wanted and session is not None:
+        wanted = session.model.name
+    if not wanted:
+        loaded = [m for m in models if m.loaded]
+        return (loaded or models)[0]
+    for m in models:
+        if m.name == wanted:
+            return m
+    raise errors.model_not_available(wanted, [m.name for m in models])
+
+
+def session_record(session: live.Session | None, rect: geometry.Rect) -> parasite.SessionRecord | None:
+    """What the applied layer remembers of the backend session (so the filter can drag on from it)."""
+    if session is None or session.session_id in edit.NO_SESSION:
+        return None
+    return parasite.SessionRecord(session.address, session.session_id, rect, session.model.name,
+                                  (session.model.width, session.model.height), session.pti,
+                                  parasite.FRAME_CROP, session.crop, session.aligned)
+
+
+def failure_message(job: live.Job, exc: errors.PluginError, has_layer: bool) -> errors.PluginError:
+    """What the panel says when a job failed: a lost backend and a Stop before the drag say what the
+    layer keeps and what Drag does next; other errors as they came."""
+    if exc.code in CONNECTION_CODES:
+        kept = " The result layer keeps the last picture it showed." if has_layer else ""
+        return errors.PluginError(f"DragGAN: lost the backend during the {'drag' if job.kind != 'undo' else 'undo'}: "
+                                  f"{exc.message.replace('DragGAN: ', '')}{kept} Press Drag to start again (the "
+                                  "picture is inverted anew).")
+    if exc.code == "cancelled":   # Stop before the drag began (queued, inverting): nothing to keep
+        return errors.PluginError("DragGAN: stopped before the drag began: nothing changed"
+                                  + (" (the layer shows the last result)." if has_layer else "."))
+    return exc
+
+
+def result_words(job: live.Job, answer: live.Answer, ctx: JobContext, short: bool, landed: list[bool]) -> str:
+    """The status line after a job: what was done, the backend's note, where a Stop ended it, the
+    inversion's quality (when it inverted) and which handles stopped short."""
+    result = answer.result
+    words = {"edit": "inverted and dragged", "continue": "continued the session (no re-inversion)",
+             "undo": "undid the last drag"}[job.kind]
+    if answer.note:
+        words = answer.note + "; " + words
+    if getattr(result, "stopped", False):
+        words += f"; stopped at step {result.steps}"
+    if result.inversion is not None and answer.inverted:
+        words += "; " + texts.quality_text(result.inversion.psnr, result.inversion.stlpips,
+                                           texts.model_limits(ctx.model),
+                                           float(getattr(result.inversion, "colour", 0.0) or 0.0))
+    if short:
+        words += "; " + texts.stopped_short_text(0.0, ctx.with_selection, landed)
+    return words
