@@ -27,10 +27,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .gimp_run import end_backend, stage_plugin, start_backend
 
 REPO = Path(__file__).resolve().parents[1]
 GUI_BIN = REPO / "scripts" / "gimp_tools" / "gui-bin"
@@ -76,33 +77,6 @@ def gui_root_args(run_sh: Path) -> list[str]:
     return ["--root", root]
 
 
-def start_backend(folder: Path, threads: int = 1, max_seconds: int = 1500, inversion_steps: int = -1,
-                  port: int = 0) -> tuple[subprocess.Popen[str], str]:
-    """tests/gimp/backend_host.py (the real server: faces-128, its real inversion unless
-    `inversion_steps` caps it) -> (its process, its endpoint); it appends one line per finished job to
-    folder/jobs.jsonl."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gimp" / "backend_host.py"), "--dir", str(folder),
-                             "--inversion-steps", str(inversion_steps), "--max-seconds", str(max_seconds),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    for _ in range(600):
-        if (folder / "endpoint").is_file() or proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    if not (folder / "endpoint").is_file():
-        proc.kill()
-        raise RuntimeError("the backend did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
-    return proc, (folder / "endpoint").read_text().strip()
-
-
-def end_backend(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @contextlib.contextmanager
 def backend(folder: Path, threads: int = 1, max_seconds: int = 1500) -> Iterator[str]:
     """start_backend as a context: yields the endpoint, ends the backend afterwards."""
@@ -118,9 +92,7 @@ def run_panel_driver(run_sh: Path, endpoint: str, io: Path, max_steps: int = 60,
                      scenario: str = "session") -> dict[str, Any]:
     """Stage the plug-in into io/plug-ins and run tests/gimp/panel_driver.py in the GIMP with windows
     (io holds input.png and edit.json); its report (raises AssertionError when GIMP or the driver failed)."""
-    r = subprocess.run([sys.executable, str(REPO / "install.py"), "--plugin-only", "--gimp-dir", str(io / "plug-ins")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    stage_plugin(io / "plug-ins")
     root_args = gui_root_args(run_sh) if root_args is None else root_args
     r = subprocess.run(["bash", str(run_sh), *root_args, "--timeout", str(timeout_s),
                         "--plugins", str(io / "plug-ins"), "--bind", f"{io}:/mnt/io",

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from testkit.gimp_run import stage_plugin
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
@@ -42,10 +43,7 @@ def drive(gimp3_run, backend, tmp_path_factory):
         pytest.fail(f"{exc} (scripts/check.sh installs it for the tests)")
     endpoint, folder = backend
     tmp = tmp_path_factory.mktemp("gimp-align")
-    plugins = tmp / "plug-ins"
-    r = subprocess.run([sys.executable, str(REPO / "install.py"), "--plugin-only", "--gimp-dir", str(plugins)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    plugins = stage_plugin(tmp / "plug-ins")
     io = tmp / "io"
     io.mkdir()
     Image.fromarray(_tilted_astronaut()).save(io / "input.png")

@@ -9,15 +9,14 @@ its own pixels outside the selection (the region the drag may move) equal the ph
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from testkit.gimp_run import end_backend, stage_plugin, start_backend
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
@@ -29,33 +28,11 @@ SIZE = 1024
 def served(tmp_path_factory):
     """The real backend with the presets' own inversion (no step cap): the built-in model as served."""
     folder = tmp_path_factory.mktemp("backend")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gimp" / "backend_host.py"), "--dir", str(folder),
-                             "--inversion-steps", "-1", "--max-seconds", "1200"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc, endpoint = start_backend(folder, inversion_steps=-1, max_seconds=1200)
     try:
-        for _ in range(600):
-            if (folder / "endpoint").is_file() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not (folder / "endpoint").is_file():
-            proc.kill()
-            pytest.fail("the backend did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
-        yield (folder / "endpoint").read_text().strip(), folder
+        yield endpoint, folder
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _stage(tmp: Path) -> Path:
-    plugins = tmp / "plug-ins"
-    r = subprocess.run([sys.executable, str(REPO / "install.py"), "--plugin-only", "--gimp-dir", str(plugins)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return plugins
+        end_backend(proc)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +47,7 @@ def detail_run(gimp3_run, served, tmp_path_factory):
     ys, xs = np.nonzero(selection)
     box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1 - int(xs.min()), int(ys.max()) + 1 - int(ys.min())]
     tmp = tmp_path_factory.mktemp("gimp-detail")
-    plugins = _stage(tmp)
+    plugins = stage_plugin(tmp / "plug-ins")
     io = tmp / "io"
     io.mkdir()
     Image.fromarray(before).save(io / "input.png")

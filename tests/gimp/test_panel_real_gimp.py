@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testkit import live_panel
+from testkit import gimp_run, live_panel
 
 from ..conftest import gimp_unavailable
 
@@ -144,7 +144,7 @@ def test_a_backend_that_dies_mid_drag_leaves_the_last_preview_and_says_so(gimp3_
     Image.fromarray(picture).save(io / "input.png")
     (io / "edit.json").write_text(json.dumps(edit))
     # a quick inversion (2 steps): this test is about the connection, not the picture
-    first, endpoint = live_panel.start_backend(first_dir, inversion_steps=2, port=port)
+    first, endpoint = gimp_run.start_backend(first_dir, inversion_steps=2, port=port)
     procs = [first]
     done = threading.Event()
 
@@ -155,7 +155,7 @@ def test_a_backend_that_dies_mid_drag_leaves_the_last_preview_and_says_so(gimp3_
             return
         first.send_signal(signal.SIGKILL)       # no goodbye: the link just goes quiet
         first.wait(10)
-        second, _ = live_panel.start_backend(second_dir, inversion_steps=2, port=port)
+        second, _ = gimp_run.start_backend(second_dir, inversion_steps=2, port=port)
         procs.append(second)
         (io / "restarted").touch()
 
@@ -172,7 +172,7 @@ def test_a_backend_that_dies_mid_drag_leaves_the_last_preview_and_says_so(gimp3_
         done.set()
         watcher.join(60)
         for proc in procs:
-            live_panel.end_backend(proc)
+            gimp_run.end_backend(proc)
     lost = report["lost"]
     print("the panel said:", lost["status"])
     assert report["painted_before_kill"] >= 4

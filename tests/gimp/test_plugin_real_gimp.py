@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from testkit.gimp_run import stage_plugin
+
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,20 +44,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stage(tmp: Path) -> Path:
-    plugins = tmp / "plug-ins"
-    r = subprocess.run([sys.executable, str(REPO / "install.py"), "--plugin-only", "--gimp-dir", str(plugins)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return plugins
-
-
 @pytest.fixture(scope="module")
 def drive(gimp3_run, backend, tmp_path_factory):
     """One GIMP run of driver.py; returns (report, io folder, jobs logged by the backend, seconds)."""
     endpoint, folder = backend
     tmp = tmp_path_factory.mktemp("gimp")
-    plugins = _stage(tmp)
+    plugins = stage_plugin(tmp / "plug-ins")
     io = tmp / "io"
     io.mkdir()
     rgb = bytes(c for y in range(H) for x in range(W) for c in source_pixel(x, y))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from testkit.gimp_run import stage_plugin
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow]
 
@@ -28,10 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 def drive(gimp3_run, backend, tmp_path_factory):
     endpoint, folder = backend
     tmp = tmp_path_factory.mktemp("relay-gimp")
-    plugins = tmp / "plug-ins"
-    r = subprocess.run([sys.executable, str(REPO / "install.py"), "--plugin-only", "--gimp-dir", str(plugins)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    plugins = stage_plugin(tmp / "plug-ins")
     # what install.py records after making the venv, here naming the chroot's Python (it has pyzmq)
     (plugins / "draggan" / "relay.json").write_text(json.dumps({"python": "/usr/bin/python3"}))
     hidden = tmp / "nozmq"
