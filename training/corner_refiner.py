@@ -1,21 +1,7 @@
 """Training the second-stage landmark refiner for procedural faces (alignment/corner_refiner.py holds
 the network, loading and refinement): eye centres and mouth corners from small patches.
 
-Why: the face-alignment quad (``alignment/align.py`` ``ffhq_quad``) magnifies landmark noise. Its side is
-about 4 eye distances and 3.6 eye-to-mouth distances, so with eye centres 0.2 px off at 128 px the
-quad's worst corner is already 0.66 px off on average, and the mouth corners' 0.9 px from the
-whole-face keypoint detector (``alignment/detector.py``, stride-4 heatmaps) take it past 1 px on a
-third of faces (docs/alignment.md). ``benchmarks/quad_sensitivity.py`` measures that sensitivity: eye
-centres 0.1 px and mouth corners 0.3 px keep 99 % of quads within 1 px.
-
-What: once the face has been aligned by the first stage, its picture is warped into a frame of
-``FRAME`` x ``FRAME`` pixels (faces-128's template quad at twice the size, so a large face keeps
-detail the 128 px frame would average away) and a ``PATCH`` x ``PATCH`` patch is cut around each
-landmark's current estimate (integer centre, no resampling). A small CNN regresses the landmark's
-offset from the patch centre. Right-side patches are mirrored so that one network serves both
-sides of each kind ("eye": the midpoint of the eye's two corners; "mouth": the mouth corner). The
-prediction is repeated from the improved estimate and averaged over a few patch shifts
-(:func:`refine_in_frame`).
+Why a second stage and what it does: alignment/corner_refiner.py's docstring.
 
 Training data imitates the product's path: a render at 256 px is rotated (+-45 deg), scaled (1/3 to
 1.25) and shifted into a canvas (the user's drawing), the canvas is warped into the frame by the quad

@@ -388,14 +388,15 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
     pixel centres; ``model_size``: (width, height); ``flow``/``region``: on the work grid of the model
     frame (:func:`dense_motion`, :func:`motion_region`'s soft region); ``before``/``after``: the model's
     pictures ``[1, 3, h, w]`` in [-1, 1] before and after the drag. ``keep`` (bool ``[H, W]``): pixels that
-    must stay the original's whatever the motion (outside the selection). Where the region is 0 (or
-    ``keep``) the original pixel is returned unchanged.
+    must stay the original's whatever the motion (outside the selection). Where the region is 0 (and no
+    pin's neighbourhood reaches), or ``keep``, the original pixel is returned unchanged.
 
     ``pins`` (``sources``, ``targets``: ``[N, 2]`` model pixels): where the motion put each handle's content
     (:func:`carried_to`) and where the user asked for it. The moved picture is then moved once more by a
     smooth field of width ``pin_sigma`` model pixels that takes each source onto its target, so the
     handles land where asked even when the model's drag stopped a little short or overshot; the field
-    fades to nothing away from the targets and is cut to the region."""
+    fades to nothing away from the targets, and besides the region it may move only the pins' own
+    neighbourhoods (a Gaussian of ``2 * pin_sigma``; never ``keep``)."""
     H, W = native.shape[:2]
     device = flow.device
     model_w, model_h = model_size

@@ -156,14 +156,7 @@ class Backend:
 
     def pick_model(self, wanted: str) -> ModelChoice:
         """The model named `wanted` ("" = the first loaded one, else the first listed)."""
-        models = self.models()
-        if not wanted:
-            loaded = [m for m in models if m.loaded]
-            return (loaded or models)[0]
-        for m in models:
-            if m.name == wanted:
-                return m
-        raise errors.model_not_available(wanted, [m.name for m in models])
+        return choose_model(self.models(), wanted)
 
     def refresh(self) -> None:
         """Handshake again (a long-lived connection, the panel's, before each job): a backend that
@@ -243,3 +236,14 @@ def curve_keys(address: str, plugin_config: dict[str, Any]) -> tuple[bytes, byte
 
 class SessionGone(Exception):
     """The backend no longer holds the session (restarted, expired, purged): invert anew."""
+
+
+def choose_model(models: list[Any], wanted: str) -> Any:
+    """The model named `wanted` among `models` ("" = the first loaded one, else the first listed)."""
+    if not wanted:
+        loaded = [m for m in models if m.loaded]
+        return (loaded or models)[0]
+    for m in models:
+        if m.name == wanted:
+            return m
+    raise errors.model_not_available(wanted, [m.name for m in models])

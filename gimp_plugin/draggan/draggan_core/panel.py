@@ -509,13 +509,7 @@ def pick_model(models: list[Any], wanted: str, session: live.Session | None) -> 
     """The model to drag with: the one named, else the session's, else the first loaded (else the first)."""
     if not wanted and session is not None:
         wanted = session.model.name
-    if not wanted:
-        loaded = [m for m in models if m.loaded]
-        return (loaded or models)[0]
-    for m in models:
-        if m.name == wanted:
-            return m
-    raise errors.model_not_available(wanted, [m.name for m in models])
+    return link.choose_model(models, wanted)
 
 
 def session_record(session: live.Session | None, rect: geometry.Rect) -> parasite.SessionRecord | None:
