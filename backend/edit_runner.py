@@ -259,7 +259,8 @@ class EditRunner:
                                inversion=quality, text="; ".join(["inversion done", *notes])))
         handles = [(float(x), float(y)) for x, y in prepared.handles]
         targets = [(float(x), float(y)) for x, y in prepared.targets]
-        drag_mask, allowed, region_note = _drag_region(prepared.mask, req.params, handles, targets, width, height)
+        drag_mask, allowed, region_note = _drag_region(prepared.mask, req.params, handles, targets, width, height,
+                                                       rigid_ok=req.result != "model")
         if region_note:
             notes.append(region_note)
         session = DragSession(projection.generator, projection.ws, handle_points=handles, target_points=targets,
@@ -429,17 +430,25 @@ def _check_points(points: list[tuple[float, float]], width: int, height: int, fi
 
 
 def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, handles: list[tuple[float, float]],
-                 targets: list[tuple[float, float]], width: int, height: int
+                 targets: list[tuple[float, float]], width: int, height: int, rigid_ok: bool = False
                  ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """(the drag's mask, where its motion may reach, a note): with a selection, the selection (model
     frame) for both; without one, ``params.region == "points"`` makes both a box around the points, so
-    that a drag moves what was dragged rather than the whole picture; "whole" leaves both open."""
+    that a drag moves what was dragged rather than the whole picture; "whole" leaves both open. With
+    ``rigid_ok`` (a first drag whose result is the picture's own pixels), points that move as one
+    (motion.rigid_move) get a box that reaches the part they lie on."""
     from alignment import aligned_edit
 
     if selection is not None:
         return selection, selection.astype(np.float32), ""
     if params.region == "whole":
         return None, None, ""
+    from backend.engine import motion
+
+    if rigid_ok and motion.rigid_move(handles, targets, height) is not None:
+        box = aligned_edit.default_region(handles, targets, width, height, rigid=True)
+        return box, box, ("no selection: the points move as one, so a box around them moves with them "
+                          "(Region: Whole picture frees it)")
     box = aligned_edit.default_region(handles, targets, width, height)
     return box, box, "no selection: the drag may move a box around its points (Region: Whole picture frees it)"
 

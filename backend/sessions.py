@@ -151,8 +151,22 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
     landed = motion.landed(flow, np.asarray(handles) * scale, np.asarray(targets) * scale,
                            settings.land_tolerance)
     pinned = False
+    # a first drag whose points move as one moves the part they lie on, rigidly, in the picture's own pixels
+    rigid = (motion.rigid_move(handles, targets, al.height, settings)
+             if held.result != "model" and handles and len(held.history) <= 1 else None)
     if held.result == "model":
         rgba, offset = aligned_edit.paste_back_cut(al, W, H, session.image())
+    elif rigid is not None:
+        feather = round(settings.allowed_feather * al.height / min(settings.work_size, al.height))  # model px
+        area = (motion.feathered(torch.from_numpy(np.asarray(held.allowed, np.float32)), feather)
+                if held.allowed is not None else torch.ones(1, 1, al.height, al.width))
+        rgb = motion.transfer_rigid(held.native, al.inverse_matrix, (al.width, al.height), rigid, area, held.keep)
+        rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
+        t = np.asarray(targets, np.float64)
+        landed = [bool(d <= settings.land_tolerance) for d in
+                  np.hypot(*(t @ rigid[:, :2].T + rigid[:, 2] - np.asarray(handles, np.float64)).T)]
+        note = "; ".join(filter(None, [note, "the points move as one: the part they lie on moved with them, "
+                                             "in your own pixels"]))
     else:
         pins = None
         # the flow maps to the picture before any drag, where only the first drag's handles lie

@@ -234,3 +234,20 @@ def test_the_identity_token_reaches_its_session_from_a_new_connection(real_serve
         again = next_run.continue_(P.Continue(session_id=result.session_id, handles=result.points,
                                               targets=[(20.0, 12.0)], params=FAST))
         assert again.session_id == result.session_id and again.steps == FAST.max_steps
+
+
+def test_points_that_move_as_one_move_the_part_they_lie_on_in_the_photo_s_own_pixels(real_server: Server,
+                                                                                    photo: P.Image) -> None:
+    """Three points spread over the picture, all shifted 2 px right with no selection: the answer is
+    the photo itself shifted (not the model's picture), says so, and reports every handle landed."""
+    handles = [(8.0, 8.0), (22.0, 9.0), (15.0, 22.0)]
+    targets = [(x + 2.0, y) for x, y in handles]
+    with Client(real_server.endpoint, timeout_s=60) as client:
+        result = client.edit(edit(handles=handles, targets=targets, image=photo))
+    assert "move as one" in result.note and result.landed == [True, True, True]
+    rgba = np.frombuffer(result.image.data, np.uint8).reshape(result.image.height, result.image.width, 4)
+    assert result.offset == (0, 0) and (rgba[..., 3] == 255).all()
+    original = np.frombuffer(photo.data, np.uint8).reshape(SIDE, SIDE, 3).astype(int)
+    core = rgba[10:22, 10:22, :3].astype(int)            # inside the box's feathered edge
+    assert np.abs(core - original[10:22, 8:20]).max() <= 1
+    assert np.abs(core - original[10:22, 10:22]).max() > 10   # it really moved

@@ -214,3 +214,57 @@ def test_pins_take_a_handle_s_content_the_rest_of_the_way_and_stay_near_it() -> 
     far = np.zeros_like(keep)
     far[:, 200:] = True                                        # > 6 sigma from the pins: as the motion left it
     assert np.array_equal(pinned[far], plain[far])
+
+
+def test_a_rigid_move_is_three_spread_points_moved_by_one_shift_and_scale_and_nothing_else() -> None:
+    """The gate that decides a drag moves a whole part: a shift or a resize of points spread over the
+    picture passes; a rotation, a non-uniform move, two points, or points along a line do not."""
+    height = 128
+    pts = np.array([[40.0, 40.0], [80.0, 44.0], [60.0, 90.0]])
+    shifted = pts + np.array([5.0, -3.0])
+    fit = motion.rigid_move(pts, shifted, height)
+    assert fit is not None
+    np.testing.assert_allclose(shifted @ fit[:, :2].T + fit[:, 2], pts, atol=1e-9)   # targets -> handles
+    centre = pts.mean(0)
+    resized = (pts - centre) * 1.1 + centre
+    assert motion.rigid_move(pts, resized, height) is not None
+    assert motion.rigid_move(pts, rigid(pts, 8.0, (0.0, 0.0), 64.0), height) is None        # a rotation
+    uneven = shifted.copy()
+    uneven[2] += (0.0, 2.0)                                                                # one moves more
+    assert motion.rigid_move(pts, uneven, height) is None
+    assert motion.rigid_move(pts[:2], shifted[:2], height) is None                         # two points
+    line = np.array([[30.0, 60.0], [60.0, 62.0], [90.0, 61.0]])                            # a row of points
+    assert motion.rigid_move(line, line + np.array([0.0, 4.0]), height) is None
+
+
+def test_a_rigid_move_reproduces_a_known_shift_and_scale_at_four_times_the_model_s_resolution_within_1_px() -> None:
+    """transfer_rigid on a 256 px native picture through a 64 px model frame: the dots inside the area
+    land where the exact shift-and-scale puts them (within 1 px), and every pixel outside the area, or
+    kept, is the original's byte for byte."""
+    native_size, model_size, scale, shift = 256, 64, 1.08, (5.0, -3.0)
+    small = model_size / native_size
+    dots = grid_points(native_size, 40, 64)
+    centre = (native_size - 1) / 2
+    moved = (dots - centre) * scale + centre + np.array(shift)
+    native = scene(native_size, dots, 5.0)
+    # the same move in model pixels: handles -> targets, spread over the frame
+    handles_native = np.array([[80.0, 80.0], [176.0, 84.0], [128.0, 170.0]])
+    targets_native = (handles_native - centre) * scale + centre + np.array(shift)
+    to_model = lambda p: (p + 0.5) * small - 0.5   # noqa: E731
+    fit = motion.rigid_move(to_model(handles_native), to_model(targets_native), model_size)
+    assert fit is not None
+    area = torch.zeros(model_size, model_size)
+    area[8:56, 8:56] = 1.0
+    soft = motion.feathered(area, 2)
+    crop_to_model = np.array([[small, 0.0, 0.5 * small - 0.5], [0.0, small, 0.5 * small - 0.5]])
+    keep = np.zeros((native_size, native_size), bool)
+    keep[:, :40] = True
+    result = motion.transfer_rigid(native, crop_to_model, (model_size, model_size), fit, soft, keep)
+    inner = [i for i, (x, y) in enumerate(moved) if 64 <= x <= 192 and 64 <= y <= 192]
+    assert len(inner) >= 4
+    found = centroids(result, moved[inner], 10.0)
+    assert np.hypot(*(found - moved[inner]).T).max() <= 1.0
+    assert np.median(np.hypot(*(moved - dots).T)) > 5.0     # the dots really moved
+    outside = np.ones((native_size, native_size), bool)
+    outside[28:228, 28:228] = False     # the area (model 8..56) is native 32..224; its reach ends there
+    assert np.array_equal(result[outside | keep], native[outside | keep])
