@@ -274,7 +274,9 @@ Rows: *today* = protocol 3's edit (no PTI, the model's pixels, the whole picture
 *region*, *pti* = each of the new levers alone; *default* = the server's defaults now. Rows marked *v1*
 are the same requests answered by the first protocol-4 server (before the pins that take each handle's
 content onto its target, the 6 px least margin of the box, its feathered edge and the residual kept to
-the motion's core). Baselines:
+the motion's core); *v2*: the next server (those levers, bilinear resampling); *v2 + rigid*: v2 with rigid
+moves (points that all move by one shift and scale move the part they lie on, in the layer's pixels);
+*default* adds bicubic resampling to that. Baselines:
 *no edit*, *ceiling* (the exact answer drawn at 128 px and scaled up: the best a 128 px model's own
 pixels could be), *warp rbf* / *warp tps* (the layer warped by the handle -> target points alone).
 ST-LPIPS is the VGG shift-tolerant distance to the exact answer at the layer's size ("x no edit": the
