@@ -128,7 +128,8 @@ def run_drag(session: Any, emit: Emit, should_cancel: ShouldCancel,
 def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
                 note: str) -> protocol.Result:
     """The session's picture in the crop's frame (RGBA cut to the area the model's frame covers)
-    and, per handle of the last drag, whether the dense motion carries it to its target."""
+    and, per handle of the last drag, whether the dense motion (or, for a rigid move, that move)
+    carries it to its target."""
     from alignment import aligned_edit
     from alignment.align import Alignment
     from backend.engine import motion
@@ -137,26 +138,13 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
     W, H = held.crop_size
     session = held.session
     settings = motion.MotionSettings()
-    with torch.no_grad():
-        before = session.G.synthesis(held.ws_initial, noise_mode="const")
-        after = session.G.synthesis(session.ws, noise_mode="const")
-    flow = motion.dense_motion(session.G, held.ws_initial, session.ws, settings)
-    scale = np.array([(flow.shape[-1] - 1) / max(al.width - 1, 1), (flow.shape[-2] - 1) / max(al.height - 1, 1)])
-    allowed = None
-    if held.allowed is not None:
-        allowed = torch.nn.functional.interpolate(torch.from_numpy(held.allowed)[None, None],
-                                                  size=tuple(flow.shape[-2:]), mode="area")[0, 0]
-    _, soft = motion.motion_region(flow, np.asarray(held.seeds) * scale, settings, allowed)
     handles, targets = held.last
-    landed = motion.landed(flow, np.asarray(handles) * scale, np.asarray(targets) * scale,
-                           settings.land_tolerance)
     pinned = False
-    # a first drag whose points move as one moves the part they lie on, rigidly, in the picture's own pixels
+    # a first drag whose points move as one moves the part they lie on, rigidly, in the picture's own
+    # pixels: the model's motion is not needed
     rigid = (motion.rigid_move(handles, targets, al.height, settings)
              if held.result != "model" and handles and len(held.history) <= 1 else None)
-    if held.result == "model":
-        rgba, offset = aligned_edit.paste_back_cut(al, W, H, session.image())
-    elif rigid is not None:
+    if rigid is not None:
         feather = round(settings.allowed_feather * al.height / min(settings.work_size, al.height))  # model px
         area = (motion.feathered(torch.from_numpy(np.asarray(held.allowed, np.float32)), feather)
                 if held.allowed is not None else torch.ones(1, 1, al.height, al.width))
@@ -168,15 +156,30 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
         note = "; ".join(filter(None, [note, "the points move as one: the part they lie on moved with them, "
                                              "in your own pixels"]))
     else:
-        pins = None
-        # the flow maps to the picture before any drag, where only the first drag's handles lie
-        if settings.pin and handles and len(held.history) <= 1:
-            sources = motion.carried_to(flow, np.asarray(handles) * scale, np.asarray(session.points) * scale)
-            pins = (sources / scale, np.asarray(targets, np.float64))
-            pinned = True
-        rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,
-                                     after, settings.residual_floor, held.keep, pins, settings.pin_sigma)
-        rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
+        flow = motion.dense_motion(session.G, held.ws_initial, session.ws, settings)
+        scale = np.array([(flow.shape[-1] - 1) / max(al.width - 1, 1), (flow.shape[-2] - 1) / max(al.height - 1, 1)])
+        landed = motion.landed(flow, np.asarray(handles) * scale, np.asarray(targets) * scale,
+                               settings.land_tolerance)
+        if held.result == "model":
+            rgba, offset = aligned_edit.paste_back_cut(al, W, H, session.image())
+        else:
+            allowed = None
+            if held.allowed is not None:
+                allowed = torch.nn.functional.interpolate(torch.from_numpy(held.allowed)[None, None],
+                                                          size=tuple(flow.shape[-2:]), mode="area")[0, 0]
+            _, soft = motion.motion_region(flow, np.asarray(held.seeds) * scale, settings, allowed)
+            with torch.no_grad():
+                before = session.G.synthesis(held.ws_initial, noise_mode="const")
+                after = session.G.synthesis(session.ws, noise_mode="const")
+            pins = None
+            # the flow maps to the picture before any drag, where only the first drag's handles lie
+            if settings.pin and handles and len(held.history) <= 1:
+                sources = motion.carried_to(flow, np.asarray(handles) * scale, np.asarray(session.points) * scale)
+                pins = (sources / scale, np.asarray(targets, np.float64))
+                pinned = True
+            rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,
+                                         after, settings.residual_floor, held.keep, pins, settings.pin_sigma)
+            rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
     points = [(float(x), float(y)) for x, y in al.to_crop(session.points)]
     if not all(landed):
         short = ", ".join(str(i + 1) for i, ok in enumerate(landed) if not ok)
