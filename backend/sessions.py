@@ -174,7 +174,9 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
             pins = None
             # the flow maps to the picture before any drag, where only the first drag's handles lie
             if settings.pin and handles and len(held.history) <= 1:
-                sources = motion.carried_to(flow, np.asarray(handles) * scale, np.asarray(session.points) * scale)
+                # where the motion as applied (faded by the region) put each handle, not the model's whole motion
+                sources = motion.carried_to(flow * soft, np.asarray(handles) * scale,
+                                            np.asarray(session.points) * scale)
                 pins = (sources / scale, np.asarray(targets, np.float64))
                 pinned = True
             rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,

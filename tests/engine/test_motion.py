@@ -216,6 +216,35 @@ def test_pins_take_a_handle_s_content_the_rest_of_the_way_and_stay_near_it() -> 
     assert np.array_equal(pinned[far], plain[far])
 
 
+def test_pins_start_from_where_the_motion_as_applied_put_the_handle() -> None:
+    """Where the region fades the motion (its soft edge, a default box's border) the picture moves less than
+    the model did: the pins must start from where the faded motion put the handle's content, or they land
+    it short by the difference. Here the region's weight is 0.5 at the handle: the model moved the dot 4
+    model px of the 5 it should go, the picture only 2; pins from the applied motion land it within 1 px of
+    its target (256 px picture), pins from the model's whole motion leave it 8 px short."""
+    native_size, model_size = 256, 64
+    small = model_size / native_size
+    dot = np.array([[128.0, 128.0]])
+    native = scene(native_size, dot, 6.0)
+    crop_to_model = np.array([[small, 0.0, 0.5 * small - 0.5], [0.0, small, 0.5 * small - 0.5]])
+    to_model = lambda p: (p + 0.5) * small - 0.5  # noqa: E731
+    handle_m, target_m = to_model(dot[0]), to_model(dot[0] + [20.0, 0.0])   # 5 model px to the right
+    flow = torch.zeros(1, 2, model_size, model_size)
+    flow[0, 0, 20:44, 20:48] = -4.0                          # the model moved the patch 4 model px right
+    region = torch.zeros(1, 1, model_size, model_size)
+    region[..., 20:44, 20:48] = 0.5                          # ... and the region lets half of that through
+    pictures = torch.zeros(1, 3, model_size, model_size)
+    landing = {}
+    for name, applied in (("applied", flow * region), ("whole", flow)):
+        carried = motion.carried_to(applied, handle_m[None], handle_m[None])
+        out = motion.transfer_detail(native, crop_to_model, (model_size,) * 2, flow, region, pictures, pictures,
+                                     pins=(carried, target_m[None]), pin_sigma=4.0)
+        goal = dot + [20.0, 0.0]
+        landing[name] = float(np.hypot(*(centroids(out, goal, 10.0) - goal)[0]))
+    assert landing["applied"] <= 1.0
+    assert landing["whole"] >= 3.0   # 8 px short; the centroid's window pulls the measure towards the goal
+
+
 def test_a_rigid_move_is_three_spread_points_moved_by_one_shift_and_scale_and_nothing_else() -> None:
     """The gate that decides a drag moves a whole part: a shift or a resize of points spread over the
     picture passes; a rotation, a non-uniform move, two points, or points along a line do not."""
