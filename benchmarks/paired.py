@@ -276,7 +276,10 @@ are the same requests answered by the first protocol-4 server (before the pins t
 content onto its target, the 6 px least margin of the box, its feathered edge and the residual kept to
 the motion's core); *v2*: the next server (those levers, bilinear resampling); *v2 + rigid*: v2 with rigid
 moves (points that all move by one shift and scale move the part they lie on, in the layer's pixels);
-*default* adds bicubic resampling to that. Baselines:
+*v3*: that with bicubic resampling; *v3 + local regions* (an experiment, not adopted): v3 where, without a
+selection, points in a row or a small cluster (less than 12 % of the height apart on one axis) each get
+their own box, with the pins below; *default*: v3 with pins that start from where the motion, as the
+region lets it through, put each handle (not where the model's whole motion put it). Baselines:
 *no edit*, *ceiling* (the exact answer drawn at 128 px and scaled up: the best a 128 px model's own
 pixels could be), *warp rbf* / *warp tps* (the layer warped by the handle -> target points alone).
 ST-LPIPS is the VGG shift-tolerant distance to the exact answer at the layer's size ("x no edit": the
