@@ -98,10 +98,8 @@ alpha 255 on the area the model's frame covers, cut to that area's bounding box 
 ``result="detail"`` (default): the crop's own pixels moved by the motion the drag made, the model's
 pixels only where the drag made new content, every pixel outside the moved region (and outside the
 mask) exactly the crop's; ``"model"``: the model's output resampled into the crop (protocol 3's
-result). ``result.landed`` says, per handle, whether it reached its target (False: the drag stopped short
-there, whatever the point tracker reported): for a first drag answered in the crop's own pixels, whether
-the result shows the handle's content at its target; otherwise whether the drag's dense motion carries
-it there.
+result). ``result.landed`` says, per handle, whether the drag's dense motion carries the handle's
+content to its target (False: the drag stopped short there, whatever the point tracker reported).
 Without a mask, ``params.region="points"`` (default) lets the drag move only a box around the points;
 ``"whole"`` lets it move the whole crop.
 
@@ -1088,7 +1086,7 @@ class Result:
     offset: tuple[int, int] = (0, 0)
     alignment: str = "none"  # the model's kind ("ffhq"/"faces") when the face was aligned
     note: str = ""  # notes for a person (alignment, the region that could move)
-    landed: list[bool] = field(default_factory=list)  # per handle: it reached its target (see the module doc)
+    landed: list[bool] = field(default_factory=list)  # per handle: the dense motion carries it to its target
     stopped: bool = False  # the client stopped the drag: this is the state at the step it reached
     history: int = 0  # how many drags of the session ``undo`` can still take back
 
