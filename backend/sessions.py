@@ -128,10 +128,8 @@ def run_drag(session: Any, emit: Emit, should_cancel: ShouldCancel,
 def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
                 note: str) -> protocol.Result:
     """The session's picture in the crop's frame (RGBA cut to the area the model's frame covers)
-    and, per handle of the last drag, whether it reached its target: on a first drag carried by the
-    picture's own pixels, whether the result shows the handle's content there
-    (motion.found_at_targets); for a rigid move, whether that move takes it there; otherwise whether the
-    dense motion carries it there."""
+    and, per handle of the last drag, whether the dense motion (or, for a rigid move, that move)
+    carries it to its target."""
     from alignment import aligned_edit
     from alignment.align import Alignment
     from backend.engine import motion
@@ -184,21 +182,13 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
             rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,
                                          after, settings.residual_floor, held.keep, pins, settings.pin_sigma)
             rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
-            if pinned:
-                # the verdict a person can check: the handle's own pixels in the result, at its target
-                carried = landed
-                landed = motion.found_at_targets(held.native, rgb, al.inverse_matrix, handles, targets,
-                                                 settings.land_tolerance / float(scale.min()))
-                helped = [str(i + 1) for i, (by_model, ok) in enumerate(zip(carried, landed)) if ok and not by_model]
-                if helped:
-                    note = "; ".join(filter(None, [note, f"the model carried handle {', '.join(helped)} part of the "
-                                                         "way; your pixels, warped, took it the rest"]))
     points = [(float(x), float(y)) for x, y in al.to_crop(session.points)]
     if not all(landed):
         short = ", ".join(str(i + 1) for i, ok in enumerate(landed) if not ok)
         why = f"stopped short: handle {short} did not reach its target"
         if pinned:
-            why = f"stopped short: handle {short} is not at its target in the result"
+            why = (f"stopped short: the model did not carry handle {short} to its target; the rest of the way "
+                   "is your pixels warped")
         note = "; ".join(filter(None, [note, why]))
     return protocol.Result(image=rgb_to_image(rgba), points=points, session_id=session_id,
                            image_id=held.image_id, inversion=held.inversion, steps=steps,

@@ -39,8 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MotionSettings", "carried_to", "dense_motion", "feature_pyramid_inputs", "feathered", "flow_at",
-           "found_at_targets", "landed",
+__all__ = ["MotionSettings", "carried_to", "dense_motion", "feature_pyramid_inputs", "feathered", "flow_at", "landed",
            "match_flow", "motion_region", "resize_flow", "rigid_move", "transfer_detail", "transfer_rigid", "warp"]
 
 
@@ -325,50 +324,6 @@ def landed(flow: torch.Tensor, handles_xy: Any, targets_xy: Any, tolerance: floa
     t = np.asarray(targets_xy, np.float64).reshape(-1, 2)
     source = t + flow_at(flow, t)
     return [bool(d <= tolerance) for d in np.hypot(*(source - h).T)]
-
-
-def found_at_targets(before: np.ndarray, after: np.ndarray, crop_to_model: np.ndarray, handles_xy: Any,
-                     targets_xy: Any, tolerance: float, radius: float = 3.0, min_similarity: float = 0.5) -> list[bool]:
-    """For each handle: is its content in the picture a person gets back where they asked? The check reads the
-    final pixels, not the model's motion: the patch of ``before`` around the handle (``radius`` model
-    pixels) is looked for in ``after`` within ``2 * tolerance`` model pixels of the target (normalised
-    cross-correlation, on a grid of at most 4 crop pixels per model pixel); it is found when the best match
-    lies within ``tolerance`` model pixels of the target and correlates at least ``min_similarity``.
-
-    ``before``/``after``: uint8 ``[H, W, 3]`` crops; ``crop_to_model``: 2x3 map from crop pixel centres to model
-    pixel centres; points ``[N, 2]`` model pixels, x then y."""
-    model_to_crop = np.linalg.inv(np.vstack([np.asarray(crop_to_model, np.float64), [0, 0, 1]]))[:2]
-    crop_per_model = float(np.sqrt(abs(np.linalg.det(model_to_crop[:, :2]))))
-    step = max(1, int(crop_per_model // 4))          # crop pixels per grid pixel
-    per_model = crop_per_model / step                # grid pixels per model pixel
-    r = max(1, int(round(radius * per_model)))
-    s = max(1, int(math.ceil(2 * tolerance * per_model)))
-    pad = (r + s + 1) * step
-
-    def grid(picture: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(picture[..., :3])).permute(2, 0, 1)[None].float()
-        t = F.pad(t, (pad, pad, pad, pad), mode="replicate")
-        return F.avg_pool2d(t, step) if step > 1 else t
-
-    a, b = grid(before), grid(after)
-    found = []
-    for handle, target in zip(np.asarray(handles_xy, np.float64).reshape(-1, 2),
-                              np.asarray(targets_xy, np.float64).reshape(-1, 2), strict=True):
-        (hx, hy), (tx, ty) = ((model_to_crop[:, :2] @ p + model_to_crop[:, 2] + pad) / step - (step - 1) / (2 * step)
-                              for p in (handle, target))
-        hc, hr, tc, tr = int(round(hx)), int(round(hy)), int(round(tx)), int(round(ty))
-        template = a[..., hr - r:hr + r + 1, hc - r:hc + r + 1]
-        window = b[..., tr - r - s:tr + r + s + 1, tc - r - s:tc + r + s + 1]
-        k = 2 * r + 1
-        patches = F.unfold(window, k).view(3, k * k, -1)
-        patches = patches - patches.mean(1, keepdim=True)
-        t = (template - template.mean((2, 3), keepdim=True)).reshape(3, k * k, 1)
-        ncc = (t * patches).sum((0, 1)) / (t.norm() * patches.norm(dim=(0, 1)) + 1e-6)
-        best = int(ncc.argmax())
-        dy, dx = divmod(best, 2 * s + 1)
-        miss = math.hypot(tc + dx - s - tx, tr + dy - s - ty) / per_model
-        found.append(bool(miss <= tolerance and float(ncc[best]) >= min_similarity))
-    return found
 
 
 def carried_to(flow: torch.Tensor, handles_xy: Any, start_xy: Any, iterations: int = 20) -> np.ndarray:
