@@ -6,19 +6,24 @@ optional CURVE keys, the serving thread and the shutdown are here once.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+from collections.abc import Iterator
 
 import zmq
 
 from draggan_wire import protocol
 
 
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (bound once, then closed)."""
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    sock.close(0)
-    return port
+@contextlib.contextmanager
+def refused_loopback_address() -> Iterator[str]:
+    """A ZeroMQ address on 127.0.0.1 whose port is held bound and never listens while the block runs:
+    connections to it are refused, and no other process (a server another test or job starts on a
+    random port) can take it between choosing it and connecting."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"tcp://127.0.0.1:{held.getsockname()[1]}"
 
 
 class ScriptedRouter:

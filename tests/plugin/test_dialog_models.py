@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from draggan_core import dialog, link
 
-from .scripted_router import free_loopback_port
+from .scripted_router import refused_loopback_address
 
 
 def _models() -> list[link.ModelChoice]:
@@ -28,6 +28,7 @@ def test_default_is_the_first_loaded_model_else_the_first_listed() -> None:
 
 
 def test_unreachable_backend_leaves_the_free_text_field() -> None:
-    models, text = dialog.backend_models(f"tcp://127.0.0.1:{free_loopback_port()}", 0.3)
+    with refused_loopback_address() as address:
+        models, text = dialog.backend_models(address, 0.3)
     assert models is None                      # show() keeps GIMP's text entry for the Model field
     assert text.startswith("Backend not reachable now: ")

@@ -15,17 +15,17 @@ from draggan_core import errors, identity, link
 from draggan_wire import protocol
 
 from . import fakegimp
-from .scripted_router import ScriptedRouter, free_loopback_port, welcome
+from .scripted_router import ScriptedRouter, refused_loopback_address, welcome
 
 
 def test_unreachable_backend_says_how_to_start_it() -> None:
-    address = f"tcp://127.0.0.1:{free_loopback_port()}"
-    backend = link.Backend(address, 1.0, connect_timeout_s=0.3, retries=1)
-    try:
-        with pytest.raises(errors.PluginError) as info:
-            backend.models()
-    finally:
-        backend.close()
+    with refused_loopback_address() as address:
+        backend = link.Backend(address, 1.0, connect_timeout_s=0.3, retries=1)
+        try:
+            with pytest.raises(errors.PluginError) as info:
+                backend.models()
+        finally:
+            backend.close()
     msg = info.value.message
     assert f"no answer from the backend at {address}" in msg and "draggan-backend serve" in msg
     assert not info.value.calling
