@@ -183,18 +183,26 @@ def test_new_content_comes_from_the_model_and_small_model_changes_do_not() -> No
     assert np.array_equal(out[52:58, 52:58], native[52:58, 52:58])
 
 
+PIN_NATIVE, PIN_MODEL = 256, 64
+
+
+def pin_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pins' test picture: (native uint8 [256, 256, 3] with a dot at ``dot`` [1, 2] (x, y), the
+    crop -> model map onto a 64 px model, the dot's model position, a target 5 model px to its right)."""
+    small = PIN_MODEL / PIN_NATIVE
+    dot = np.array([[128.0, 128.0]])
+    crop_to_model = np.array([[small, 0.0, 0.5 * small - 0.5], [0.0, small, 0.5 * small - 0.5]])
+    handle_m = (dot[0] + 0.5) * small - 0.5
+    return scene(PIN_NATIVE, dot, 6.0), dot, crop_to_model, handle_m, handle_m + [5.0, 0.0]
+
+
 def test_pins_take_a_handle_s_content_the_rest_of_the_way_and_stay_near_it() -> None:
     """The model's motion carried a dot 2 px of the 5 it should go (a uniform patch shift): the pins move
     it onto its target within 1 px of the 256 px picture (the dot's centroid: the field is exact at the
     target and stretches the dot a little around it), pixels far from the pins stay as the motion left
     them, and outside the selection nothing changes."""
-    native_size, model_size = 256, 64
-    small = model_size / native_size
-    dot = np.array([[128.0, 128.0]])
-    native = scene(native_size, dot, 6.0)
-    crop_to_model = np.array([[small, 0.0, 0.5 * small - 0.5], [0.0, small, 0.5 * small - 0.5]])
-    to_model = lambda p: (p + 0.5) * small - 0.5  # noqa: E731
-    handle_m, target_m = to_model(dot[0]), to_model(dot[0] + [20.0, 0.0])   # 5 model px to the right
+    native, dot, crop_to_model, handle_m, target_m = pin_scene()
+    native_size, model_size = PIN_NATIVE, PIN_MODEL
     flow = torch.zeros(1, 2, model_size, model_size)
     flow[0, 0, 24:40, 24:44] = -2.0                          # the model moved the patch 2 model px right
     region = torch.zeros(1, 1, model_size, model_size)
@@ -222,13 +230,8 @@ def test_pins_start_from_where_the_motion_as_applied_put_the_handle() -> None:
     it short by the difference. Here the region's weight is 0.5 at the handle: the model moved the dot 4
     model px of the 5 it should go, the picture only 2; pins from the applied motion land it within 1 px of
     its target (256 px picture), pins from the model's whole motion leave it 8 px short."""
-    native_size, model_size = 256, 64
-    small = model_size / native_size
-    dot = np.array([[128.0, 128.0]])
-    native = scene(native_size, dot, 6.0)
-    crop_to_model = np.array([[small, 0.0, 0.5 * small - 0.5], [0.0, small, 0.5 * small - 0.5]])
-    to_model = lambda p: (p + 0.5) * small - 0.5  # noqa: E731
-    handle_m, target_m = to_model(dot[0]), to_model(dot[0] + [20.0, 0.0])   # 5 model px to the right
+    native, dot, crop_to_model, handle_m, target_m = pin_scene()
+    model_size = PIN_MODEL
     flow = torch.zeros(1, 2, model_size, model_size)
     flow[0, 0, 20:44, 20:48] = -4.0                          # the model moved the patch 4 model px right
     region = torch.zeros(1, 1, model_size, model_size)
