@@ -200,14 +200,14 @@ REGION_MIN_MARGIN = 6.0 / 128.0
 RIGID_MARGIN_SPREAD = 1.5
 
 
-def default_region(handles: Any, targets: Any, model_width: int, model_height: int, rigid: bool = False) -> np.ndarray:
+def default_region(handles: Any, targets: Any, model_width: int, model_height: int, wide: bool = False) -> np.ndarray:
     """float32 [h, w] (1 = may move) in the model's frame: the box around ``handles`` and ``targets``
     ([N, 2] model pixels) grown by max(REGION_MIN_MARGIN * height, half the points' spread), or by
-    RIGID_MARGIN_SPREAD times their spread for a ``rigid`` move."""
+    RIGID_MARGIN_SPREAD times their spread for a ``wide`` one (points that move or turn as one)."""
     pts = np.concatenate([np.asarray(handles, np.float64).reshape(-1, 2),
                           np.asarray(targets, np.float64).reshape(-1, 2)])
     spread = float((pts.max(0) - pts.min(0)).max())
-    margin = max(REGION_MIN_MARGIN * model_height, (RIGID_MARGIN_SPREAD if rigid else 0.5) * spread)
+    margin = max(REGION_MIN_MARGIN * model_height, (RIGID_MARGIN_SPREAD if wide else 0.5) * spread)
     x0, y0 = np.floor(pts.min(0) - margin).astype(int)
     x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
     region = np.zeros((model_height, model_width), np.float32)

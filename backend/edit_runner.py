@@ -436,7 +436,7 @@ def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, hand
     frame) for both; without one, ``params.region == "points"`` makes both a box around the points, so
     that a drag moves what was dragged rather than the whole picture; "whole" leaves both open. With
     ``rigid_ok`` (a first drag whose result is the picture's own pixels), points that move as one
-    (motion.rigid_move) get a box that reaches the part they lie on."""
+    (motion.rigid_move) or turn as one (motion.turning) get a box that reaches the part they lie on."""
     from alignment import aligned_edit
 
     if selection is not None:
@@ -446,8 +446,12 @@ def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, hand
     from backend.engine import motion
 
     if rigid_ok and motion.rigid_move(handles, targets, height) is not None:
-        box = aligned_edit.default_region(handles, targets, width, height, rigid=True)
+        box = aligned_edit.default_region(handles, targets, width, height, wide=True)
         return box, box, ("no selection: the points move as one, so a box around them moves with them "
+                          "(Region: Whole picture frees it)")
+    if rigid_ok and motion.turning(handles, targets, height):
+        box = aligned_edit.default_region(handles, targets, width, height, wide=True)
+        return box, box, ("no selection: the points turn as one, so a box well around them may turn with them "
                           "(Region: Whole picture frees it)")
     box = aligned_edit.default_region(handles, targets, width, height)
     return box, box, "no selection: the drag may move a box around its points (Region: Whole picture frees it)"

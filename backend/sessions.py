@@ -159,7 +159,7 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
         flow = motion.dense_motion(session.G, held.ws_initial, session.ws, settings)
         scale = np.array([(flow.shape[-1] - 1) / max(al.width - 1, 1), (flow.shape[-2] - 1) / max(al.height - 1, 1)])
         landed = motion.landed(flow, np.asarray(handles) * scale, np.asarray(targets) * scale,
-                               settings.land_tolerance)
+                               settings.land_tolerance, settings.land_fraction)
         if held.result == "model":
             rgba, offset = aligned_edit.paste_back_cut(al, W, H, session.image())
         else:
@@ -180,7 +180,8 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
                 pins = (sources / scale, np.asarray(targets, np.float64))
                 pinned = True
             rgb = motion.transfer_detail(held.native, al.inverse_matrix, (al.width, al.height), flow, soft, before,
-                                         after, settings.residual_floor, held.keep, pins, settings.pin_sigma)
+                                         after, settings.residual_floor, held.keep, pins, settings.pin_sigma,
+                                         settings.pin_width_per_move)
             rgba, offset = aligned_edit.cut_to_produced_area(al, rgb)
     points = [(float(x), float(y)) for x, y in al.to_crop(session.points)]
     if not all(landed):

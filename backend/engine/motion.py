@@ -15,6 +15,8 @@ drag made content that was not there before (an opened mouth, the far side of a 
   things far from the points (the latent is shared by the whole picture); that drift stays out.
 * :func:`landed`: whether the dense motion carries each handle's content to its target: an independent
   check of the point tracker, which can lock onto something that merely looks alike.
+* :func:`turning`: whether the points turn as one in the picture's plane (the server then lets the motion
+  reach well around them).
 * :func:`rigid_move` / :func:`transfer_rigid`: a drag whose points all move by one shift and scale
   moves the part they lie on, in the native crop's own pixels (the model's drag moves the features
   under the points and leaves the outline behind).
@@ -40,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["MotionSettings", "carried_to", "dense_motion", "feature_pyramid_inputs", "feathered", "flow_at", "landed",
-           "match_flow", "motion_region", "resize_flow", "rigid_move", "transfer_detail", "transfer_rigid", "warp"]
+           "match_flow", "motion_region", "resize_flow", "rigid_move", "transfer_detail", "transfer_rigid", "turning",
+           "warp"]
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,17 @@ class MotionSettings:
     of no motion) a displacement must match for a pixel to move at all; ``threshold``: least
     motion (work pixels) that counts as moved; ``grow``/``feather``: the region's margin and soft edge
     (work pixels); ``residual_floor``: model changes smaller than this (on [-1, 1] images; 0.1 = 13
-    levels) are not added; ``land_tolerance``: how far (work pixels) the motion may carry a handle's
-    content from its target and still count as landed; ``smooth``: the Gaussian (work pixels) that
-    spreads confident motion into flat areas; ``allowed_feather``: the width (work pixels) over which the
+    levels) are not added; ``land_tolerance``/``land_fraction``: how far the motion may leave a handle's
+    content from its target and still count as landed: ``land_tolerance`` work pixels, and at most
+    ``land_fraction`` of the move (a 2 px move carried 1 px did not land); ``smooth``: the Gaussian (work
+    pixels) that spreads confident motion into flat areas; ``allowed_feather``: the width (work pixels) over which the
     motion fades out inside the edge of ``allowed`` (a box the drag may change), so that something the
-    model moved across that edge bends instead of breaking; ``pin``/``pin_sigma``: take each handle's content the rest
-    of the way to its target in the picture's own pixels (:func:`transfer_detail`'s ``pins``; model
-    pixels); ``rigid_tolerance``/``rigid_min_span``: when a drag is a rigid move (:func:`rigid_move`): how
-    far (a fraction of the mean move) a point may be from one shift-and-scale, and how much of the
-    model's height the points must span on both axes."""
+    model moved across that edge bends instead of breaking; ``pin``/``pin_sigma``/``pin_width_per_move``:
+    take each handle's content the rest of the way to its target in the picture's own pixels
+    (:func:`transfer_detail`'s ``pins``), with a field at least ``pin_sigma`` model pixels wide and at least
+    ``pin_width_per_move`` times the longest way it carries content; ``rigid_tolerance``/``rigid_min_span``:
+    when a drag is a rigid move (:func:`rigid_move`): how far (a fraction of the mean move) a point may be
+    from one shift-and-scale, and how much of the model's height the points must span on both axes."""
 
     work_size: int = 128
     radii: tuple[int, int, int] = (4, 2, 2)
@@ -70,12 +75,16 @@ class MotionSettings:
     feather: int = 3
     residual_floor: float = 0.1
     land_tolerance: float = 1.5
+    land_fraction: float = 0.4
     smooth: float = 1.0
     pin: bool = True
     pin_sigma: float = 4.0
+    pin_width_per_move: float = 2.0
     rigid_tolerance: float = 0.02
     rigid_min_span: float = 0.15
     allowed_feather: int = 4
+    turn_min_degrees: float = 3.0
+    turn_tolerance: float = 0.25
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -317,13 +326,15 @@ def motion_region(flow: torch.Tensor, seeds_xy: Sequence[Sequence[float]], setti
     return hard, soft
 
 
-def landed(flow: torch.Tensor, handles_xy: Any, targets_xy: Any, tolerance: float) -> list[bool]:
-    """For each handle: does the backward flow at its target point back to it (within ``tolerance``
-    pixels of the flow's grid)? Points are on the flow's grid."""
+def landed(flow: torch.Tensor, handles_xy: Any, targets_xy: Any, tolerance: float,
+           fraction: float = 1.0) -> list[bool]:
+    """For each handle: does the backward flow at its target point back to it, within ``tolerance``
+    pixels of the flow's grid and within ``fraction`` of the handle's move? Points are on the flow's grid."""
     h = np.asarray(handles_xy, np.float64).reshape(-1, 2)
     t = np.asarray(targets_xy, np.float64).reshape(-1, 2)
     source = t + flow_at(flow, t)
-    return [bool(d <= tolerance) for d in np.hypot(*(source - h).T)]
+    allowed = np.minimum(tolerance, fraction * np.hypot(*(t - h).T))
+    return [bool(d <= a) for d, a in zip(np.hypot(*(source - h).T), allowed, strict=True)]
 
 
 def carried_to(flow: torch.Tensor, handles_xy: Any, start_xy: Any, iterations: int = 20) -> np.ndarray:
@@ -368,6 +379,33 @@ def rigid_move(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSe
     if float(residual.max()) > settings.rigid_tolerance * float(moves.mean()):
         return None
     return fit
+
+
+def turning(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSettings = MotionSettings()) -> bool:
+    """Do the points turn as one, in the picture's plane (a head tilted to one side)?
+
+    Two or more points spread over at least ``settings.rigid_min_span`` of ``height`` on both axes, whose
+    moves one rotation (with a shift and uniform scale) about their centre explains within
+    ``settings.turn_tolerance`` of the mean move, by at least ``settings.turn_min_degrees``. Such a drag
+    turns the part the points lie on, which reaches well beyond them (hair, outline), unlike points that
+    all move one way (a head turned away, nodded: the model's motion past the features is unreliable
+    there). Points ``[N, 2]`` model pixels, x then y."""
+    h = np.asarray(handles_xy, np.float64).reshape(-1, 2)
+    t = np.asarray(targets_xy, np.float64).reshape(-1, 2)
+    if len(h) < 2:
+        return False
+    points = np.concatenate([h, t])
+    if float((points.max(0) - points.min(0)).min()) < settings.rigid_min_span * height:
+        return False
+    hc = (h - h.mean(0)) @ np.array([1.0, 1j])
+    tc = (t - t.mean(0)) @ np.array([1.0, 1j])
+    turn = complex(np.vdot(hc, tc) / np.vdot(hc, hc))   # the best rotation and scale, as one complex number
+    moves = np.hypot(*(t - h).T)
+    if float(moves.mean()) <= 0:
+        return False
+    misfit = float(np.abs(tc - turn * hc).max())
+    return (abs(math.degrees(math.atan2(turn.imag, turn.real))) >= settings.turn_min_degrees
+            and misfit <= settings.turn_tolerance * float(moves.mean()))
 
 
 def feathered(area: torch.Tensor, feather: int) -> torch.Tensor:
@@ -478,7 +516,8 @@ class _CropWindow:
 def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: tuple[int, int], flow: torch.Tensor,
                     region: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
                     residual_floor: float = 0.1, keep: np.ndarray | None = None,
-                    pins: tuple[np.ndarray, np.ndarray] | None = None, pin_sigma: float = 4.0) -> np.ndarray:
+                    pins: tuple[np.ndarray, np.ndarray] | None = None, pin_sigma: float = 4.0,
+                    pin_width_per_move: float = 2.0) -> np.ndarray:
     """The edit in the native crop's frame, uint8 ``[H, W, 3]``.
 
     ``native``: the crop, uint8 ``[H, W, 3]``; ``crop_to_model``: 2x3 map from crop pixel centres to model
@@ -490,14 +529,20 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
 
     ``pins`` (``sources``, ``targets``: ``[N, 2]`` model pixels): where the motion put each handle's content
     (:func:`carried_to`) and where the user asked for it. The moved picture is then moved once more by a
-    smooth field of width ``pin_sigma`` model pixels that takes each source onto its target, so the
-    handles land where asked even when the model's drag stopped a little short or overshot; the field
-    fades to nothing away from the targets, and besides the region it may move only the pins' own
-    neighbourhoods (a Gaussian of ``2 * pin_sigma``; never ``keep``)."""
+    smooth field that takes each source onto its target, so the handles land where asked even when the
+    model's drag stopped short or overshot. Its width is ``pin_sigma`` model pixels, or
+    ``pin_width_per_move`` times the longest source -> target distance when that is more: a Gaussian
+    that carries content ``d`` pixels squeezes the picture by at most ``0.61 d / width`` (0.3 at twice the
+    distance), so a long way left moves the part around the handle instead of folding it over itself.
+    The field fades to nothing away from the targets, and besides the region it may move only the pins'
+    own neighbourhoods (a Gaussian of twice its width; never ``keep``)."""
     model_w, model_h = model_size
     work_h, work_w = flow.shape[-2:]
     sx, sy = (work_w - 1) / max(model_w - 1, 1), (work_h - 1) / max(model_h - 1, 1)
     pinned = pins is not None and len(pins[1]) > 0
+    if pinned:
+        left = np.hypot(*(np.asarray(pins[0], np.float64) - np.asarray(pins[1], np.float64)).reshape(-1, 2).T)  # type: ignore[index]
+        pin_sigma = max(pin_sigma, pin_width_per_move * float(left.max()))
     # Only the crop pixels the region (or the pins' neighbourhoods) covers can change.
     rows, cols = torch.nonzero(region[0, 0] > 0, as_tuple=True)
     boxes = []

@@ -141,6 +141,11 @@ def test_the_region_is_the_motion_connected_to_the_points_and_landed_checks_each
     assert (limited[0, 0] > 0).sum() == 50
     # handle 1 at (6, 10) moved to (9, 10): the flow at the target points back to it; handle 2 did not move
     assert motion.landed(flow, [(6.0, 10.0), (20.0, 20.0)], [(9.0, 10.0), (24.0, 20.0)], 1.0) == [True, False]
+    # a short move carried part of the way is not "landed" because the rest is within the tolerance:
+    # handle (6, 10) -> (10, 10) carried 3 px of 4 by this flow, 1 px short (within 1.5 px, not within 0.2 x 4)
+    assert motion.landed(flow, [(6.0, 10.0)], [(10.0, 10.0)], 1.5) == [True]
+    assert motion.landed(flow, [(6.0, 10.0)], [(10.0, 10.0)], 1.5, fraction=0.2) == [False]
+    assert motion.landed(flow, [(6.0, 10.0)], [(9.0, 10.0)], 1.5, fraction=0.2) == [True]
 
 
 def test_outside_the_region_and_the_selection_every_pixel_is_the_original_s() -> None:
@@ -214,8 +219,9 @@ def test_pins_take_a_handle_s_content_the_rest_of_the_way_and_stay_near_it() -> 
     keep[:, :40] = True
     plain = motion.transfer_detail(native, crop_to_model, (model_size,) * 2, flow, region, pictures, pictures,
                                    keep=keep)
+    # 4 model px wide (the way left, 3 px, asks for no more at 1x)
     pinned = motion.transfer_detail(native, crop_to_model, (model_size,) * 2, flow, region, pictures, pictures,
-                                    keep=keep, pins=(carried, target_m[None]), pin_sigma=4.0)
+                                    keep=keep, pins=(carried, target_m[None]), pin_sigma=4.0, pin_width_per_move=1.0)
     assert np.hypot(*(centroids(plain, dot + [8.0, 0.0], 10.0) - (dot + [8.0, 0.0]))[0]) <= 0.5
     assert np.hypot(*(centroids(pinned, dot + [20.0, 0.0], 10.0) - (dot + [20.0, 0.0]))[0]) <= 1.0
     assert np.array_equal(pinned[keep], native[keep])
@@ -248,6 +254,37 @@ def test_pins_start_from_where_the_motion_as_applied_put_the_handle() -> None:
     assert landing["whole"] >= 3.0   # 8 px short; the centroid's window pulls the measure towards the goal
 
 
+def test_a_long_way_left_moves_the_part_around_the_handle_instead_of_smearing_it() -> None:
+    """The model's motion left a dot 10 model px (40 px of the 256 px picture) from its target. A pin field
+    4 model px wide would carry it there by folding the picture over itself (it squeezes by 0.61 x 10 / 4,
+    more than all of it): the dot is dragged out into a streak. A field twice as wide as the way left
+    moves the dot whole: it lands within 1 px and nothing dark is left along the way."""
+    native, dot, crop_to_model, handle_m, _ = pin_scene()
+    model_size = PIN_MODEL
+    target_m = handle_m + [10.0, 0.0]
+    flow = torch.zeros(1, 2, model_size, model_size)
+    region = torch.ones(1, 1, model_size, model_size)
+    pictures = torch.zeros(1, 3, model_size, model_size)
+    goal = dot + [40.0, 0.0]
+    midway = (dot + goal)[0] / 2
+
+    def darkness(img: np.ndarray) -> np.ndarray:
+        dark = 255.0 - img.astype(np.float64).mean(axis=2)
+        return np.clip(dark - np.median(dark), 0, None)
+
+    peak = darkness(native)[int(dot[0, 1]), int(dot[0, 0])]
+    out = {}
+    for width_per_move in (0.0, 2.0):
+        out[width_per_move] = motion.transfer_detail(native, crop_to_model, (model_size,) * 2, flow, region, pictures,
+                                                     pictures, pins=(handle_m[None], target_m[None]), pin_sigma=4.0,
+                                                     pin_width_per_move=width_per_move)
+    streak = darkness(out[0.0])[int(midway[1]), int(midway[0])]
+    assert streak > 0.5 * peak                                 # the narrow field smears the dot along its way
+    whole = out[2.0]
+    assert np.hypot(*(centroids(whole, goal, 10.0) - goal)[0]) <= 1.0
+    assert darkness(whole)[int(midway[1]), int(midway[0])] < 0.3 * peak
+
+
 def test_a_rigid_move_is_three_spread_points_moved_by_one_shift_and_scale_and_nothing_else() -> None:
     """The gate that decides a drag moves a whole part: a shift or a resize of points spread over the
     picture passes; a rotation, a non-uniform move, two points, or points along a line do not."""
@@ -267,6 +304,25 @@ def test_a_rigid_move_is_three_spread_points_moved_by_one_shift_and_scale_and_no
     assert motion.rigid_move(pts[:2], shifted[:2], height) is None                         # two points
     line = np.array([[30.0, 60.0], [60.0, 62.0], [90.0, 61.0]])                            # a row of points
     assert motion.rigid_move(line, line + np.array([0.0, 4.0]), height) is None
+
+
+def test_turning_is_spread_points_turned_as_one_about_their_centre_and_nothing_else() -> None:
+    """The gate that lets a drag's motion reach well around its points: points spread over the picture,
+    turned (and shifted) as one by a few degrees, pass; a shift, a resize, points close together, a
+    turn of under 3 degrees, or one point off the turn do not."""
+    height = 128
+    pts = np.array([[40.0, 40.0], [80.0, 44.0], [60.0, 90.0]])
+    assert motion.turning(pts, rigid(pts, 8.0, (2.0, -1.0), 64.0), height)
+    assert motion.turning(pts[[0, 2]], rigid(pts[[0, 2]], -6.0, (0.0, 0.0), 64.0), height)        # two points
+    assert not motion.turning(pts, pts + np.array([5.0, -3.0]), height)                          # a shift
+    centre = pts.mean(0)
+    assert not motion.turning(pts, (pts - centre) * 1.1 + centre, height)                        # a resize
+    close = np.array([[50.0, 60.0], [62.0, 61.0], [56.0, 70.0]])
+    assert not motion.turning(close, rigid(close, 10.0, (0.0, 0.0), 56.0), height)              # close together
+    assert not motion.turning(pts, rigid(pts, 2.0, (0.0, 0.0), 64.0), height)                    # 2 degrees
+    bent = rigid(pts, 8.0, (0.0, 0.0), 64.0)
+    bent[2] += (0.0, 4.0)                                                                         # one off the turn
+    assert not motion.turning(pts, bent, height)
 
 
 def test_a_rigid_move_reproduces_a_known_shift_and_scale_at_four_times_the_model_s_resolution_within_1_px() -> None:
