@@ -399,10 +399,11 @@ def turning(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSetti
         return False
     hc = (h - h.mean(0)) @ np.array([1.0, 1j])
     tc = (t - t.mean(0)) @ np.array([1.0, 1j])
-    turn = complex(np.vdot(hc, tc) / np.vdot(hc, hc))   # the best rotation and scale, as one complex number
     moves = np.hypot(*(t - h).T)
-    if float(moves.mean()) <= 0:
+    spread = float(np.vdot(hc, hc).real)
+    if spread < 1e-12 or float(moves.mean()) <= 0:
         return False
+    turn = complex(np.vdot(hc, tc) / spread)   # the best rotation and scale, as one complex number
     misfit = float(np.abs(tc - turn * hc).max())
     return (abs(math.degrees(math.atan2(turn.imag, turn.real))) >= settings.turn_min_degrees
             and misfit <= settings.turn_tolerance * float(moves.mean()))

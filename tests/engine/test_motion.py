@@ -323,6 +323,8 @@ def test_turning_is_spread_points_turned_as_one_about_their_centre_and_nothing_e
     bent = rigid(pts, 8.0, (0.0, 0.0), 64.0)
     bent[2] += (0.0, 4.0)                                                                         # one off the turn
     assert not motion.turning(pts, bent, height)
+    same = np.array([[40.0, 40.0], [40.0, 40.0]])
+    assert not motion.turning(same, same + np.array([[20.0, 25.0], [-20.0, -25.0]]), height)  # handles at one spot
 
 
 def test_a_rigid_move_reproduces_a_known_shift_and_scale_at_four_times_the_model_s_resolution_within_1_px() -> None:
