@@ -251,3 +251,17 @@ def test_points_that_move_as_one_move_the_part_they_lie_on_in_the_photo_s_own_pi
     core = rgba[10:22, 10:22, :3].astype(int)            # inside the box's feathered edge
     assert np.abs(core - original[10:22, 8:20]).max() <= 1
     assert np.abs(core - original[10:22, 10:22]).max() > 10   # it really moved
+
+
+def test_points_that_turn_as_one_may_move_a_box_well_around_them_and_say_so(real_server: Server,
+                                                                           photo: P.Image) -> None:
+    """Three spread points turned 10 degrees about their centre, no selection: the drag's motion may reach
+    well around them (a head tilted to one side takes its hair and outline along), and the note says why."""
+    handles = np.array([(8.0, 8.0), (22.0, 9.0), (15.0, 22.0)])
+    centre = handles.mean(0)
+    a = np.radians(10.0)
+    turned = (handles - centre) @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + centre
+    with Client(real_server.endpoint, timeout_s=60) as client:
+        result = client.edit(edit(handles=[(float(x), float(y)) for x, y in handles],
+                                  targets=[(float(x), float(y)) for x, y in turned], image=photo))
+    assert "turn as one" in result.note and "move as one" not in result.note
