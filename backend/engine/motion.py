@@ -349,6 +349,21 @@ def carried_to(flow: torch.Tensor, handles_xy: Any, start_xy: Any, iterations: i
     return q
 
 
+def _spread_points(handles_xy: Any, targets_xy: Any, least: int, height: int, settings: MotionSettings
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(handles, targets) ``[N, 2]`` when there are at least ``least`` points and, with their targets, they
+    span ``settings.rigid_min_span`` of ``height`` on both axes (the gate of :func:`rigid_move` and
+    :func:`turning`: the drag is about a part, not one feature); None otherwise."""
+    h = np.asarray(handles_xy, np.float64).reshape(-1, 2)
+    t = np.asarray(targets_xy, np.float64).reshape(-1, 2)
+    if len(h) < least:
+        return None
+    points = np.concatenate([h, t])
+    if float((points.max(0) - points.min(0)).min()) < settings.rigid_min_span * height:
+        return None
+    return h, t
+
+
 def rigid_move(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSettings = MotionSettings()
                ) -> np.ndarray | None:
     """The backward map of a drag whose points move as one, or None.
@@ -360,13 +375,10 @@ def rigid_move(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSe
     and leave the outline behind, so such a drag is carried by the picture's own pixels alone. Returns
     the 2x3 map from a pixel after the move to where its content was before (``targets`` -> ``handles``;
     points ``[N, 2]`` model pixels, x then y)."""
-    h = np.asarray(handles_xy, np.float64).reshape(-1, 2)
-    t = np.asarray(targets_xy, np.float64).reshape(-1, 2)
-    if len(h) < 3:
+    spread_out = _spread_points(handles_xy, targets_xy, 3, height, settings)
+    if spread_out is None:
         return None
-    points = np.concatenate([h, t])
-    if float((points.max(0) - points.min(0)).min()) < settings.rigid_min_span * height:
-        return None
+    h, t = spread_out
     moves = np.hypot(*(t - h).T)
     tc, hc = t - t.mean(0), h - h.mean(0)
     spread = float((tc ** 2).sum())
@@ -390,13 +402,10 @@ def turning(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSetti
     turns the part the points lie on, which reaches well beyond them (hair, outline), unlike points that
     all move one way (a head turned away, nodded: the model's motion past the features is unreliable
     there). Points ``[N, 2]`` model pixels, x then y."""
-    h = np.asarray(handles_xy, np.float64).reshape(-1, 2)
-    t = np.asarray(targets_xy, np.float64).reshape(-1, 2)
-    if len(h) < 2:
+    spread_out = _spread_points(handles_xy, targets_xy, 2, height, settings)
+    if spread_out is None:
         return False
-    points = np.concatenate([h, t])
-    if float((points.max(0) - points.min(0)).min()) < settings.rigid_min_span * height:
-        return False
+    h, t = spread_out
     hc = (h - h.mean(0)) @ np.array([1.0, 1j])
     tc = (t - t.mean(0)) @ np.array([1.0, 1j])
     moves = np.hypot(*(t - h).T)
@@ -540,10 +549,12 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
     model_w, model_h = model_size
     work_h, work_w = flow.shape[-2:]
     sx, sy = (work_w - 1) / max(model_w - 1, 1), (work_h - 1) / max(model_h - 1, 1)
-    pinned = pins is not None and len(pins[1]) > 0
-    if pinned:
-        left = np.hypot(*(np.asarray(pins[0], np.float64) - np.asarray(pins[1], np.float64)).reshape(-1, 2).T)  # type: ignore[index]
-        pin_sigma = max(pin_sigma, pin_width_per_move * float(left.max()))
+    sources = targets = np.zeros((0, 2))
+    if pins is not None:
+        sources, targets = (np.asarray(p, np.float64).reshape(-1, 2) for p in pins)
+    pinned = len(targets) > 0
+    longest_left = float(np.hypot(*(sources - targets).T).max()) if pinned else 0.0   # model pixels
+    pin_sigma = max(pin_sigma, pin_width_per_move * longest_left)
     # Only the crop pixels the region (or the pins' neighbourhoods) covers can change.
     rows, cols = torch.nonzero(region[0, 0] > 0, as_tuple=True)
     boxes = []
@@ -551,17 +562,14 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
         boxes.append((float(cols.min()) / sx, float(rows.min()) / sy, float(cols.max()) / sx, float(rows.max()) / sy))
     if pinned:
         reach = 6.0 * pin_sigma  # where the pins' weight (a Gaussian of 2 sigma) is above 0.01
-        pts = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in pins])  # type: ignore[union-attr]
+        pts = np.concatenate([sources, targets])
         boxes.append((pts[:, 0].min() - reach, pts[:, 1].min() - reach, pts[:, 0].max() + reach,
                       pts[:, 1].max() + reach))
     if not boxes:
         return np.ascontiguousarray(native[..., :3]).copy()
     model_box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
     # a window pixel may read as far as the largest displacement (model pixels)
-    reach_model = float(flow.abs().max()) / min(sx, sy)
-    if pinned:
-        d = np.abs(np.asarray(pins[0], np.float64) - np.asarray(pins[1], np.float64))  # type: ignore[index]
-        reach_model += float(d.max())
+    reach_model = float(flow.abs().max()) / min(sx, sy) + longest_left
     win = _CropWindow(native, crop_to_model, model_size, model_box, reach_model, flow.device)
     if win.empty:
         return win.original.copy()
@@ -576,7 +584,6 @@ def transfer_detail(native: np.ndarray, crop_to_model: np.ndarray, model_size: t
     # Composing the two displacements samples the crop once (two warps in a row would blur it twice).
     fx = fy = torch.zeros_like(mx)
     if pinned:
-        sources, targets = (np.asarray(p, np.float64).reshape(-1, 2) for p in pins)  # type: ignore[union-attr]
         fx, fy = _pin_field(mx, my, sources, targets, pin_sigma)
         # the pins' neighbourhoods may move even where the model's motion was too small to count
         near = torch.zeros_like(mx)
