@@ -436,7 +436,8 @@ def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, hand
     frame) for both; without one, ``params.region == "points"`` makes both a box around the points, so
     that a drag moves what was dragged rather than the whole picture; "whole" leaves both open. With
     ``rigid_ok`` (a first drag whose result is the picture's own pixels), points that move as one
-    (motion.rigid_move) or turn as one (motion.turning) get a box that reaches the part they lie on."""
+    (motion.rigid_move) or turn as one (motion.turning) get a box that reaches the part they lie on, and
+    points in a row or a cluster (not motion.spread_out) may move the picture only in a box around each."""
     from alignment import aligned_edit
 
     if selection is not None:
@@ -454,6 +455,11 @@ def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, hand
         return box, box, ("no selection: the points turn as one, so a box well around them may turn with them "
                           "(Region: Whole picture frees it)")
     box = aligned_edit.default_region(handles, targets, width, height)
+    if rigid_ok and not motion.spread_out(handles, targets, height):
+        # the model still gets the one box to make its change in; the picture moves only near each point
+        return box, aligned_edit.point_boxes(handles, targets, width, height), (
+            "no selection: the points lie in a row or a cluster, so each moves a box around it and what lies "
+            "between them stays (Region: Whole picture frees it)")
     return box, box, "no selection: the drag may move a box around its points (Region: Whole picture frees it)"
 
 

@@ -364,6 +364,13 @@ def _spread_points(handles_xy: Any, targets_xy: Any, least: int, height: int, se
     return h, t
 
 
+def spread_out(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSettings = MotionSettings()) -> bool:
+    """Do the points, with their targets, span ``settings.rigid_min_span`` of ``height`` on both axes
+    (a drag about a part, e.g. a head, rather than features in a row or a cluster)? ``[N, 2]`` model
+    pixels, x then y."""
+    return _spread_points(handles_xy, targets_xy, 1, height, settings) is not None
+
+
 def rigid_move(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSettings = MotionSettings()
                ) -> np.ndarray | None:
     """The backward map of a drag whose points move as one, or None.

@@ -265,3 +265,13 @@ def test_points_that_turn_as_one_may_move_a_box_well_around_them_and_say_so(real
         result = client.edit(edit(handles=[(float(x), float(y)) for x, y in handles],
                                   targets=[(float(x), float(y)) for x, y in turned], image=photo))
     assert "turn as one" in result.note and "move as one" not in result.note
+
+
+def test_points_in_a_row_each_move_a_box_of_their_own_and_say_so(real_server: Server, photo: P.Image) -> None:
+    """Two points in a row raised 1 px (a smile's corners), no selection: the note says each point moves a
+    box around it and the face between them stays; the picture comes back whole."""
+    handles = [(6.0, 20.0), (26.0, 20.0)]
+    with Client(real_server.endpoint, timeout_s=60) as client:
+        result = client.edit(edit(handles=handles, targets=[(x, y - 1.0) for x, y in handles], image=photo))
+    assert "row or a cluster" in result.note and "move as one" not in result.note
+    assert len(result.landed) == 2 and (result.image.width, result.image.height) == (SIDE, SIDE)
