@@ -281,10 +281,13 @@ selection, points in a row or a small cluster (less than 12 % of the height apar
 their own box, with the pins below; *v4*: v3 with pins that start from where the motion, as the
 region lets it through, put each handle (not where the model's whole motion put it); *v4 + pixel landing
 check* (an experiment, reverted; 10 cases): v4's pictures, with "landed" read from the result's pixels
-(each handle's neighbourhood looked for at its target) instead of the motion; *default*: v4 with pins at
+(each handle's neighbourhood looked for at its target) instead of the motion; *v5*: v4 with pins at
 least twice as wide as the way they carry content (a narrow pin folded the picture when the model stopped
 far short), "landed" only within 40 % of a short move, and, without a selection, the wide box of rigid
-moves for points spread over the face that turn as one (a head tilted to one side). Baselines:
+moves for points spread over the face that turn as one (a head tilted to one side); *default*: v5 where,
+without a selection, points in a row or a cluster (not spread over the face on both axes) move the
+picture only in a box around each point (1.5x its move as margin), the model still drawing its change in
+the one box. Baselines:
 *no edit*, *ceiling* (the exact answer drawn at 128 px and scaled up: the best a 128 px model's own
 pixels could be), *warp rbf* / *warp tps* (the layer warped by the handle -> target points alone).
 ST-LPIPS is the VGG shift-tolerant distance to the exact answer at the layer's size ("x no edit": the
