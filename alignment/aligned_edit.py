@@ -227,7 +227,7 @@ def point_boxes(handles: Any, targets: Any, model_width: int, model_height: int)
     """float32 [h, w] (1 = may move) in the model's frame: the union of one box per point around its
     handle and target ([N, 2] model pixels each), grown by max(REGION_MIN_MARGIN * height,
     POINT_MARGIN_MOVE * that point's move). For points in a row or a cluster: each feature moves, the
-    face between them stays."""
+    face between them is not carried along."""
     h = np.asarray(handles, np.float64).reshape(-1, 2)
     t = np.asarray(targets, np.float64).reshape(-1, 2)
     region = np.zeros((model_height, model_width), np.float32)

@@ -458,8 +458,8 @@ def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, hand
     if rigid_ok and not motion.spread_out(handles, targets, height):
         # the model still gets the one box to make its change in; the picture moves only near each point
         return box, aligned_edit.point_boxes(handles, targets, width, height), (
-            "no selection: the points lie in a row or a cluster, so each moves a box around it and what lies "
-            "between them stays (Region: Whole picture frees it)")
+            "no selection: the points lie in a row or a cluster, so each moves a box around it, not the face "
+            "between them (Region: Whole picture frees it)")
     return box, box, "no selection: the drag may move a box around its points (Region: Whole picture frees it)"
 
 

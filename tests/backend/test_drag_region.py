@@ -1,6 +1,6 @@
 """Where a drag without a selection may move the picture (edit_runner._drag_region): points spread over
 the face move a box around them all; points in a row or a cluster (a smile's corners, both pupils) each
-move a box of their own, so that the face between them keeps its pixels; the model still makes its
+move a box of their own, so that the face between them is not carried along; the model still makes its
 change inside the one box."""
 
 from __future__ import annotations

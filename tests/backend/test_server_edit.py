@@ -269,7 +269,7 @@ def test_points_that_turn_as_one_may_move_a_box_well_around_them_and_say_so(real
 
 def test_points_in_a_row_each_move_a_box_of_their_own_and_say_so(real_server: Server, photo: P.Image) -> None:
     """Two points in a row raised 1 px (a smile's corners), no selection: the note says each point moves a
-    box around it and the face between them stays; the picture comes back whole."""
+    box around it, not the face between them; the picture comes back whole."""
     handles = [(6.0, 20.0), (26.0, 20.0)]
     with Client(real_server.endpoint, timeout_s=60) as client:
         result = client.edit(edit(handles=handles, targets=[(x, y - 1.0) for x, y in handles], image=photo))
