@@ -208,6 +208,14 @@ RIGID_MARGIN_SPREAD = 1.5
 POINT_MARGIN_MOVE = 1.5
 
 
+def _mark_box(region: np.ndarray, points: np.ndarray, margin: float) -> None:
+    """Set to 1 the pixels of ``region`` [h, w] in the box around ``points`` [N, 2] (model pixels) grown by
+    ``margin`` pixels, clipped to the frame."""
+    x0, y0 = np.floor(points.min(0) - margin).astype(int)
+    x1, y1 = np.ceil(points.max(0) + margin).astype(int)
+    region[max(y0, 0):max(y1 + 1, 0), max(x0, 0):max(x1 + 1, 0)] = 1.0
+
+
 def default_region(handles: Any, targets: Any, model_width: int, model_height: int, wide: bool = False) -> np.ndarray:
     """float32 [h, w] (1 = may move) in the model's frame: the box around ``handles`` and ``targets``
     ([N, 2] model pixels) grown by max(REGION_MIN_MARGIN * height, half the points' spread), or by
@@ -215,11 +223,8 @@ def default_region(handles: Any, targets: Any, model_width: int, model_height: i
     pts = np.concatenate([np.asarray(handles, np.float64).reshape(-1, 2),
                           np.asarray(targets, np.float64).reshape(-1, 2)])
     spread = float((pts.max(0) - pts.min(0)).max())
-    margin = max(REGION_MIN_MARGIN * model_height, (RIGID_MARGIN_SPREAD if wide else 0.5) * spread)
-    x0, y0 = np.floor(pts.min(0) - margin).astype(int)
-    x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
     region = np.zeros((model_height, model_width), np.float32)
-    region[max(y0, 0):max(y1 + 1, 0), max(x0, 0):max(x1 + 1, 0)] = 1.0
+    _mark_box(region, pts, max(REGION_MIN_MARGIN * model_height, (RIGID_MARGIN_SPREAD if wide else 0.5) * spread))
     return region
 
 
@@ -232,10 +237,8 @@ def point_boxes(handles: Any, targets: Any, model_width: int, model_height: int)
     t = np.asarray(targets, np.float64).reshape(-1, 2)
     region = np.zeros((model_height, model_width), np.float32)
     for a, b in zip(h, t):
-        margin = max(REGION_MIN_MARGIN * model_height, POINT_MARGIN_MOVE * float(np.hypot(*(b - a))))
-        x0, y0 = np.floor(np.minimum(a, b) - margin).astype(int)
-        x1, y1 = np.ceil(np.maximum(a, b) + margin).astype(int)
-        region[max(y0, 0):max(y1 + 1, 0), max(x0, 0):max(x1 + 1, 0)] = 1.0
+        _mark_box(region, np.stack([a, b]),
+                  max(REGION_MIN_MARGIN * model_height, POINT_MARGIN_MOVE * float(np.hypot(*(b - a)))))
     return region
 
 

@@ -382,10 +382,10 @@ def rigid_move(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSe
     and leave the outline behind, so such a drag is carried by the picture's own pixels alone. Returns
     the 2x3 map from a pixel after the move to where its content was before (``targets`` -> ``handles``;
     points ``[N, 2]`` model pixels, x then y)."""
-    spread_out = _spread_points(handles_xy, targets_xy, 3, height, settings)
-    if spread_out is None:
+    points = _spread_points(handles_xy, targets_xy, 3, height, settings)
+    if points is None:
         return None
-    h, t = spread_out
+    h, t = points
     moves = np.hypot(*(t - h).T)
     tc, hc = t - t.mean(0), h - h.mean(0)
     spread = float((tc ** 2).sum())
@@ -409,10 +409,10 @@ def turning(handles_xy: Any, targets_xy: Any, height: int, settings: MotionSetti
     turns the part the points lie on, which reaches well beyond them (hair, outline), unlike points that
     all move one way (a head turned away, nodded: the model's motion past the features is unreliable
     there). Points ``[N, 2]`` model pixels, x then y."""
-    spread_out = _spread_points(handles_xy, targets_xy, 2, height, settings)
-    if spread_out is None:
+    points = _spread_points(handles_xy, targets_xy, 2, height, settings)
+    if points is None:
         return False
-    h, t = spread_out
+    h, t = points
     hc = (h - h.mean(0)) @ np.array([1.0, 1j])
     tc = (t - t.mean(0)) @ np.array([1.0, 1j])
     moves = np.hypot(*(t - h).T)
