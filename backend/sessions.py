@@ -8,7 +8,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from draggan_wire import protocol
 from draggan_wire.protocol import ErrorCode, ProtocolError
 
 from .images import rgb_to_image
+
+if TYPE_CHECKING:
+    from .engine.motion import MotionSettings
 
 Emit = Callable[[protocol.Progress], None]
 ShouldCancel = Callable[[], bool]
@@ -126,10 +129,11 @@ def run_drag(session: Any, emit: Emit, should_cancel: ShouldCancel,
 
 
 def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
-                note: str) -> protocol.Result:
+                note: str, settings: MotionSettings | None = None) -> protocol.Result:
     """The session's picture in the crop's frame (RGBA cut to the area the model's frame covers)
     and, per handle of the last drag, whether the dense motion (or, for a rigid move, that move)
-    carries it to its target."""
+    carries it to its target. ``settings``: how the motion is measured and applied (the defaults when
+    None; benchmarks/refinish.py tunes them)."""
     from alignment import aligned_edit
     from alignment.align import Alignment
     from backend.engine import motion
@@ -137,7 +141,7 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
     al = Alignment.from_dict(held.alignment)
     W, H = held.crop_size
     session = held.session
-    settings = motion.MotionSettings()
+    settings = settings or motion.MotionSettings()
     handles, targets = held.last
     pinned = False
     # a first drag whose points move as one moves the part they lie on, rigidly, in the picture's own

@@ -1,0 +1,42 @@
+"""benchmarks/refinish.py: a captured drag, finished again with the server's settings, is the server's
+result byte for byte; other settings change it; a misspelt setting is refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def refinish():
+    spec = importlib.util.spec_from_file_location("refinish_under_test", REPO / "benchmarks" / "refinish.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["refinish_under_test"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("refinish_under_test", None)
+
+
+def test_misspelt_setting_is_refused(refinish) -> None:
+    with pytest.raises(SystemExit, match="no field 'pin_sigmaa'"):
+        refinish.parse_settings(["pin_sigmaa=3"])
+    settings = refinish.parse_settings(["pin=false", "radii=3,2,1", "pin_sigma=6"])
+    assert (settings.pin, settings.radii, settings.pin_sigma) == (False, (3, 2, 1), 6.0)
+
+
+def test_capture_then_finish_reproduces_the_server(refinish, tmp_path: Path) -> None:
+    # a smile (two mouth corners) on a 128 px layer: the real server in this process, one real drag
+    saved = refinish.capture([4], 128, tmp_path / "captures", tmp_path / "cache")
+    assert [p.name for p in saved] == ["s1-004-smile-128.pt"]
+    same = refinish.finish(tmp_path / "captures", refinish.parse_settings([]), tmp_path / "pictures")
+    assert len(same) == 1 and same[0]["same_as_server"]
+    assert (tmp_path / "pictures" / "s1-004-smile-128.png").is_file()
+    # without the pins the handles' content is not taken the rest of the way: another picture
+    other = refinish.finish(tmp_path / "captures", refinish.parse_settings(["pin=false"]), None)
+    assert not other[0]["same_as_server"]
