@@ -125,8 +125,9 @@ def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.repeat(d[..., None], 3, 2)
 
 
-def finish(captures: Path, settings: Any, pictures: Path | None) -> list[dict[str, Any]]:
-    """Re-make each captured drag's result with ``settings``; print and return the figures per case."""
+def finish(captures: Path, settings: Any, pictures: Path | None, only: str = "*") -> list[dict[str, Any]]:
+    """Re-make each captured drag's result (files matching ``only``) with ``settings``; print and return
+    the figures per case."""
     from PIL import Image
 
     from backend import sessions
@@ -135,7 +136,7 @@ def finish(captures: Path, settings: Any, pictures: Path | None) -> list[dict[st
     rows = []
     if pictures is not None:
         pictures.mkdir(parents=True, exist_ok=True)
-    for path in sorted(captures.glob("*.pt")):
+    for path in sorted(captures.glob(f"{only}.pt")):
         state, held = load_held(path)
         case = paired.make_case(state["seed"], state["index"])
         layer, exact = case.render(state["size"])
@@ -167,6 +168,33 @@ def finish(captures: Path, settings: Any, pictures: Path | None) -> list[dict[st
     return rows
 
 
+def table(paths: list[Path]) -> str:
+    """Markdown: one row per ``finish --json`` file (the settings it changed, the means and counts), then
+    each case's ST-LPIPS as a multiple of no edit's under each."""
+    from backend.engine.motion import MotionSettings
+
+    default = dataclasses.asdict(MotionSettings())
+    runs = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in data["settings"].items()}
+        changed = {k: v for k, v in settings.items() if default.get(k) != v}
+        runs.append((", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults", data["cases"]))
+    lines = ["| settings | x no edit (mean) | closer | PSNR above no edit | keypoint error x move |",
+             "|---|---|---|---|---|"]
+    for name, cases in runs:
+        ratios = [c["ratio"] for c in cases]
+        lines.append(f"| {name} | {np.mean(ratios):.3f} | {sum(r < 1 for r in ratios)}/{len(cases)} | "
+                     f"{sum(c['psnr'] > c['psnr_no_edit'] for c in cases)}/{len(cases)} | "
+                     f"{np.mean([c['kp_per_move'] for c in cases]):.2f} |")
+    names = sorted({c["case"] for _, cases in runs for c in cases})
+    lines += ["", "| case | " + " | ".join(name for name, _ in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    for case in names:
+        cells = [next((f"{c['ratio']:.2f}" for c in cases if c["case"] == case), "") for _, cases in runs]
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="action", required=True)
@@ -180,20 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--captures", type=Path, default=REPO / "runs" / "refinish")
     fin.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="a MotionSettings field to change (repeatable), e.g. pin_sigma=6")
+    fin.add_argument("--only", default="*", help="the captures whose names match this pattern, e.g. 's1-0[12]*'")
     fin.add_argument("--pictures", type=Path, help="write layer / exact / result pictures here")
     fin.add_argument("--json", type=Path, help="write the figures per case here")
     fin.add_argument("--threads", type=int, default=2)
+    tab = sub.add_parser("table", help="one markdown table from several finish --json files")
+    tab.add_argument("jsons", type=Path, nargs="+")
+    tab.add_argument("--markdown", type=Path, help="write it here (else print it)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.action == "table":
+        text = table(args.jsons)
+        if args.markdown:
+            args.markdown.write_text(text)
+        else:
+            print(text, end="")
+        return
     torch.set_num_threads(args.threads)
     if args.action == "capture":
         capture(args.cases, args.size, args.out, args.cache_dir)
         return
     settings = parse_settings(args.set)
-    rows = finish(args.captures, settings, args.pictures)
+    rows = finish(args.captures, settings, args.pictures, args.only)
     if args.json:
         args.json.write_text(json.dumps(dict(settings=dataclasses.asdict(settings), cases=rows), indent=1) + "\n")
 

@@ -40,3 +40,22 @@ def test_capture_then_finish_reproduces_the_server(refinish, tmp_path: Path) -> 
     # without the pins the handles' content is not taken the rest of the way: another picture
     other = refinish.finish(tmp_path / "captures", refinish.parse_settings(["pin=false"]), None)
     assert not other[0]["same_as_server"]
+
+
+def test_table_names_what_each_run_changed(refinish, tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    def run(name: str, settings, ratios: list[float]) -> Path:
+        cases = [dict(case=f"s1-00{i}-x", ratio=r, psnr=30.0 + (r < 1), psnr_no_edit=30.5, kp_per_move=0.2)
+                 for i, r in enumerate(ratios)]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(dict(settings=dataclasses.asdict(settings), cases=cases)))
+        return path
+
+    base = run("base", refinish.parse_settings([]), [0.5, 1.5])
+    other = run("other", refinish.parse_settings(["pin_sigma=3", "radii=3,2,1"]), [0.5, 0.9])
+    text = refinish.table([base, other])
+    assert "| defaults | 1.000 | 1/2 | 1/2 | 0.20 |" in text
+    assert "| radii=(3, 2, 1), pin_sigma=3.0 | 0.700 | 2/2 | 2/2 | 0.20 |" in text
+    assert "| s1-001-x | 1.50 | 0.90 |" in text
