@@ -141,7 +141,7 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
     al = Alignment.from_dict(held.alignment)
     W, H = held.crop_size
     session = held.session
-    settings = settings or motion.MotionSettings()
+    settings = motion.MotionSettings() if settings is None else settings
     handles, targets = held.last
     pinned = False
     # a first drag whose points move as one moves the part they lie on, rigidly, in the picture's own

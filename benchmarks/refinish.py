@@ -112,6 +112,8 @@ def parse_settings(pairs: list[str]) -> Any:
             raise SystemExit(f"MotionSettings has no field {key!r}")
         current = getattr(base, key)
         if isinstance(current, bool):
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise SystemExit(f"{key} takes true or false, not {value!r}")
             changes[key] = value.lower() in ("1", "true", "yes")
         elif isinstance(current, tuple):
             changes[key] = tuple(type(current[0])(v) for v in value.split(","))

@@ -26,6 +26,8 @@ def refinish():
 def test_misspelt_setting_is_refused(refinish) -> None:
     with pytest.raises(SystemExit, match="no field 'pin_sigmaa'"):
         refinish.parse_settings(["pin_sigmaa=3"])
+    with pytest.raises(SystemExit, match="pin takes true or false, not 'flase'"):
+        refinish.parse_settings(["pin=flase"])   # a typo must not quietly turn the pins off
     settings = refinish.parse_settings(["pin=false", "radii=3,2,1", "pin_sigma=6"])
     assert (settings.pin, settings.radii, settings.pin_sigma) == (False, (3, 2, 1), 6.0)
 
