@@ -38,7 +38,7 @@ from draggan_wire.protocol import ErrorCode, ProtocolError
 from . import models
 from .images import checked_mask, image_to_rgb
 from .model_pool import ModelPool, UnknownModel, device_memory, resolve_device
-from .sessions import Emit, HeldSession, ShouldCancel, crop_result, maybe_float, run_drag
+from .sessions import POINT_BOXES_NOTE, Emit, HeldSession, ShouldCancel, crop_result, maybe_float, run_drag
 from .stores import OwnedStore, OwnerCache
 
 log = logging.getLogger("draggan.backend")
@@ -457,9 +457,7 @@ def _drag_region(selection: np.ndarray | None, params: protocol.EditParams, hand
     box = aligned_edit.default_region(handles, targets, width, height)
     if rigid_ok and not motion.spread_out(handles, targets, height):
         # the model still gets the one box to make its change in; the picture moves only near each point
-        return box, aligned_edit.point_boxes(handles, targets, width, height), (
-            "no selection: the points lie in a row or a cluster, so each moves a box around it, not the face "
-            "between them (Region: Whole picture frees it)")
+        return box, aligned_edit.point_boxes(handles, targets, width, height), POINT_BOXES_NOTE
     return box, box, "no selection: the drag may move a box around its points (Region: Whole picture frees it)"
 
 

@@ -21,6 +21,14 @@ from .images import rgb_to_image
 if TYPE_CHECKING:
     from .engine.motion import MotionSettings
 
+#: The note for a drag without a selection whose points lie in a row or a cluster (backend.edit_runner) ...
+POINT_BOXES_NOTE = ("no selection: the points lie in a row or a cluster, so each moves a box around it, not the face "
+                    "between them (Region: Whole picture frees it)")
+#: ... and what it becomes when every handle lies on a stroke, which then moves as a whole
+STROKES_NOTE = ("the points lie on strokes (a brow, a line): each stroke moved as a whole, bending where one end "
+                "stayed, in your own pixels; the model's drag was not used for the picture (Region: Whole picture "
+                "gives the model's motion)")
+
 Emit = Callable[[protocol.Progress], None]
 ShouldCancel = Callable[[], bool]
 
@@ -136,7 +144,7 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
     None; benchmarks/refinish.py tunes them)."""
     from alignment import aligned_edit
     from alignment.align import Alignment
-    from backend.engine import motion
+    from backend.engine import motion, strokes
 
     al = Alignment.from_dict(held.alignment)
     W, H = held.crop_size
@@ -148,7 +156,20 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
     # pixels: the model's motion is not needed
     rigid = (motion.rigid_move(handles, targets, al.height, settings)
              if held.result != "model" and handles and len(held.history) <= 1 else None)
-    if rigid is not None:
+    moved_strokes = None
+    # points in a row or a cluster that all lie on strokes (brows): the strokes move as wholes, in the
+    # picture's own pixels (the model's drag moves the features at the points and leaves the middle of a
+    # stroke behind, or takes the hair above a brow along)
+    if (rigid is None and held.result != "model" and handles and len(held.history) <= 1
+            and (held.keep is not None or held.params.region != "whole")
+            and not motion.spread_out(handles, targets, al.height, settings)):
+        moved_strokes = strokes.move_strokes(held.native, al.to_crop(handles), al.to_crop(targets), al.scale,
+                                             held.keep)
+    if moved_strokes is not None:
+        rgba, offset = aligned_edit.cut_to_produced_area(al, moved_strokes)
+        landed = [True] * len(handles)
+        note = "; ".join(filter(None, [note.replace(POINT_BOXES_NOTE, ""), STROKES_NOTE]))
+    elif rigid is not None:
         feather = round(settings.allowed_feather * al.height / min(settings.work_size, al.height))  # model px
         area = (motion.feathered(torch.from_numpy(np.asarray(held.allowed, np.float32)), feather)
                 if held.allowed is not None else torch.ones(1, 1, al.height, al.width))

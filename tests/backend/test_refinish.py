@@ -61,3 +61,28 @@ def test_table_names_what_each_run_changed(refinish, tmp_path: Path) -> None:
     assert "| defaults | 1.000 | 1/2 | 1/2 | 0.20 |" in text
     assert "| radii=(3, 2, 1), pin_sigma=3.0 | 0.700 | 2/2 | 2/2 | 0.20 |" in text
     assert "| s1-001-x | 1.50 | 0.90 |" in text
+
+
+def test_a_brow_gap_moves_the_brows_as_wholes_through_the_real_server(refinish, tmp_path: Path) -> None:
+    # four handles on the ends of two brows, all up (tuning case s1-010) on a 512 px layer: the brows
+    # are strokes, so the server moves them whole in the layer's pixels; the rest of the face is untouched
+    import numpy as np
+    import torch
+
+    from backend.sessions import POINT_BOXES_NOTE, STROKES_NOTE
+    from training import paired
+
+    refinish.capture([10], 512, tmp_path / "captures", tmp_path / "cache")
+    (row,) = refinish.finish(tmp_path / "captures", refinish.parse_settings([]), None)
+    assert row["same_as_server"] and STROKES_NOTE in row["note"] and POINT_BOXES_NOTE not in row["note"]
+    assert row["landed"] == [True] * 4
+    assert row["ratio"] < 0.6 and row["psnr"] > row["psnr_no_edit"] + 3   # closer to the exact answer
+    state = torch.load(tmp_path / "captures" / "s1-010-brow_gap-512.pt", weights_only=False)
+    layer, _ = paired.make_case(1, 10).render(512)
+    assert len(state["rgba"]) == 512 * 512 * 4 and tuple(state["offset"]) == (0, 0)
+    rgba = np.frombuffer(state["rgba"], np.uint8).reshape(512, 512, 4)
+    changed = np.abs(rgba[..., :3].astype(int) - layer).max(2) > 0
+    rows, _ = np.nonzero(changed)
+    # only around the brows (handles at y 227-242 px, their targets ~10 px above): the eyes, nose and
+    # mouth below are the layer's own pixels
+    assert rows.max() < 290 and changed[300:].sum() == 0
