@@ -40,7 +40,9 @@ class StrokeSettings:
     (square root of its shape's principal variances); ``min_area``: model pixels squared;
     ``falloff_per_move``/``min_falloff``: how far along the stroke a handle's pull reaches (the width of
     its Gaussian: this many times its move, and at least this many model pixels); ``min_gap``: two
-    different strokes dragged together must lie at least this many model pixels apart."""
+    different strokes dragged together must lie at least this many model pixels apart;
+    ``min_ground_ahead``: the least share of the ground's colour 1.5 model pixels ahead of a stroke, the
+    way it is dragged (a lip dragged over the mouth's inside is not moved as a stroke)."""
 
     window: float = 30.0
     min_contrast: float = 35.0
@@ -49,6 +51,7 @@ class StrokeSettings:
     falloff_per_move: float = 2.0
     min_falloff: float = 4.0
     min_gap: float = 3.0
+    min_ground_ahead: float = 0.15
 
 
 @dataclass
@@ -157,6 +160,28 @@ def _pull(alongs: list[torch.Tensor], cells: list[tuple[int, int]], moves: np.nd
     return field * fade
 
 
+def _ground_ahead(picture: torch.Tensor, stroke: Stroke, move: np.ndarray, unit: float) -> float:
+    """The share of what lies 1.5 model pixels ahead of the stroke, the way it is dragged, that has the
+    colour of the ground around it (1: a brow moving over skin; near 0: a lip moving over the mouth's
+    inside, the edge of something the model should move whole)."""
+    length = float(np.hypot(*move))
+    if length == 0:
+        return 1.0
+    mask = stroke.mask.float()[None, None]
+    rim = F.max_pool2d(mask, 5, 1, 2)[0, 0] > 0
+    reach = max(int(round(unit)), 1)
+    around = (F.max_pool2d(mask, 2 * (reach + 2) + 1, 1, reach + 2)[0, 0] > 0) & ~rim
+    if not bool(around.any()):
+        return 1.0
+    ground = picture[:, around].median(1).values
+    tolerance = 0.3 * float((ground - stroke.colour).norm())
+    dx, dy = (int(round(1.5 * unit * float(c) / length)) for c in move)
+    ahead = torch.roll(stroke.mask, shifts=(dy, dx), dims=(0, 1)) & ~rim
+    if not bool(ahead.any()):
+        return 1.0
+    return float(((picture[:, ahead] - ground[:, None]).norm(dim=0) < tolerance).float().mean())
+
+
 def find_stroke(picture: torch.Tensor, handle_xy: tuple[float, float], unit: float,
                 settings: StrokeSettings = StrokeSettings()) -> Stroke | None:
     """The stroke under a handle in ``picture`` (``[3, h, w]`` float, 0-255; ``unit``: its pixels per
@@ -238,6 +263,9 @@ def move_strokes(native: np.ndarray, handles_xy: Any, targets_xy: Any, unit: flo
         return None
     found: list[Stroke] = [s for s in strokes if s is not None]
     if _strokes_close(found, settings.min_gap * unit_grid):
+        return None
+    if any(_ground_ahead(grid, stroke, move, unit_grid) < settings.min_ground_ahead
+           for stroke, move in zip(found, moves, strict=True)):
         return None
     gh, gw = grid.shape[-2:]
     limit = int(2 * settings.window * unit_grid) + 2

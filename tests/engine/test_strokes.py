@@ -107,7 +107,7 @@ def test_pixels_away_from_the_points_and_kept_pixels_are_the_original_s() -> Non
     assert kept is not None and np.array_equal(kept[keep], picture[keep])
 
 
-@pytest.mark.parametrize("what", ["round blob", "faint bar", "plain skin", "two lips"])
+@pytest.mark.parametrize("what", ["round blob", "faint bar", "plain skin", "two lips", "lip over the mouth"])
 def test_what_is_not_a_stroke_is_left_to_the_model(what: str) -> None:
     handles, targets = np.array([[98.0, 100.0]]), np.array([[98.0, 90.0]])
     if what == "round blob":       # a pupil: as wide as it is long
@@ -116,6 +116,13 @@ def test_what_is_not_a_stroke_is_left_to_the_model(what: str) -> None:
         picture = _draw([(_bar(*BROW), _background()[100, 98] - 12)])
     elif what == "plain skin":
         picture = _draw([])
+    elif what == "lip over the mouth":   # a lower lip dragged up over the mouth's dark inside: the model's job
+        inside = np.array([90.0, 30.0, 40.0])
+        picture = _draw([(lambda x, y: ((np.abs(x - 98) <= 48) & (y >= 70) & (y < 97)).astype(float), inside),
+                         (_bar(*BROW), BAR_COLOUR + 60)])
+        handles, targets = np.array([[98.0, 100.0]]), np.array([[98.0, 88.0]])
+        moved_away = move_strokes(picture, handles, np.array([[98.0, 112.0]]), UNIT)
+        assert moved_away is not None     # dragged down, over the skin, it is a stroke like any other
     else:                          # two strokes dragged together 2 model px apart: what is between them goes too
         picture = _draw([(_bar(50.0, 96.0, 146.0, 96.0, 4.0), BAR_COLOUR), (_bar(50.0, 112.0, 146.0, 112.0, 4.0),
                                                                               BAR_COLOUR + 60)])
