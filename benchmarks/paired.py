@@ -284,10 +284,13 @@ check* (an experiment, reverted; 10 cases): v4's pictures, with "landed" read fr
 (each handle's neighbourhood looked for at its target) instead of the motion; *v5*: v4 with pins at
 least twice as wide as the way they carry content (a narrow pin folded the picture when the model stopped
 far short), "landed" only within 40 % of a short move, and, without a selection, the wide box of rigid
-moves for points spread over the face that turn as one (a head tilted to one side); *default*: v5 where,
+moves for points spread over the face that turn as one (a head tilted to one side); *v6*: v5 where,
 without a selection, points in a row or a cluster (not spread over the face on both axes) move the
 picture only in a box around each point (1.5x its move as margin), the model still drawing its change in
-the one box. Baselines:
+the one box; *default*: v6 where points in a row or a cluster that all lie on strokes (a brow: one flat
+colour, distinct from its surroundings, elongated) move those strokes as wholes in the layer's pixels;
+*strokes v0*: the first run of that, before strokes had to move over their own ground (it moved the
+lower lip of a mouth closing, s2-002, over the upper one and left the mouth open). Baselines:
 *no edit*, *ceiling* (the exact answer drawn at 128 px and scaled up: the best a 128 px model's own
 pixels could be), *warp rbf* / *warp tps* (the layer warped by the handle -> target points alone).
 ST-LPIPS is the VGG shift-tolerant distance to the exact answer at the layer's size ("x no edit": the
