@@ -95,10 +95,13 @@ def _geodesic(mask: torch.Tensor, x: int, y: int, limit: int) -> torch.Tensor:
     return dist
 
 
-def _fill(values: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+def _fill(values: torch.Tensor, unknown: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
     """``values`` ``[C, h, w]`` with the ``unknown`` pixels filled from the known ones, ring by ring from
-    the outside in (each the mean of its known neighbours)."""
-    known = (~unknown).float()[None, None]
+    the outside in (each the mean of its known neighbours). ``sources`` (bool ``[h, w]``): only these
+    known pixels feed the fill (the ground around a stroke, not a lid line beside it); unknown pixels
+    they cannot reach are filled from every known pixel."""
+    feeding = ~unknown if sources is None else sources & ~unknown
+    known = feeding.float()[None, None]
     out = (values * known[0])[None]
     todo = unknown.clone()
     for _ in range(sum(unknown.shape)):
@@ -113,7 +116,10 @@ def _fill(values: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
         out[0][:, ready] = mean[:, ready]
         known[0, 0][ready] = 1.0
         todo &= ~ready
-    return out[0]
+    filled = torch.where(unknown, out[0], values)
+    if sources is not None and bool(todo.any()):
+        filled = _fill(filled, todo)
+    return filled
 
 
 def _strokes_close(found: list[Stroke], gap: float) -> bool:
@@ -296,7 +302,14 @@ def move_strokes(native: np.ndarray, handles_xy: Any, targets_xy: Any, unit: flo
         if factor > 1:
             near = F.interpolate(near, scale_factor=factor, mode="nearest")[..., :ph, :pw]
         rims.append(near[0, 0] > 0)
-    behind = _fill(patch, torch.stack(rims).any(0))
+    rim = torch.stack(rims).any(0)
+    # what the strokes uncover is their ground (skin), filled only from ground-coloured pixels: a lid line
+    # the brow touched must not bleed into it
+    reach = max(int(round(2 * unit)), 1)
+    band = (F.max_pool2d(rim.float()[None, None], 2 * reach + 1, 1, reach)[0, 0] > 0) & ~rim
+    ground = patch[:, band].median(1).values if bool(band.any()) else patch.reshape(3, -1).median(1).values
+    tolerance = 0.3 * min(float((ground - stroke.colour).norm()) for stroke in found)
+    behind = _fill(patch, rim, (patch - ground[:, None, None]).norm(dim=0) < tolerance)
     alpha = torch.zeros(ph, pw)
     for stroke, rim in zip(found, rims, strict=True):
         towards = stroke.colour[:, None, None] - behind
