@@ -167,8 +167,10 @@ def crop_result(held: HeldSession, session_id: str, steps: int, started: float,
                                              held.keep)
     if moved_strokes is not None:
         rgba, offset = aligned_edit.cut_to_produced_area(al, moved_strokes)
-        landed = [True] * len(handles)
-        note = "; ".join(filter(None, [note.replace(POINT_BOXES_NOTE, ""), STROKES_NOTE]))
+        # each handle is carried exactly to its target, unless the target lies in what must be kept
+        landed = [held.keep is None or not bool(held.keep[min(max(round(y), 0), H - 1), min(max(round(x), 0), W - 1)])
+                  for x, y in al.to_crop(targets)]
+        note = "; ".join([part for part in note.split("; ") if part and part != POINT_BOXES_NOTE] + [STROKES_NOTE])
     elif rigid is not None:
         feather = round(settings.allowed_feather * al.height / min(settings.work_size, al.height))  # model px
         area = (motion.feathered(torch.from_numpy(np.asarray(held.allowed, np.float32)), feather)

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .motion import warp
+
 __all__ = ["Stroke", "StrokeSettings", "find_stroke", "move_strokes"]
 
 
@@ -279,11 +281,13 @@ def move_strokes(native: np.ndarray, handles_xy: Any, targets_xy: Any, unit: flo
     alongs, cells = [], []
     gys, gxs = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32),
                               indexing="ij")
-    for stroke, h in zip(found, handles, strict=True):
+    # each stroke with its anti-aliased rim (one grid pixel around its mask)
+    grid_rims = [F.max_pool2d(stroke.mask.float()[None, None], 3, 1, 1) for stroke in found]
+    for grid_rim, h in zip(grid_rims, handles, strict=True):
         gx, gy = on_grid(h)
         x, y = int(min(max(round(gx), 0), gw - 1)), int(min(max(round(gy), 0), gh - 1))
-        near = F.max_pool2d(stroke.mask.float()[None, None], 3, 1, 1)[0, 0] > 0   # the anti-aliased rim too
-        near |= torch.hypot(gxs - float(gx), gys - float(gy)) <= max(unit_grid, 1.5)   # the handle may sit on the rim
+        # the handle may sit on the rim
+        near = (grid_rim[0, 0] > 0) | (torch.hypot(gxs - float(gx), gys - float(gy)) <= max(unit_grid, 1.5))
         alongs.append(_geodesic(near, x, y, limit) * factor)
         cells.append((y, x))
     widths = [max(settings.falloff_per_move * float(np.hypot(*m)), settings.min_falloff * unit) for m in moves]
@@ -297,11 +301,10 @@ def move_strokes(native: np.ndarray, handles_xy: Any, targets_xy: Any, unit: flo
     # each crop pixel's share of a stroke's colour: its anti-aliased rim is a mix of the stroke and what
     # lies behind it, which is filled in from around the stroke
     rims = []
-    for stroke in found:
-        near = F.max_pool2d(stroke.mask.float()[None, None], 3, 1, 1)
+    for grid_rim in grid_rims:
         if factor > 1:
-            near = F.interpolate(near, scale_factor=factor, mode="nearest")[..., :ph, :pw]
-        rims.append(near[0, 0] > 0)
+            grid_rim = F.interpolate(grid_rim, scale_factor=factor, mode="nearest")[..., :ph, :pw]
+        rims.append(grid_rim[0, 0] > 0)
     rim = torch.stack(rims).any(0)
     # what the strokes uncover is their ground (skin), filled only from ground-coloured pixels: a lid line
     # the brow touched must not bleed into it
@@ -320,20 +323,15 @@ def move_strokes(native: np.ndarray, handles_xy: Any, targets_xy: Any, unit: flo
         off_line = (patch - behind - share * towards).norm(dim=0) > 0.25 * length.sqrt()
         alpha = torch.maximum(alpha, torch.where(rim & ~off_line, share, torch.zeros(())))
     front = torch.where(alpha > 0.02, (patch - (1 - alpha) * behind) / alpha.clamp_min(0.02), patch).clamp(0, 255)
-    # backward: the stroke pixel that lands on q is p with p + field(p) = q (fixed point from q - field(q))
-    ys, xs = torch.meshgrid(torch.arange(ph, dtype=torch.float32), torch.arange(pw, dtype=torch.float32), indexing="ij")
-
-    def sample(img: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
-        g = torch.stack([px * (2.0 / max(pw - 1, 1)) - 1, py * (2.0 / max(ph - 1, 1)) - 1], -1)[None]
-        return F.grid_sample(img[None], g, mode="bilinear", padding_mode="border", align_corners=True)[0]
-
-    px, py = xs - field[0], ys - field[1]
+    # backward: the stroke pixel that lands on q is q - u(q) with u(q) = field(q - u(q)) (fixed point)
+    u = field[None]
     for _ in range(8):
-        u = sample(field, px, py)
-        px, py = xs - u[0], ys - u[1]
+        u = warp(field[None], -u)
+    ys, xs = torch.meshgrid(torch.arange(ph, dtype=torch.float32), torch.arange(pw, dtype=torch.float32), indexing="ij")
+    px, py = xs - u[0, 0], ys - u[0, 1]
     inside = (px >= 0) & (px <= pw - 1) & (py >= 0) & (py <= ph - 1)
-    carried = sample(alpha[None], px, py)[0] * inside
-    out = carried * sample(front, px, py) + (1 - carried) * behind
+    carried = warp(alpha[None, None], -u)[0, 0] * inside
+    out = carried * warp(front[None], -u)[0] + (1 - carried) * behind
     result = original.copy()
     edited = out.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
     region = result[y0:y1, x0:x1]

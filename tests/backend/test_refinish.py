@@ -76,6 +76,7 @@ def test_a_brow_gap_moves_the_brows_as_wholes_through_the_real_server(refinish, 
     (row,) = refinish.finish(tmp_path / "captures", refinish.parse_settings([]), None)
     assert row["same_as_server"] and STROKES_NOTE in row["note"] and POINT_BOXES_NOTE not in row["note"]
     assert row["landed"] == [True] * 4
+    assert all(part.strip() for part in row["note"].split(";"))   # the replaced note leaves no empty part
     assert row["ratio"] < 0.6 and row["psnr"] > row["psnr_no_edit"] + 3   # closer to the exact answer
     state = torch.load(tmp_path / "captures" / "s1-010-brow_gap-512.pt", weights_only=False)
     layer, _ = paired.make_case(1, 10).render(512)
